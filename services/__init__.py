@@ -1,0 +1,1 @@
+"""The three services (rollout, reward, learner) and the ``prefix-rft`` command line."""

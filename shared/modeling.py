@@ -1,0 +1,163 @@
+"""Model and tokenizer loading from local Hugging Face directories, and the built-in default model.
+
+The default is built by code, never downloaded: a byte-level BPE tokenizer trained on the built-in
+task's text (digits kept as single tokens, so column arithmetic stays learnable) and a small
+Qwen2-architecture causal LM initialised from a seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+from pydantic import BaseModel, ConfigDict, Field
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+USER_TAG = "<|user|>"
+ASSISTANT_TAG = "<|assistant|>"
+EOS = "<|end|>"
+PAD = "<|pad|>"
+# The assistant turn is left open after the generation prompt: a demonstration prefix is appended
+# to these token ids and the model continues it.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'user' %}" + USER_TAG + "{{ m['content'] }}"
+    "{% elif m['role'] == 'assistant' %}" + ASSISTANT_TAG + "{{ m['content'] }}" + EOS + "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}" + ASSISTANT_TAG + "{% endif %}"
+)
+
+
+class DefaultModelSpec(BaseModel):
+    """Architecture of the built-in model; every field enters the cache key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seed: int = 0
+    vocab_size: int = Field(384, ge=300)
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 1024
+
+    def cache_key(self) -> str:
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("PRFT_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "prefix-rft"
+    )
+    return Path(root)
+
+
+def train_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[PAD, EOS, USER_TAG, ASSISTANT_TAG],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(corpus, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, pad_token=PAD)
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def build_default_model(spec: DefaultModelSpec, corpus: Iterable[str], out_dir: Path) -> Path:
+    """Write tokenizer + randomly initialised Qwen2 (deterministic from ``spec.seed``) to ``out_dir``."""
+    tokenizer = train_tokenizer(corpus, spec.vocab_size)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        max_position_embeddings=spec.max_position_embeddings,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        torch_dtype="float32",
+    )
+    torch.manual_seed(spec.seed)
+    model = Qwen2ForCausalLM(config)
+    save_model(model, tokenizer, out_dir)
+    return out_dir
+
+
+def save_model(model: torch.nn.Module, tokenizer, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    # vLLM reads generation defaults from here; keep them neutral so requests decide.
+    (out_dir / "generation_config.json").write_text(
+        json.dumps({"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id})
+    )
+
+
+def cached_build(cache_dir: Path, name: str, build) -> Path:
+    """Run ``build(tmp_dir)`` once per ``name``; concurrent callers wait for the first one."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    target = cache_dir / name
+    with FileLock(str(cache_dir / f"{name}.lock")):
+        if (target / "config.json").is_file():
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache_dir))
+        try:
+            build(tmp)
+            os.replace(tmp, target)  # atomic: a half-built model is never visible
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_tokenizer(path: str | Path):
+    path = _checked_dir(path)
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def load_model(path: str | Path, dtype: torch.dtype = torch.float32):
+    path = _checked_dir(path)
+    return AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
+
+
+def _checked_dir(path: str | Path) -> Path:
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} is not a Hugging Face model directory (no config.json)")
+    return path
+
+
+def prompt_token_ids(tokenizer, user_message: str) -> list[int]:
+    """Token ids of the prompt with the assistant turn left open (chat template if the model has one)."""
+    if getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": user_message}], add_generation_prompt=True, tokenize=True
+        )
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+        return list(ids)
+    return tokenizer(user_message, add_special_tokens=True)["input_ids"]
+
+
+def response_token_ids(tokenizer, response: str) -> list[int]:
+    """Token ids of an assistant response, closed with the end-of-sequence token."""
+    ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+    return ids + [tokenizer.eos_token_id]

@@ -1,0 +1,1 @@
+"""Built-in tasks: procedurally generated problems with demonstrations, deterministic from a seed."""

@@ -1,0 +1,181 @@
+"""Arithmetic word problems with step-by-step (column arithmetic) demonstrations.
+
+Difficulty is the number of operations in the story: the base policy is warmed up on short
+stories, trained on medium ones, and tested in distribution and on longer stories (out of
+distribution). Every problem is a pure function of (seed, split, index).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from functools import cached_property
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from shared.problems import Problem
+
+Split = Literal["warmup", "train", "test", "ood"]
+
+NAMES = ("Ann", "Ben", "Cara", "Dan", "Eva", "Finn", "Gia", "Hugo", "Ivy", "Jon", "Kim", "Leo", "Mia", "Nora")
+ITEMS = ("apples", "coins", "cards", "books", "stamps", "shells", "marbles", "pens", "stickers", "beads")
+GAIN_VERBS = ("finds", "buys", "gets", "wins")
+LOSS_VERBS = ("gives away", "loses", "sells", "uses")
+INSTRUCTION = "Put the final answer in \\boxed{}."
+
+
+class Difficulty(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_ops: int = Field(ge=1)
+    max_ops: int = Field(ge=1)
+    max_start: int = Field(99, ge=10)  # the opening amount is a two-digit number up to this
+    max_operand: int = Field(99, ge=1)
+    max_value: int = Field(999, ge=10)  # every running total stays in [0, max_value]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Difficulty:
+        if self.min_ops > self.max_ops:
+            raise ValueError(f"min_ops {self.min_ops} > max_ops {self.max_ops}")
+        return self
+
+
+class ArithmeticTask(BaseModel):
+    """Sizes and difficulties of each split; ``seed`` makes every problem reproducible."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seed: int = 0
+    warmup: Difficulty = Difficulty(min_ops=1, max_ops=2)
+    train: Difficulty = Difficulty(min_ops=2, max_ops=3)
+    test: Difficulty = Difficulty(min_ops=2, max_ops=3)
+    ood: Difficulty = Difficulty(min_ops=4, max_ops=5)
+    train_size: int = Field(20_000, ge=1)
+    test_size: int = Field(200, ge=1)
+    ood_size: int = Field(200, ge=1)
+    warmup_size: int = Field(20_000, ge=1)
+
+    def problems(self, split: Split) -> list[Problem]:
+        if split == "train":
+            # Held-out test stories never appear in training.
+            held_out = self._test_keys
+            out: list[Problem] = []
+            index = 0
+            while len(out) < self.train_size:
+                key, problem = self._make("train", index, self.train)
+                index += 1
+                if key not in held_out:
+                    out.append(problem)
+            return out
+        difficulty, size = {
+            "warmup": (self.warmup, self.warmup_size),
+            "test": (self.test, self.test_size),
+            "ood": (self.ood, self.ood_size),
+        }[split]
+        return [self._make(split, i, difficulty)[1] for i in range(size)]
+
+    @cached_property
+    def _test_keys(self) -> frozenset:
+        return frozenset(self._make("test", i, self.test)[0] for i in range(self.test_size))
+
+    def _make(self, split: str, index: int, difficulty: Difficulty) -> tuple[tuple, Problem]:
+        digest = hashlib.sha256(f"{self.seed}:{split}:{index}".encode()).digest()
+        rng = random.Random(int.from_bytes(digest[:8], "little"))
+        story = Story.sample(rng, difficulty)
+        problem = Problem(
+            id=f"arith-{self.seed}-{split}-{index}",
+            prompt=story.question(),
+            answer=str(story.answer),
+            demonstrations=(story.demonstration(),),
+        )
+        return story.key, problem
+
+
+class Story(BaseModel):
+    """A start amount followed by signed changes, e.g. 47, +25, -18."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    item: str
+    start: int
+    changes: tuple[tuple[str, int], ...]  # (verb, signed amount)
+
+    @classmethod
+    def sample(cls, rng: random.Random, difficulty: Difficulty) -> Story:
+        n_ops = rng.randint(difficulty.min_ops, difficulty.max_ops)
+        total = rng.randint(10, difficulty.max_start)
+        start = total
+        changes = []
+        for _ in range(n_ops):
+            gain = total == 0 or (rng.random() < 0.5 and total + 1 <= difficulty.max_value)
+            if gain:
+                amount = rng.randint(1, min(difficulty.max_operand, difficulty.max_value - total))
+                changes.append((rng.choice(GAIN_VERBS), amount))
+                total += amount
+            else:
+                amount = rng.randint(1, min(difficulty.max_operand, total))
+                changes.append((rng.choice(LOSS_VERBS), -amount))
+                total -= amount
+        return cls(name=rng.choice(NAMES), item=rng.choice(ITEMS), start=start, changes=tuple(changes))
+
+    @property
+    def key(self) -> tuple:
+        return (self.start, tuple(amount for _, amount in self.changes))
+
+    @property
+    def answer(self) -> int:
+        return self.start + sum(amount for _, amount in self.changes)
+
+    def question(self) -> str:
+        sentences = [f"{self.name} has {self.start} {self.item}."]
+        for verb, amount in self.changes:
+            sentences.append(f"Then {self.name} {verb} {abs(amount)}.")
+        sentences.append(f"How many {self.item} does {self.name} have now? {INSTRUCTION}")
+        return " ".join(sentences)
+
+    def demonstration(self) -> str:
+        lines = []
+        total = self.start
+        for _, amount in self.changes:
+            line, total = column_step(total, amount)
+            lines.append(line)
+        lines.append(f"The answer is \\boxed{{{total}}}.")
+        return "\n".join(lines)
+
+
+def column_step(total: int, amount: int) -> tuple[str, int]:
+    """One operation worked digit by digit from the ones column, e.g. ``72-18: 12-8=4, 6-1=5, so 54.``"""
+    if amount >= 0:
+        return _column_add(total, amount), total + amount
+    return _column_sub(total, -amount), total + amount
+
+
+def _digits(value: int, width: int) -> list[int]:
+    return [(value // 10**i) % 10 for i in range(width)]
+
+
+def _column_add(a: int, b: int) -> str:
+    width = max(len(str(a)), len(str(b)))
+    da, db = _digits(a, width), _digits(b, width)
+    carry, parts = 0, []
+    for x, y in zip(da, db):
+        column = x + y + carry
+        parts.append(f"{x}+{y}+{carry}={column}" if carry else f"{x}+{y}={column}")
+        carry = column // 10
+    return f"{a}+{b}: {', '.join(parts)}, so {a + b}."
+
+
+def _column_sub(a: int, b: int) -> str:
+    width = len(str(a))
+    da, db = _digits(a, width), _digits(b, width)
+    borrow, parts = 0, []
+    for i, (x, y) in enumerate(zip(da, db)):
+        x -= borrow
+        if i > 0 and y == 0 and borrow == 0 and all(d == 0 for d in db[i:]):
+            break  # nothing left to subtract: the remaining digits are copied
+        borrow = 1 if x < y else 0
+        top = x + 10 * borrow
+        parts.append(f"{top}-{y}={top - y}")
+    return f"{a}-{b}: {', '.join(parts)}, so {a - b}."

@@ -1,0 +1,48 @@
+"""Fixtures shared by all tests: a real redis-server, the built-in models."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+
+from shared.processes import start_redis_server
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory) -> str:
+    """A private redis-server on a free loopback port for the whole session."""
+    process, url = start_redis_server(tmp_path_factory.mktemp("redis"))
+    yield url
+    process.stop()
+
+
+@pytest.fixture
+def namespace() -> str:
+    """A fresh key namespace per test, so tests sharing the server never see each other's keys."""
+    return f"test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def redis_client(redis_url) -> redis.Redis:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def default_init_dir() -> Path:
+    """The built-in tokenizer + randomly initialised model (cached on disk across runs)."""
+    from shared.base_policy import default_init_model
+
+    return default_init_model()
+
+
+@pytest.fixture(scope="session")
+def default_base_dir() -> Path:
+    """The warmed-up default base policy (cached on disk across runs)."""
+    from shared.base_policy import default_base_policy
+
+    return default_base_policy()
