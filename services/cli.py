@@ -14,6 +14,11 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="Prefix-RFT: 
 console = Console(stderr=True)
 
 
+@app.callback()
+def main() -> None:
+    """Prefix-RFT: blend SFT and RFT by prefix sampling."""
+
+
 def setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

@@ -38,7 +38,7 @@ BUILD_REVISION = 1
 class WarmupSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    steps: int = Field(300, ge=0)
+    steps: int = Field(700, ge=0)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(3e-3, gt=0)
     warmup_steps: int = Field(20, ge=0)
@@ -53,7 +53,9 @@ class DefaultPolicySpec(BaseModel):
     warmup: WarmupSpec = WarmupSpec()
 
     def cache_name(self, stage: str) -> str:
-        digest = hashlib.sha256(f"{BUILD_REVISION}:{stage}:{self.model_dump_json()}".encode()).hexdigest()[:12]
+        # The random init does not depend on the warm-up, so changing the warm-up keeps it.
+        determined_by = self.model_dump_json(exclude={"warmup"} if stage == "init" else None)
+        digest = hashlib.sha256(f"{BUILD_REVISION}:{stage}:{determined_by}".encode()).hexdigest()[:12]
         return f"default-{stage}-{digest}"
 
 

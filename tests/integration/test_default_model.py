@@ -1,0 +1,88 @@
+"""The built-in default model: built locally, deterministic, cached, loadable, weak but not hopeless."""
+
+import re
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from shared.base_policy import DefaultPolicySpec, default_init_model
+from shared.modeling import load_model, load_tokenizer, prompt_token_ids, response_token_ids
+from shared.tasks.arithmetic import ArithmeticTask
+
+pytestmark = pytest.mark.integration
+
+
+def test_init_model_is_deterministic_and_quick_to_build(tmp_path):
+    started = time.monotonic()
+    first = default_init_model(cache_dir=tmp_path / "a")
+    build_seconds = time.monotonic() - started
+    second = default_init_model(cache_dir=tmp_path / "b")
+    weights_a = load_file(first / "model.safetensors")
+    weights_b = load_file(second / "model.safetensors")
+    assert weights_a.keys() == weights_b.keys()
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    assert (first / "tokenizer.json").read_text() == (second / "tokenizer.json").read_text()
+    assert build_seconds < 60, f"building the default model took {build_seconds:.0f} s"
+
+
+def test_cache_returns_the_same_directory_without_rebuilding(tmp_path):
+    first = default_init_model(cache_dir=tmp_path)
+    mtime = (first / "model.safetensors").stat().st_mtime
+    assert default_init_model(cache_dir=tmp_path) == first
+    assert (first / "model.safetensors").stat().st_mtime == mtime
+
+
+def test_a_different_seed_gives_different_weights(tmp_path):
+    spec = DefaultPolicySpec()
+    other = spec.model_copy(update={"model": spec.model.model_copy(update={"seed": 1})})
+    a = load_file(default_init_model(spec, tmp_path) / "model.safetensors")
+    b = load_file(default_init_model(other, tmp_path) / "model.safetensors")
+    assert not torch.equal(a["model.embed_tokens.weight"], b["model.embed_tokens.weight"])
+
+
+def test_loads_as_a_qwen2_causal_lm_with_digits_as_single_tokens(default_init_dir):
+    model = load_model(default_init_dir)
+    tokenizer = load_tokenizer(default_init_dir)
+    assert model.config.model_type == "qwen2"
+    n_params = sum(p.numel() for p in model.parameters())
+    assert 5e5 < n_params < 5e6
+    ids = tokenizer("47+25=72", add_special_tokens=False)["input_ids"]
+    assert tokenizer.convert_ids_to_tokens(ids) == list("47+25=72")
+    text = "Ann has 12 apples.\n12+3: 2+3=5, 1+0=1, so 15.\nThe answer is \\boxed{15}."
+    assert tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"]) == text
+
+
+def test_prompt_leaves_the_assistant_turn_open(default_init_dir):
+    tokenizer = load_tokenizer(default_init_dir)
+    prompt = prompt_token_ids(tokenizer, "What is 1+1?")
+    response = response_token_ids(tokenizer, "\\boxed{2}")
+    assert tokenizer.decode(prompt) == "<|user|>What is 1+1?<|assistant|>"
+    assert response[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(prompt + response) == "<|user|>What is 1+1?<|assistant|>\\boxed{2}<|end|>"
+
+
+def _greedy_accuracy(model_dir, problems) -> float:
+    tokenizer = load_tokenizer(model_dir)
+    model = load_model(model_dir).eval()
+    correct = 0
+    for problem in problems:
+        ids = torch.tensor([prompt_token_ids(tokenizer, problem.prompt)])
+        with torch.no_grad():
+            out = model.generate(
+                ids, max_new_tokens=160, do_sample=False, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        text = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        found = re.findall(r"\\boxed\{(\d+)\}", text)
+        correct += bool(found) and found[-1] == problem.answer
+    return correct / len(problems)
+
+
+def test_base_policy_is_weak_but_not_hopeless(default_base_dir):
+    task = ArithmeticTask()
+    warmup = _greedy_accuracy(default_base_dir, task.problems("warmup")[:24])
+    test = _greedy_accuracy(default_base_dir, task.problems("test")[:48])
+    assert warmup >= 0.7, f"the warm-up did not take: {warmup:.2f} on its own distribution"
+    assert 0.1 <= test <= 0.8, f"in-distribution accuracy of the base policy {test:.2f}"

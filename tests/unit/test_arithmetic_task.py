@@ -1,0 +1,76 @@
+import re
+
+import pytest
+from math_verify import parse, verify
+
+from shared.tasks.arithmetic import ArithmeticTask, Difficulty, Story, column_step
+
+SMALL = ArithmeticTask(train_size=300, test_size=100, ood_size=100, warmup_size=100)
+
+
+def test_problems_are_deterministic_from_the_seed():
+    assert SMALL.problems("train") == ArithmeticTask(**SMALL.model_dump()).problems("train")
+    other = ArithmeticTask(**{**SMALL.model_dump(), "seed": 1})
+    assert [p.prompt for p in other.problems("test")] != [p.prompt for p in SMALL.problems("test")]
+
+
+def test_test_stories_never_appear_in_training():
+    test_prompts = {p.prompt for p in SMALL.problems("test")}
+    assert not test_prompts & {p.prompt for p in SMALL.problems("train")}
+
+
+@pytest.mark.parametrize("split", ["warmup", "train", "test", "ood"])
+def test_demonstrations_verify_against_their_own_answers(split):
+    for problem in SMALL.problems(split):
+        (demo,) = problem.demonstrations
+        assert demo.rstrip().endswith(f"\\boxed{{{problem.answer}}}.")
+        assert verify(parse(problem.answer), parse(demo)), problem
+
+
+def test_demonstration_arithmetic_is_right_line_by_line():
+    for problem in SMALL.problems("ood"):
+        for line in problem.demonstrations[0].splitlines()[:-1]:
+            a, op, b, result = re.match(r"(\d+)([+-])(\d+): .*, so (\d+)\.$", line).groups()
+            assert int(result) == (int(a) + int(b) if op == "+" else int(a) - int(b)), line
+
+
+@pytest.mark.parametrize(
+    ("split", "lo", "hi"), [("warmup", 1, 2), ("train", 2, 3), ("test", 2, 3), ("ood", 4, 5)]
+)
+def test_split_difficulty_is_the_number_of_operations(split, lo, hi):
+    counts = {p.prompt.count("Then ") for p in SMALL.problems(split)}
+    assert counts <= set(range(lo, hi + 1)) and len(counts) == hi - lo + 1
+
+
+def test_running_totals_stay_in_range():
+    for problem in SMALL.problems("ood"):
+        assert 0 <= int(problem.answer) <= 999
+
+
+@pytest.mark.parametrize(
+    ("total", "amount", "line", "result"),
+    [
+        (47, 25, "47+25: 7+5=12, 4+2+1=7, so 72.", 72),
+        (72, -18, "72-18: 12-8=4, 6-1=5, so 54.", 54),
+        (102, -76, "102-76: 12-6=6, 9-7=2, 0-0=0, so 26.", 26),
+        (105, -3, "105-3: 5-3=2, so 102.", 102),
+        (9, 1, "9+1: 9+1=10, so 10.", 10),
+    ],
+)
+def test_column_steps(total, amount, line, result):
+    assert column_step(total, amount) == (line, result)
+
+
+def test_bad_difficulty_is_refused():
+    with pytest.raises(ValueError, match="min_ops"):
+        Difficulty(min_ops=3, max_ops=2)
+
+
+def test_story_question_mentions_every_change():
+    import random
+
+    story = Story.sample(random.Random(3), Difficulty(min_ops=3, max_ops=3))
+    question = story.question()
+    assert str(story.start) in question and question.endswith("\\boxed{}.")
+    for _, amount in story.changes:
+        assert f" {abs(amount)}." in question
