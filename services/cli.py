@@ -52,3 +52,102 @@ def load_or_fail(settings_cls, config: Path | None, **overrides):
 
 if __name__ == "__main__":
     app()
+
+
+@app.command("run")
+def run_command(
+    model: Path = typer.Option(None, help="Local Hugging Face model directory (default: the built-in base policy)."),
+    data: Path = typer.Option(None, help="OpenR1-Math style .parquet/.jsonl/.json file (default: the built-in task)."),
+    algorithm: str = typer.Option("prefix-rft", help="prefix-rft, sft, rft, sft-then-rft, luffy, or an ablation."),
+    steps: int = typer.Option(60, min=1, help="Optimizer steps."),
+    seed: int = typer.Option(0),
+    rollout_workers: int = typer.Option(1, min=1, help="Rollout worker processes (vLLM engines)."),
+    reward_workers: int = typer.Option(1, min=1, help="Verifier processes of the reward service."),
+    redis_url: str = typer.Option(None, help="Use this Redis instead of starting a private redis-server."),
+    config: Path = typer.Option(None, help="YAML settings file (sections redis, auth, reward, rollout, learner)."),
+    out: Path = typer.Option(None, help="Run directory (default: runs/<time>-<algorithm>-s<seed>)."),
+    eval_problems: int = typer.Option(128, min=1, help="Problems per evaluation split."),
+    eval_every: int = typer.Option(20, min=0, help="Evaluate during training every N steps (0: never)."),
+) -> None:
+    """Run a whole Prefix-RFT training job locally: redis, reward, rollout workers, learner, evaluation, report."""
+    from pydantic import ValidationError
+
+    from services.jobs.deployment import ProcessDied
+    from services.jobs.run import RunOptions, run_job
+    from services.learner.algorithm import AlgorithmName
+
+    setup_logging("WARNING")
+    names = ", ".join(a.value for a in AlgorithmName)
+    if algorithm not in {a.value for a in AlgorithmName}:
+        fail(f"--algorithm {algorithm!r} is not one of: {names}")
+    for flag, path in (("--model", model), ("--data", data), ("--config", config)):
+        if path is not None and not path.exists():
+            fail(f"{flag} {path}: no such file or directory")
+    try:
+        options = RunOptions(
+            model=model, data=data, algorithm=algorithm, steps=steps, seed=seed, rollout_workers=rollout_workers,
+            reward_workers=reward_workers, redis_url=redis_url, config=config, out=out,
+            eval_problems=eval_problems, eval_every=eval_every,
+        )
+    except ValidationError as exc:
+        fail(str(exc))
+    try:
+        run_job(options, console)
+    except ProcessDied as exc:
+        fail(f"a service died, so the run was stopped: {exc}")
+    except KeyboardInterrupt:
+        fail("interrupted; every process this run started has been stopped")
+
+
+@app.command("eval")
+def eval_command(
+    model: Path = typer.Option(None, help="Local Hugging Face model directory (default: the built-in base policy)."),
+    split: str = typer.Option("id", help="'id' or 'ood' (built-in task) or a data file."),
+    problems: int = typer.Option(128, min=1, help="Evaluate at most this many problems."),
+    k: int = typer.Option(4, min=0, help="Samples per problem for avg@k and pass@k (0: greedy only)."),
+    temperature: float = typer.Option(0.6, min=0.0),
+    max_tokens: int = typer.Option(192, min=1),
+    rollout_url: str = typer.Option(None, help="Use a running rollout worker instead of starting one."),
+    reward_url: str = typer.Option(None, help="Use a running reward service instead of starting one."),
+    out: Path = typer.Option(None, help="Also write the result as JSON here."),
+) -> None:
+    """Greedy and sampled accuracy (pass@1, avg@k, pass@k) through a rollout worker and the reward service."""
+    import asyncio
+    import tempfile
+
+    from services.jobs.deployment import LocalDeployment, ProcessDied
+    from services.jobs.evaluate import EvalSettings, evaluate, problems_for_split
+    from shared.modeling import load_tokenizer
+
+    setup_logging("WARNING")
+    if model is not None and not (model / "config.json").is_file():
+        fail(f"--model {model}: not a Hugging Face model directory (no config.json)")
+    try:
+        selected = problems_for_split(split, problems)
+    except ValueError as exc:
+        fail(str(exc))
+    if model is None:
+        from shared.base_policy import default_base_policy
+
+        model = default_base_policy()
+    settings = EvalSettings(k=k, temperature=temperature, max_tokens=max_tokens)
+    deployment = None
+    try:
+        if rollout_url is None or reward_url is None:
+            run_dir = Path(tempfile.mkdtemp(prefix="prft-eval-"))
+            config = run_dir / "eval.yaml"
+            config.write_text("{}\n")
+            deployment = LocalDeployment(run_dir=run_dir, config_path=config, redis_url=None)
+            with console.status("starting the reward service and a rollout worker"):
+                reward_url = reward_url or deployment.start_reward(1)
+                deployment.reward_url = reward_url
+                rollout_url = rollout_url or deployment.start_rollout_worker(model, 0)
+        result = asyncio.run(evaluate(selected, load_tokenizer(model), rollout_url, reward_url, split, settings))
+    except ProcessDied as exc:
+        fail(str(exc))
+    finally:
+        if deployment is not None:
+            deployment.stop()
+    typer.echo(result.model_dump_json(indent=2))
+    if out is not None:
+        out.write_text(result.model_dump_json(indent=2))

@@ -1,0 +1,1 @@
+"""Jobs built on the services: a local deployment (``prefix-rft run``), evaluation, reports."""

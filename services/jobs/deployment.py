@@ -1,0 +1,106 @@
+"""A whole local deployment as separate processes on loopback: redis-server, reward, rollout workers,
+learner. Every process logs to a file in the run directory; ``stop`` ends all of them, and
+``check`` names the first one that died, with the tail of its log.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared.processes import (
+    ManagedProcess,
+    ProcessDied,
+    free_port,
+    start_process,
+    start_redis_server,
+    wait_http_ready,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LocalDeployment:
+    run_dir: Path
+    config_path: Path
+    redis_url: str | None = None  # None: start a private redis-server
+    processes: list[ManagedProcess] = field(default_factory=list)
+    reward_url: str = ""
+    rollout_urls: list[str] = field(default_factory=list)
+    learner_url: str = ""
+
+    def env(self) -> dict[str, str]:
+        env = {"PRFT_CONFIG": str(self.config_path), "PYTHONUNBUFFERED": "1"}
+        if self.redis_url:
+            env["PRFT_REDIS__URL"] = self.redis_url
+        return env
+
+    def start_redis(self) -> str:
+        if self.redis_url is None:
+            process, self.redis_url = start_redis_server(self.run_dir / "redis", appendonly=True)
+            self.processes.append(process)
+        return self.redis_url
+
+    def start_reward(self, workers: int) -> str:
+        port = free_port()
+        process = self._start(
+            "reward", ["-m", "services.reward"], {"PRFT_REWARD__PORT": str(port), "PRFT_REWARD__WORKERS": str(workers)}
+        )
+        self.reward_url = f"http://127.0.0.1:{port}"
+        wait_http_ready(process, f"{self.reward_url}/healthz", timeout=120)
+        return self.reward_url
+
+    def start_rollout_worker(self, model: Path, index: int) -> str:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = {
+            "PRFT_ROLLOUT__PORT": str(port),
+            "PRFT_ROLLOUT__MODEL": str(model),
+            "PRFT_ROLLOUT__PUBLIC_URL": url,
+            "PRFT_ROLLOUT__REWARD_URL": self.reward_url,
+            "PRFT_ROLLOUT__WORKER_ID": f"rollout-{index}",
+            # Each engine needs its own RPC and cache paths when several share a machine.
+            "VLLM_RPC_BASE_PATH": str(self.run_dir / f"vllm-rpc-{index}"),
+            "VLLM_CACHE_ROOT": str(self.run_dir / f"vllm-cache-{index}"),
+        }
+        process = self._start(f"rollout-{index}", ["-m", "services.rollout"], env)
+        wait_http_ready(process, f"{url}/readyz", timeout=300)
+        self.rollout_urls.append(url)
+        return url
+
+    def start_learner(self, resume: bool = False) -> str:
+        port = free_port()
+        argv = ["-m", "services.learner"] + (["--resume"] if resume else [])
+        process = self._start("learner", argv, {"PRFT_LEARNER__PORT": str(port)})
+        self.learner_url = f"http://127.0.0.1:{port}"
+        wait_http_ready(process, f"{self.learner_url}/v1/status", timeout=300)
+        return self.learner_url
+
+    def process(self, name: str) -> ManagedProcess:
+        return next(p for p in self.processes if p.name == name)
+
+    def check(self, allow_exited: tuple[str, ...] = ()) -> None:
+        """Raise :class:`ProcessDied` naming the first process that exited (except those allowed to)."""
+        for process in self.processes:
+            if process.name not in allow_exited:
+                process.check_alive()
+
+    def stop(self) -> None:
+        # Stop in reverse order: the learner before the workers, the workers before redis.
+        for process in reversed(self.processes):
+            code = process.stop()
+            log.info("stopped %s (pid %d, exit code %s)", process.name, process.pid, code)
+
+    def _start(self, name: str, module_argv: list[str], env: dict[str, str]) -> ManagedProcess:
+        process = start_process(
+            name, [sys.executable, *module_argv], self.run_dir / "logs" / f"{name}.log", env={**self.env(), **env}
+        )
+        self.processes.append(process)
+        log.info("started %s (pid %d), log %s", name, process.pid, process.log_path)
+        return process
+
+
+__all__ = ["LocalDeployment", "ProcessDied"]

@@ -1,0 +1,118 @@
+"""The run report: ``report.json``, ``curves.png`` and the closing table printed to the terminal."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from rich.console import Console
+from rich.table import Table
+
+from services.jobs.evaluate import EvalResult
+
+
+class AccuracyPoint(BaseModel):
+    step: int
+    model_version: int
+    split: str
+    greedy_accuracy: float
+
+
+class RunReport(BaseModel):
+    algorithm: str
+    seed: int
+    steps: int
+    model: str
+    data: str
+    wall_time_s: float
+    train_time_s: float
+    tokens_per_s: float  # generated tokens per second of training wall time
+    dropped_stale_groups: int
+    trained_groups: int
+    accuracy_before: dict[str, float]  # split -> greedy accuracy
+    accuracy_after: dict[str, float]
+    evaluation_before: dict[str, EvalResult]
+    evaluation_after: dict[str, EvalResult]
+    accuracy_curve: list[AccuracyPoint] = Field(default_factory=list)
+    run_dir: str
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_report(report: RunReport, metrics: list[dict], run_dir: Path) -> Path:
+    (run_dir / "report.json").write_text(report.model_dump_json(indent=2))
+    plot_curves(metrics, report, run_dir / "curves.png")
+    return run_dir / "report.json"
+
+
+def plot_curves(metrics: list[dict], report: RunReport, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_reward, ax_acc, ax_prefix) = plt.subplots(1, 3, figsize=(15, 4.2))
+    steps = [m["step"] for m in metrics]
+    for key, label in (
+        ("reward_mean", "all rollouts"),
+        ("reward_on_policy", "on-policy"),
+        ("reward_hybrid", "hybrid (prefix)"),
+    ):
+        points = [(m["step"], m[key]) for m in metrics if m.get(key) is not None]
+        if points:
+            ax_reward.plot(*zip(*points), label=label, marker=".")
+    ax_reward.set(title="training reward", xlabel="step", ylabel="mean reward", ylim=(-0.02, 1.02))
+    ax_reward.legend()
+
+    for split in sorted({p.split for p in report.accuracy_curve}):
+        points = [(p.step, p.greedy_accuracy) for p in report.accuracy_curve if p.split == split]
+        ax_acc.plot(*zip(*points), label=split, marker="o")
+    for split, value in report.accuracy_before.items():
+        ax_acc.scatter([0], [value], marker="x", color="grey")
+    for split, value in report.accuracy_after.items():
+        ax_acc.scatter([report.steps], [value], marker="*", s=120, label=f"{split} final")
+    ax_acc.set(title="greedy accuracy", xlabel="step", ylabel="accuracy", ylim=(-0.02, 1.02))
+    if report.accuracy_curve or report.accuracy_after:
+        ax_acc.legend()
+
+    lows = [m.get("prefix_ratio_low") for m in metrics]
+    highs = [m.get("prefix_ratio_high") for m in metrics]
+    if steps and any(v is not None for v in lows):
+        ax_prefix.fill_between(steps, [v or 0 for v in lows], [v or 0 for v in highs], alpha=0.3, label="range")
+        ax_prefix.plot(steps, [v or 0 for v in lows], label="low_t")
+    shares = [(m["step"], m["prefix_token_share"]) for m in metrics if m.get("prefix_token_share") is not None]
+    if shares:
+        ax_prefix.plot(*zip(*shares), label="prefix-token share", linestyle="--")
+    ax_prefix.set(title="prefix ratio", xlabel="step", ylim=(0, 1))
+    ax_prefix.legend()
+
+    fig.suptitle(f"{report.algorithm} (seed {report.seed}, {report.steps} steps)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def print_summary(report: RunReport, console: Console) -> None:
+    table = Table(title=f"{report.algorithm}: {report.steps} steps in {report.wall_time_s:.0f} s")
+    table.add_column("split")
+    table.add_column("greedy before", justify="right")
+    table.add_column("greedy after", justify="right")
+    table.add_column("avg@k after", justify="right")
+    for split, before in report.accuracy_before.items():
+        after = report.evaluation_after[split]
+        table.add_row(
+            split,
+            f"{before:.3f}",
+            f"{after.greedy_accuracy:.3f}",
+            "-" if after.avg_at_k is None else f"{after.avg_at_k:.3f}",
+        )
+    console.print(table)
+    console.print(
+        f"tokens/s {report.tokens_per_s:.0f} · trained groups {report.trained_groups} · "
+        f"dropped stale groups {report.dropped_stale_groups} · report {report.run_dir}/report.json"
+    )

@@ -1,0 +1,260 @@
+"""``prefix-rft run``: a real training job on a local deployment, evaluated before and after.
+
+Order: redis-server, reward service, rollout workers, evaluation of the base policy, learner (which
+trains and pushes weights to the workers), periodic and final evaluation, report. Every process is
+stopped at the end, on Ctrl-C, or as soon as one of them dies (naming it, with its log tail).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from services.jobs.deployment import LocalDeployment
+from services.jobs.evaluate import EvalResult, EvalSettings, evaluate
+from services.jobs.report import AccuracyPoint, RunReport, print_summary, read_metrics, write_report
+from services.learner.algorithm import AlgorithmName
+from shared.data import load_problems
+from shared.modeling import load_tokenizer
+from shared.problems import Problem
+from shared.tasks.arithmetic import ArithmeticTask
+
+log = logging.getLogger(__name__)
+
+
+class RunOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: Path | None = None  # None: the built-in default base policy
+    data: Path | None = None  # None: the built-in arithmetic task
+    eval_data: Path | None = None  # held-out file for --data runs (else the last eval_problems rows)
+    algorithm: AlgorithmName = AlgorithmName.prefix_rft
+    steps: int = Field(60, ge=1)
+    seed: int = 0
+    rollout_workers: int = Field(1, ge=1)
+    reward_workers: int = Field(1, ge=1)
+    redis_url: str | None = None
+    config: Path | None = None  # user YAML merged under the job's own settings
+    out: Path | None = None
+    eval_problems: int = Field(128, ge=1)
+    eval_every: int = Field(20, ge=0)  # 0: evaluate only before and after
+    curve_problems: int = Field(64, ge=1)
+    eval: EvalSettings = EvalSettings()
+
+
+def run_job(options: RunOptions, console: Console) -> RunReport:
+    started = time.monotonic()
+    run_dir = _run_dir(options)
+    model_path = _resolve_model(options, console)
+    splits = _eval_splits(options)
+    config_path = _write_job_config(options, run_dir, model_path)
+    console.print(f"run directory: [bold]{run_dir}[/bold]")
+
+    deployment = LocalDeployment(run_dir=run_dir, config_path=config_path, redis_url=options.redis_url)
+    try:
+        with console.status("starting redis-server and the reward service"):
+            deployment.start_redis()
+            deployment.start_reward(options.reward_workers)
+        with console.status(f"starting {options.rollout_workers} rollout worker(s) (vLLM)"):
+            for index in range(options.rollout_workers):
+                deployment.start_rollout_worker(model_path, index)
+        tokenizer = load_tokenizer(model_path)
+        before = _evaluate_all(deployment, tokenizer, splits, options, console, "before")
+        train_started = time.monotonic()
+        with console.status("starting the learner (DeepSpeed)"):
+            deployment.start_learner()
+        curve = _follow_training(deployment, tokenizer, splits, options, console, run_dir)
+        train_time = time.monotonic() - train_started
+        _wait_for_final_weights(deployment, console)
+        after = _evaluate_all(deployment, tokenizer, splits, options, console, "after")
+    finally:
+        deployment.stop()
+
+    metrics = read_metrics(run_dir / "learner" / "metrics.jsonl")
+    last = metrics[-1] if metrics else {}
+    generated = sum(m.get("generated_tokens", 0) for m in metrics)
+    report = RunReport(
+        algorithm=options.algorithm.value,
+        seed=options.seed,
+        steps=options.steps,
+        model=str(model_path),
+        data=str(options.data or "built-in arithmetic"),
+        wall_time_s=time.monotonic() - started,
+        train_time_s=train_time,
+        tokens_per_s=generated / train_time if train_time > 0 else 0.0,
+        dropped_stale_groups=int(last.get("dropped_stale_total", 0)),
+        trained_groups=int(last.get("trained_groups_total", 0)),
+        accuracy_before={s: r.greedy_accuracy for s, r in before.items()},
+        accuracy_after={s: r.greedy_accuracy for s, r in after.items()},
+        evaluation_before=before,
+        evaluation_after=after,
+        accuracy_curve=curve,
+        run_dir=str(run_dir),
+    )
+    write_report(report, metrics, run_dir)
+    print_summary(report, console)
+    return report
+
+
+def _run_dir(options: RunOptions) -> Path:
+    run_dir = options.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{options.algorithm.value}-s{options.seed}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir.resolve()
+
+
+def _resolve_model(options: RunOptions, console: Console) -> Path:
+    if options.model is not None:
+        if not (options.model / "config.json").is_file():
+            raise ValueError(f"--model {options.model}: not a Hugging Face model directory (no config.json)")
+        return options.model.resolve()
+    from shared.base_policy import default_base_policy
+
+    with console.status("building the default model (first time only: a tokenizer, a model, a short warm-up)"):
+        return default_base_policy()
+
+
+def _eval_splits(options: RunOptions) -> dict[str, list[Problem]]:
+    if options.data is None:
+        task = ArithmeticTask(seed=0)
+        return {"id": task.problems("test")[: options.eval_problems], "ood": task.problems("ood")[: options.eval_problems]}
+    if options.eval_data is not None:
+        return {"eval": load_problems(options.eval_data)[: options.eval_problems]}
+    problems = load_problems(options.data)
+    return {"eval": problems[-options.eval_problems :]}
+
+
+def _write_job_config(options: RunOptions, run_dir: Path, model_path: Path) -> Path:
+    """One YAML for every process of the job: the user's file, then what this command decides."""
+    document: dict = yaml.safe_load(options.config.read_text()) if options.config else {}
+    document = document or {}
+    document.setdefault("redis", {}).setdefault("namespace", f"run-{secrets.token_hex(4)}")
+    document.setdefault("auth", {}).setdefault("token", secrets.token_urlsafe(24))
+    learner = document.setdefault("learner", {})
+    learner.update(
+        model=str(model_path),
+        total_steps=options.steps,
+        seed=options.seed,
+        run_dir=str(run_dir / "learner"),
+    )
+    if options.data is not None:
+        learner["data"] = str(options.data)
+    algorithm = learner.setdefault("algorithm", {})
+    algorithm["name"] = options.algorithm.value
+    path = run_dir / "job.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    path.chmod(0o600)  # it holds the bearer token
+    return path
+
+
+def _evaluate_all(deployment, tokenizer, splits, options, console, label) -> dict[str, EvalResult]:
+    results = {}
+    for split, problems in splits.items():
+        results[split] = _evaluate_split(deployment, tokenizer, split, problems, options.eval, console, f"eval {label} [{split}]")
+    return results
+
+
+def _evaluate_split(deployment, tokenizer, split, problems, settings, console, label) -> EvalResult:
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task(label, total=len(problems))
+        return asyncio.run(
+            _guarded(
+                deployment,
+                evaluate(
+                    problems, tokenizer, deployment.rollout_urls[0], deployment.reward_url, split, settings,
+                    on_progress=lambda n: bar.advance(task, n),
+                ),
+            )
+        )
+
+
+async def _guarded(deployment: LocalDeployment, work):
+    """Run ``work`` while watching the processes: a dead one aborts it with its name."""
+    task = asyncio.ensure_future(work)
+    while not task.done():
+        await asyncio.wait([task], timeout=1.0)
+        if not task.done():
+            try:
+                deployment.check(allow_exited=("learner",))
+            except Exception:
+                task.cancel()
+                raise
+    return task.result()
+
+
+def _follow_training(deployment, tokenizer, splits, options, console, run_dir) -> list[AccuracyPoint]:
+    metrics_path = run_dir / "learner" / "metrics.jsonl"
+    learner = deployment.process("learner")
+    curve: list[AccuracyPoint] = []
+    next_eval = options.eval_every
+    columns = (
+        TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("train", total=options.steps, stats="waiting for the first batch")
+        while True:
+            deployment.check(allow_exited=("learner",))
+            metrics = read_metrics(metrics_path)
+            if metrics:
+                last = metrics[-1]
+                bar.update(task, completed=last["step"], stats=_stats_line(last))
+                if options.eval_every and last["step"] >= next_eval and last["step"] < options.steps:
+                    next_eval += options.eval_every
+                    curve += _curve_point(deployment, tokenizer, splits, options, last["step"])
+            if not learner.alive():
+                if learner.popen.returncode != 0:
+                    learner.check_alive()  # raises ProcessDied with the log tail
+                break
+            time.sleep(1.0)
+    return curve
+
+
+def _stats_line(metrics: dict) -> str:
+    parts = []
+    for key, label, fmt in (
+        ("reward_mean", "reward", "{:.2f}"),
+        ("reward_on_policy", "on-policy", "{:.2f}"),
+        ("reward_hybrid", "hybrid", "{:.2f}"),
+        ("tokens_per_s", "tok/s", "{:.0f}"),
+        ("staleness_mean", "staleness", "{:.2f}"),
+    ):
+        if metrics.get(key) is not None:
+            parts.append(f"{label} {fmt.format(metrics[key])}")
+    return " · ".join(parts)
+
+
+def _curve_point(deployment, tokenizer, splits, options, step) -> list[AccuracyPoint]:
+    settings = options.eval.model_copy(update={"k": 0})
+    points = []
+    for split, problems in splits.items():
+        result = asyncio.run(
+            evaluate(problems[: options.curve_problems], tokenizer, deployment.rollout_urls[0], deployment.reward_url, split, settings)
+        )
+        points.append(
+            AccuracyPoint(step=step, model_version=max(result.model_versions), split=split, greedy_accuracy=result.greedy_accuracy)
+        )
+    return points
+
+
+def _wait_for_final_weights(deployment: LocalDeployment, console: Console, timeout: float = 120.0) -> None:
+    """The learner has exited after publishing its last version; wait until every worker serves it."""
+    status_path = Path(deployment.run_dir) / "learner" / "final.json"
+    if not status_path.is_file():
+        return
+    final_version = json.loads(status_path.read_text())["version"]
+    deadline = time.monotonic() + timeout
+    with console.status(f"waiting for the workers to serve weights v{final_version}"):
+        for url in deployment.rollout_urls:
+            while httpx.get(f"{url}/v1/weights", timeout=5).json()["version"] < final_version:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"worker {url} never loaded the final weights v{final_version}")
+                time.sleep(0.5)
