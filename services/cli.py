@@ -54,6 +54,69 @@ if __name__ == "__main__":
     app()
 
 
+def _overrides(**values) -> dict:
+    """Flags that were given; the others leave the config file and env vars in charge."""
+    return {key: value for key, value in values.items() if value is not None}
+
+
+@app.command("reward")
+def reward_command(
+    config: Path = typer.Option(None, help="Job YAML file (default: $PRFT_CONFIG)."),
+    host: str = typer.Option(None, help="Interface to bind (default 127.0.0.1)."),
+    port: int = typer.Option(None, help="Port (default 8001)."),
+    workers: int = typer.Option(None, help="Verifier processes."),
+    item_timeout_s: float = typer.Option(None, help="Hard deadline per item, in seconds."),
+    log_level: str = typer.Option(None),
+) -> None:
+    """Serve the reward service: POST /v1/score verifies math answers."""
+    from services.reward.main import serve
+    from services.reward.settings import RewardSettings
+
+    serve(load_or_fail(RewardSettings, config, **_overrides(
+        host=host, port=port, workers=workers, item_timeout_s=item_timeout_s, log_level=log_level)))
+
+
+@app.command("rollout")
+def rollout_command(
+    config: Path = typer.Option(None, help="Job YAML file (default: $PRFT_CONFIG)."),
+    model: str = typer.Option(None, help="Local Hugging Face model directory (default: the built-in base policy)."),
+    host: str = typer.Option(None, help="Interface to bind (default 127.0.0.1)."),
+    port: int = typer.Option(None, help="Port (default 8000)."),
+    public_url: str = typer.Option(None, help="URL registered for weight pushes (default: http://host:port)."),
+    worker_id: str = typer.Option(None, help="Consumer name and registry key (default: hostname-pid)."),
+    reward_url: str = typer.Option(None, help="Reward service base URL."),
+    worker: bool = typer.Option(None, "--worker/--no-worker", help="Consume tasks from Redis (default on)."),
+    log_level: str = typer.Option(None),
+) -> None:
+    """Serve a rollout worker: a vLLM engine behind POST /v1/generate, consuming tasks from Redis."""
+    from services.rollout.main import serve
+    from services.rollout.settings import RolloutSettings
+
+    serve(load_or_fail(RolloutSettings, config, **_overrides(
+        model=model, host=host, port=port, public_url=public_url, worker_id=worker_id, reward_url=reward_url,
+        worker_enabled=worker, log_level=log_level)))
+
+
+@app.command("learner", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def learner_command(
+    config: Path = typer.Option(None, help="Job YAML file (default: $PRFT_CONFIG)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the run directory's last checkpoint."),
+    local_rank: int = typer.Option(None, "--local_rank", "--local-rank", hidden=True),
+) -> None:
+    """Run the DeepSpeed learner (also under torchrun or the deepspeed launcher)."""
+    import os
+
+    from services.learner.main import serve
+    from services.learner.settings import LearnerSettings
+
+    rank = os.environ.get("RANK", "0")
+    logging.basicConfig(
+        level=os.environ.get("PRFT_LOG_LEVEL", "INFO"),
+        format=f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s",
+    )
+    serve(load_or_fail(LearnerSettings, config), resume=resume)
+
+
 @app.command("run")
 def run_command(
     model: Path = typer.Option(None, help="Local Hugging Face model directory (default: the built-in base policy)."),

@@ -1,0 +1,497 @@
+"""The contract between the deployment files and the code: every command a container runs is a
+real `prefix-rft` sub-command, every PRFT_ variable a manifest sets is a setting that service
+reads, the settings load with exactly the environment and config file the container gets, and the
+addresses they produce (ports, URLs, paths) meet the other manifests. A renamed setting, port or
+option breaks this test, not a deployment.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import math
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from shared.settings import CONFIG_ENV_VAR, ENV_PREFIX, load_settings
+from tests.unit.test_deploy_tools import (
+    COMPOSE_VARIANTS,
+    DEPLOY,
+    IMAGE,
+    OVERLAYS,
+    REPO,
+    SERVICES,
+    compose_files,
+    deploy_checkout,
+    find,
+    k8s_manifests,
+    secret_data,
+)
+
+SETTINGS_CLASSES = {
+    "reward": ("services.reward.settings", "RewardSettings"),
+    "rollout": ("services.rollout.settings", "RolloutSettings"),
+    "learner": ("services.learner.settings", "LearnerSettings"),
+}
+COMMON_SECTIONS = ("redis", "auth")
+CONFIG_FILES = (REPO / "configs" / "paper-gpu.yaml", DEPLOY / "k8s" / "base" / "config.yaml")
+# Stand-ins for what only a running cluster knows.
+POD_IP = "10.1.2.3"
+HOSTNAME = "prefix-rft-rollout-3"
+
+
+def settings_class(service: str) -> type:
+    module_name, class_name = SETTINGS_CLASSES[service]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        pytest.fail(f"{module_name} cannot be imported ({exc}): the {service} manifests cannot be checked")
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        pytest.fail(f"{module_name} has no {class_name}: the {service} manifests cannot be checked")
+    assert cls.yaml_section == service
+    return cls
+
+
+def cli_commands() -> dict:
+    """The `prefix-rft` sub-commands, as click sees them (what the console script runs)."""
+    import typer
+
+    from services.cli import app
+
+    return typer.main.get_command(app).commands
+
+
+def variables_read_directly() -> set[str]:
+    """PRFT_ variables the code reads itself (os.environ), outside the settings classes."""
+    names = {CONFIG_ENV_VAR}
+    pattern = re.compile(r"""environ(?:\.get\(|\[|\.setdefault\()\s*["'](PRFT_[A-Z0-9_]+)["']""")
+    for path in [*REPO.joinpath("shared").rglob("*.py"), *REPO.joinpath("services").rglob("*.py")]:
+        names.update(pattern.findall(path.read_text()))
+    return names
+
+
+# ---- field paths -----------------------------------------------------------------------------------
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _nested_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _takes_any_key(annotation: Any) -> bool:
+    if annotation is Any or typing.get_origin(annotation) is dict or annotation is dict:
+        return True
+    return any(_takes_any_key(arg) for arg in typing.get_args(annotation))
+
+
+def setting_path_error(cls: type[BaseModel], path: list[str]) -> str | None:
+    """None when ``cls`` has the nested field ``path`` (env names are case-insensitive); else why not."""
+    model = cls
+    for depth, part in enumerate(path):
+        fields = {name.lower(): info for name, info in model.model_fields.items()}
+        info = fields.get(part.lower())
+        where = ".".join(path[: depth + 1])
+        if info is None:
+            return f"'{where}' is not a setting of {cls.__name__} (there: {', '.join(sorted(fields))})"
+        if depth == len(path) - 1:
+            return None
+        nested = _nested_model(info.annotation)
+        if nested is None:
+            return None if _takes_any_key(info.annotation) else f"'{where}' has no sub-settings"
+        model = nested
+    return None
+
+
+def env_name_error(service: str, name: str) -> str | None:
+    """None when the ``service`` container reads the variable ``name``; else why it does not."""
+    if not name.startswith(ENV_PREFIX):
+        return None  # not ours (VLLM_*, POD_IP, ...)
+    if name in variables_read_directly():
+        return None
+    parts = name[len(ENV_PREFIX) :].split("__")
+    section = parts[0].lower()
+    if len(parts) < 2:
+        return f"{name}: not PRFT_<SECTION>__<KEY> and not read by the code"
+    if section in COMMON_SECTIONS:
+        return setting_path_error(settings_class(service), parts)
+    if section != service:
+        known = ", ".join((*COMMON_SECTIONS, service))
+        return f"{name}: section '{section}' is not read by the {service} service (it reads {known})"
+    return setting_path_error(settings_class(service), parts[1:])
+
+
+class _Small(BaseModel):
+    class Inner(BaseModel):
+        depth: int = 0
+
+    value: int = 0
+    inner: Inner = Inner()
+    maybe: Inner | None = None
+    extra: dict[str, Any] = {}
+
+
+def test_setting_path_walks_nested_models():
+    assert setting_path_error(_Small, ["VALUE"]) is None
+    assert setting_path_error(_Small, ["inner", "depth"]) is None
+    assert setting_path_error(_Small, ["maybe", "depth"]) is None
+    assert setting_path_error(_Small, ["extra", "anything"]) is None
+    assert "not a setting" in setting_path_error(_Small, ["valeu"])
+    assert "not a setting" in setting_path_error(_Small, ["inner", "dpth"])
+    assert "no sub-settings" in setting_path_error(_Small, ["value", "x"])
+
+
+def test_env_names_are_checked_against_the_service_that_reads_them():
+    assert env_name_error("learner", "PRFT_LEARNER__DEEPSPEED__ZERO_STAGE") is None
+    assert env_name_error("learner", "PRFT_REDIS__URL") is None and env_name_error("reward", "PRFT_AUTH__TOKEN") is None
+    assert env_name_error("learner", "VLLM_HOST_IP") is None
+    assert "not a setting" in env_name_error("learner", "PRFT_LEARNER__RUNDIR")
+    assert "not read by the learner" in env_name_error("learner", "PRFT_REWARD__PORT")
+    assert "not a setting" in env_name_error("reward", "PRFT_REDIS__HOST")
+
+
+# ---- what each container gets ----------------------------------------------------------------------
+
+
+@dataclass
+class Container:
+    where: str
+    argv: list[str]
+    env: dict[str, str]
+    config_text: str | None
+    ports: set[int]  # where the deployment expects the service to listen
+    health: list[tuple[int, str]]  # (port, path) of every probe or health check
+    mounts: set[str] = field(default_factory=set)
+
+    @property
+    def service(self) -> str:
+        return self.argv[0]
+
+
+@dataclass
+class Deployment:
+    name: str
+    containers: dict[str, Container]
+    redis_host: str
+    redis_password: str
+    service_ports: dict[str, int]  # service name -> port its Service / compose service name answers on
+
+
+def _k8s_env(container: dict, secrets: dict, config_maps: dict, pod_name: str) -> dict[str, str]:
+    fields = {"status.podIP": POD_IP, "metadata.name": pod_name, "metadata.namespace": "prefix-rft"}
+    env: dict[str, str] = {}
+    for item in container.get("env", []):
+        if "value" in item:
+            # $(VAR) refers to a variable defined above it in the list; $$( escapes.
+            value = re.sub(
+                r"(?<!\$)\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), item["value"]
+            )
+            env[item["name"]] = value.replace("$$(", "$(")
+            continue
+        source = item["valueFrom"]
+        if "secretKeyRef" in source:
+            ref = source["secretKeyRef"]
+            env[item["name"]] = secrets[ref["name"]][ref["key"]]
+        elif "configMapKeyRef" in source:
+            ref = source["configMapKeyRef"]
+            env[item["name"]] = config_maps[ref["name"]][ref["key"]]
+        elif "fieldRef" in source:
+            env[item["name"]] = fields[source["fieldRef"]["fieldPath"]]
+        elif "resourceFieldRef" in source:
+            kind, resource = source["resourceFieldRef"]["resource"].split(".")
+            quantity = str(container["resources"][kind][resource])
+            # Kubernetes rounds up to whole units (divisor 1).
+            env[item["name"]] = str(math.ceil(int(quantity[:-1]) / 1000) if quantity.endswith("m") else int(quantity))
+        else:
+            raise AssertionError(f"unknown env source {source}")
+    return env
+
+
+def _k8s_config_text(argv: list[str], container: dict, volumes: dict, config_maps: dict) -> str | None:
+    if "--config" not in argv:
+        return None
+    path = argv[argv.index("--config") + 1]
+    for mount in container.get("volumeMounts", []):
+        if path.startswith(mount["mountPath"].rstrip("/") + "/"):
+            volume = volumes[mount["name"]]
+            assert "configMap" in volume, f"--config {path} is not on a ConfigMap volume"
+            key = path[len(mount["mountPath"].rstrip("/")) + 1 :]
+            data = config_maps[volume["configMap"]["name"]]
+            assert key in data, f"--config {path}: the ConfigMap has no key {key!r} (it has {sorted(data)})"
+            return data[key]
+    raise AssertionError(f"--config {path} is not on any mounted volume")
+
+
+def k8s_deployment(resources: list[dict], overlay: str) -> Deployment:
+    secrets = {s["metadata"]["name"]: secret_data(resources, s["metadata"]["name"]) for s in find(resources, "Secret")}
+    config_maps = {c["metadata"]["name"]: c.get("data", {}) for c in find(resources, "ConfigMap")}
+    containers = {}
+    for workload in [r for r in resources if r["kind"] in ("Deployment", "StatefulSet")]:
+        spec = workload["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for container in spec["containers"]:
+            if not container["image"].split(":")[0] == IMAGE:
+                continue
+            where = f"k8s/{overlay} {workload['kind']}/{workload['metadata']['name']}"
+            # `args` only: `command` would replace the image's entrypoint (tini, secrets, prefix-rft).
+            assert "command" not in container, f"{where}: set args, not command"
+            argv = container["args"]
+            named = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
+            health = []
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                if probe in container and "httpGet" in container[probe]:
+                    get = container[probe]["httpGet"]
+                    health.append((named.get(get["port"], get["port"]), get["path"]))
+            containers[argv[0]] = Container(
+                where=where,
+                argv=argv,
+                env=_k8s_env(container, secrets, config_maps, f"{workload['metadata']['name']}-7d9f-x2"),
+                config_text=_k8s_config_text(argv, container, volumes, config_maps),
+                ports=set(named.values()),
+                health=health,
+                mounts={m["mountPath"] for m in container.get("volumeMounts", [])},
+            )
+    redis = next(r for r in resources if r["kind"] == "StatefulSet" and r["metadata"]["name"] == "redis")
+    redis_container = redis["spec"]["template"]["spec"]["containers"][0]
+    redis_env = _k8s_env(redis_container, secrets, config_maps, "redis-0")
+    service_ports = {s["metadata"]["name"]: s["spec"]["ports"][0]["port"] for s in find(resources, "Service")}
+    return Deployment(f"k8s-{overlay}", containers, "redis", redis_env["REDIS_PASSWORD"], service_ports)
+
+
+def compose_deployment(model: dict, directory: Path, variant: str) -> Deployment:
+    secret_files = {name: directory / s["file"] for name, s in model["secrets"].items()}
+    containers = {}
+    for name, service in model["services"].items():
+        if not service.get("image", "").startswith(IMAGE):
+            continue
+        where = f"compose/{variant} {name}"
+        environment = service.get("environment", {})
+        if isinstance(environment, list):
+            environment = dict(item.split("=", 1) for item in environment)
+        env = {}
+        for key, value in environment.items():
+            value = str(value)
+            if key.endswith("_FILE") and key.startswith("PRFT_"):
+                # What deploy/docker/entrypoint.sh does with a secret file.
+                secret = value.removeprefix("/run/secrets/")
+                assert secret in service.get("secrets", []), f"{where}: {key} names secret {secret!r} not given to it"
+                key, value = key[: -len("_FILE")], secret_files[secret].read_text().strip()
+            env[key] = value.replace("{hostname}", HOSTNAME)
+        argv = service["command"]
+        config_text = None
+        mounts = set()
+        for volume in service.get("volumes", []):
+            target = volume["target"] if isinstance(volume, dict) else volume.split(":")[1]
+            mounts.add(target)
+            if "--config" in argv and target == argv[argv.index("--config") + 1]:
+                source = volume["source"] if isinstance(volume, dict) else volume.split(":")[0]
+                config_text = (directory / source).read_text()
+        if "--config" in argv:
+            assert config_text is not None, f"{where}: --config {argv[argv.index('--config') + 1]} is not mounted"
+        test = service["healthcheck"]["test"]
+        url = urlsplit(next(word for word in test if word.startswith("http")))
+        ports = {int(str(p).rsplit(":", 1)[-1].split("/")[0]) for p in service.get("ports", [])}
+        containers[argv[0]] = Container(
+            where, argv, env, config_text, ports or {url.port}, [(url.port, url.path)], mounts
+        )
+    acl = secret_files[model["services"]["redis"]["secrets"][0]].read_text()
+    password = re.search(r"user default on >(\S+)", acl).group(1)
+    # Compose services answer on their container port under their service name.
+    service_ports = {name: next(iter(c.ports)) for name, c in containers.items()}
+    return Deployment(f"compose-{variant}", containers, "redis", password, service_ports)
+
+
+@functools.cache
+def deployments() -> dict[str, Deployment]:
+    """Every deployment variant, each service as its container gets it."""
+    found = {f"k8s-{o}": k8s_deployment(k8s_manifests()[o], o) for o in OVERLAYS}
+    directory = deploy_checkout() / "deploy" / "compose"
+    found.update({f"compose-{v}": compose_deployment(compose_files()[v], directory, v) for v in COMPOSE_VARIANTS})
+    return found
+
+
+DEPLOYMENTS = [f"k8s-{o}" for o in OVERLAYS] + [f"compose-{v}" for v in COMPOSE_VARIANTS]
+
+
+def cases() -> list:
+    return [pytest.param(d, s, id=f"{d}-{s}") for d in DEPLOYMENTS for s in SERVICES]
+
+
+# ---- the checks ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS)
+def test_each_service_runs_once_per_deployment(deployment):
+    assert set(deployments()[deployment].containers) == set(SERVICES)
+
+
+@pytest.mark.parametrize(("deployment", "service"), cases())
+def test_container_runs_a_real_prefix_rft_subcommand(deployment, service):
+    container = deployments()[deployment].containers[service]
+    commands = cli_commands()
+    assert container.service in commands, (
+        f"{container.where}: `prefix-rft {container.service}` is not a sub-command (there: {sorted(commands)})"
+    )
+    options = {opt for param in commands[container.service].params for opt in getattr(param, "opts", [])}
+    for word in container.argv[1:]:
+        if word.startswith("-"):
+            assert word in options, (
+                f"{container.where}: `prefix-rft {service}` has no option {word} (it has {sorted(options)})"
+            )
+
+
+@pytest.mark.parametrize(("deployment", "service"), cases())
+def test_every_prft_variable_is_a_setting_the_service_reads(deployment, service):
+    container = deployments()[deployment].containers[service]
+    errors = [e for e in (env_name_error(service, name) for name in container.env) if e]
+    assert not errors, f"{container.where}:\n" + "\n".join(errors)
+
+
+def load_as_container(container: Container, tmp_path: Path, monkeypatch) -> Any:
+    """The service's settings exactly as the container builds them: its env and its --config file."""
+    for name in list(__import__("os").environ):
+        if name.startswith(ENV_PREFIX):
+            monkeypatch.delenv(name)
+    for name, value in container.env.items():
+        monkeypatch.setenv(name, value)
+    config = None
+    if container.config_text is not None:
+        config = tmp_path / "config.yaml"
+        config.write_text(container.config_text)
+    return load_settings(settings_class(container.service), config)
+
+
+@pytest.mark.parametrize(("deployment", "service"), cases())
+def test_settings_load_and_listen_where_the_deployment_looks(deployment, service, tmp_path, monkeypatch):
+    container = deployments()[deployment].containers[service]
+    settings = load_as_container(container, tmp_path, monkeypatch)
+    assert settings.host == "0.0.0.0", f"{container.where}: listens on {settings.host}, unreachable from other pods"
+    assert settings.port in container.ports, (
+        f"{container.where}: listens on {settings.port}, declared {container.ports}"
+    )
+    for port, path in container.health:
+        assert port == settings.port, f"{container.where}: probe {path} on port {port}, service on {settings.port}"
+    paths = {path for _, path in container.health}
+    assert "/healthz" in paths or "/readyz" in paths
+
+
+@pytest.mark.parametrize(("deployment", "service"), cases())
+def test_every_service_shares_the_redis_and_the_token(deployment, service, tmp_path, monkeypatch):
+    plan = deployments()[deployment]
+    settings = load_as_container(plan.containers[service], tmp_path, monkeypatch)
+    url = urlsplit(settings.redis.url)
+    assert (url.hostname, url.port, url.password) == (plan.redis_host, 6379, plan.redis_password)
+    token = settings.auth.token.get_secret_value()
+    assert len(token) >= 32, f"{plan.containers[service].where}: weight pushes need the shared token"
+    others = {c.env.get("PRFT_AUTH__TOKEN") for c in plan.containers.values()}
+    assert others == {token}
+
+
+def url_target(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname, parts.port
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS)
+def test_rollout_registers_its_own_address_and_finds_the_reward_service(deployment, tmp_path, monkeypatch):
+    plan = deployments()[deployment]
+    rollout = plan.containers["rollout"]
+    settings = load_as_container(rollout, tmp_path, monkeypatch)
+    public = getattr(settings, "public_url", None)
+    assert public, f"{rollout.where}: the worker must register a reachable URL (public_url) for the learner to find it"
+    host, port = url_target(public)
+    # Its own address, not a Service name: the learner pushes weights to each worker.
+    assert host in (POD_IP, HOSTNAME) and port == settings.port, f"{rollout.where}: registers {public}"
+    worker_id = getattr(settings, "worker_id", None)
+    if worker_id is not None:
+        assert "rollout" in worker_id, f"{rollout.where}: worker_id {worker_id!r} is not per replica"
+    reward = load_as_container(plan.containers["reward"], tmp_path, monkeypatch)
+    assert url_target(settings.reward_url) == ("reward", reward.port) and plan.service_ports["reward"] == reward.port
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS)
+def test_learner_serves_weights_under_its_service_name_and_keeps_runs_on_a_volume(deployment, tmp_path, monkeypatch):
+    plan = deployments()[deployment]
+    learner = plan.containers["learner"]
+    settings = load_as_container(learner, tmp_path, monkeypatch)
+    assert (
+        url_target(settings.weights_base_url())
+        == ("learner", settings.port)
+        == ("learner", plan.service_ports["learner"])
+    )
+    assert any(Path(settings.run_dir).is_relative_to(mount) for mount in learner.mounts), (
+        f"{learner.where}: run_dir {settings.run_dir} is not on a volume; checkpoints would die with the container"
+    )
+    assert "--resume" in learner.argv, f"{learner.where}: a restarted learner must continue from its checkpoint"
+
+
+@pytest.mark.parametrize(("deployment", "service"), [c for c in cases() if c.values[1] in ("rollout", "learner")])
+def test_model_and_data_paths_are_on_mounted_volumes(deployment, service, tmp_path, monkeypatch):
+    container = deployments()[deployment].containers[service]
+    settings = load_as_container(container, tmp_path, monkeypatch)
+    for name in ("model", "data"):
+        value = getattr(settings, name, None)
+        if value and Path(value).is_absolute():
+            assert any(Path(value).is_relative_to(m) for m in container.mounts), (
+                f"{container.where}: {name} {value} is on no mounted volume (mounts: {sorted(container.mounts)})"
+            )
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS)
+def test_rollout_and_learner_load_the_same_model(deployment, tmp_path, monkeypatch):
+    # The worker generates token ids the learner trains on: one tokenizer, one starting policy.
+    plan = deployments()[deployment]
+    rollout = load_as_container(plan.containers["rollout"], tmp_path, monkeypatch)
+    learner = load_as_container(plan.containers["learner"], tmp_path, monkeypatch)
+    assert str(getattr(rollout, "model", None)) == str(learner.model)
+
+
+# ---- the job files ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.name if p.parent.name == "configs" else "k8s-base")
+def test_config_files_load_for_every_service(path):
+    document = yaml.safe_load(path.read_text())
+    unknown = set(document) - {*COMMON_SECTIONS, *SERVICES}
+    # A misspelt section would be ignored silently by every service.
+    assert not unknown, f"{path}: unknown sections {sorted(unknown)}"
+    for service in SERVICES:
+        load_settings(settings_class(service), path)
+
+
+def test_paper_config_is_the_papers_setting(monkeypatch):
+    for name in list(__import__("os").environ):
+        if name.startswith(ENV_PREFIX):
+            monkeypatch.delenv(name)
+    path = REPO / "configs" / "paper-gpu.yaml"
+    learner = load_settings(settings_class("learner"), path)
+    algorithm = learner.algorithm
+    assert learner.model.startswith("/assets/models/Qwen2.5-Math-") and learner.data.startswith("/assets/data/")
+    assert (learner.batch_prompts, algorithm.n_rollouts, learner.mini_batch_prompts) == (128, 8, 64)
+    assert (algorithm.name.value, algorithm.n_hybrid, algorithm.n_on_policy) == ("prefix-rft", 1, 7)
+    assert learner.lr == 1e-6 and learner.total_steps == 500
+    assert (learner.sampling.temperature, learner.sampling.max_tokens, learner.agg_constant) == (1.0, 8192, 8192)
+    schedule = algorithm.schedule
+    assert (schedule.kind, schedule.high, schedule.low_end, schedule.decay_steps) == ("cosine", 0.95, 0.05, 500)
+    assert (algorithm.clip_eps_low, algorithm.clip_eps_high, algorithm.dual_clip_c) == (0.2, 0.2, 3.0)
+    assert algorithm.entropy_clip and algorithm.entropy_clip_top == 0.2 and algorithm.entropy_coef == 0.001
+    assert algorithm.baseline.value == "group" and algorithm.demo_fraction == 1.0
+    assert learner.deepspeed.dtype == "bf16"
+    rollout = load_settings(settings_class("rollout"), path)
+    assert str(rollout.model) == learner.model
+    # The worker must accept the learner's requests: response length, and room for the prompt.
+    assert rollout.max_tokens >= learner.sampling.max_tokens and rollout.max_n >= algorithm.n_rollouts
+    assert rollout.max_model_len >= learner.sampling.max_tokens + 2048
