@@ -5,6 +5,7 @@ learner. Every process logs to a file in the run directory; ``stop`` ends all of
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ class LocalDeployment:
     def start_redis(self) -> str:
         if self.redis_url is None:
             process, self.redis_url = start_redis_server(self.run_dir / "redis", appendonly=True)
-            self.processes.append(process)
+            self._register(process)
         return self.redis_url
 
     def start_reward(self, workers: int) -> str:
@@ -98,9 +99,16 @@ class LocalDeployment:
         process = start_process(
             name, [sys.executable, *module_argv], self.run_dir / "logs" / f"{name}.log", env={**self.env(), **env}
         )
-        self.processes.append(process)
+        self._register(process)
         log.info("started %s (pid %d), log %s", name, process.pid, process.log_path)
         return process
+
+    def _register(self, process: ManagedProcess) -> None:
+        self.processes.append(process)
+        # Written as processes start, so an operator (or a test) can find every pid of the run.
+        (self.run_dir / "processes.json").write_text(
+            json.dumps([{"name": p.name, "pid": p.pid, "log": str(p.log_path)} for p in self.processes], indent=1)
+        )
 
 
 __all__ = ["LocalDeployment", "ProcessDied"]

@@ -32,6 +32,17 @@ from shared.tasks.arithmetic import ArithmeticTask
 log = logging.getLogger(__name__)
 
 
+# Sized so that the default job (the built-in model and task) finishes in about 15 minutes on 2 cores.
+DEFAULT_JOB = {
+    "batch_prompts": 16,
+    "mini_batch_prompts": 16,
+    "micro_batch": 32,
+    "max_staleness": 1,
+    "checkpoint_every": 25,
+    "sampling": {"temperature": 1.0, "max_tokens": 160},
+}
+
+
 class RunOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -39,7 +50,7 @@ class RunOptions(BaseModel):
     data: Path | None = None  # None: the built-in arithmetic task
     eval_data: Path | None = None  # held-out file for --data runs (else the last eval_problems rows)
     algorithm: AlgorithmName = AlgorithmName.prefix_rft
-    steps: int = Field(60, ge=1)
+    steps: int = Field(100, ge=1)
     seed: int = 0
     rollout_workers: int = Field(1, ge=1)
     reward_workers: int = Field(1, ge=1)
@@ -140,16 +151,18 @@ def _write_job_config(options: RunOptions, run_dir: Path, model_path: Path) -> P
     document.setdefault("redis", {}).setdefault("namespace", f"run-{secrets.token_hex(4)}")
     document.setdefault("auth", {}).setdefault("token", secrets.token_urlsafe(24))
     learner = document.setdefault("learner", {})
-    learner.update(
-        model=str(model_path),
-        total_steps=options.steps,
-        seed=options.seed,
-        run_dir=str(run_dir / "learner"),
-    )
+    learner.update(total_steps=options.steps, seed=options.seed, run_dir=str(run_dir / "learner"))
+    if options.model is not None:
+        learner["model"] = str(model_path)  # else the learner picks the built-in model and its learning rate
     if options.data is not None:
         learner["data"] = str(options.data)
+    for key, value in DEFAULT_JOB.items():
+        learner.setdefault(key, value)
     algorithm = learner.setdefault("algorithm", {})
     algorithm["name"] = options.algorithm.value
+    # The paper decays the prefix curriculum over its whole run (T_decay = 500 of ~500 steps); a
+    # short run gets the same shape over its own length unless the config says otherwise.
+    algorithm.setdefault("schedule", {}).setdefault("decay_steps", options.steps)
     path = run_dir / "job.yaml"
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     path.chmod(0o600)  # it holds the bearer token

@@ -1,0 +1,196 @@
+"""Feeding: the learner's data, its position, and the tasks it issues inside the staleness window.
+
+Everything a task contains is a pure function of (seed, data position, step, version), so a
+restarted learner issues the same task for the same position. The position and the number of tasks
+issued are written to Redis in the same transaction as each task: a learner resumed from an older
+checkpoint continues after the last task it actually issued instead of issuing it twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis
+
+from services.learner.algorithm import AlgorithmSettings
+from shared.codec import encode
+from shared.messages import SamplingParams, Task
+from shared.modeling import prompt_token_ids, response_token_ids
+from shared.prefix import PrefixSchedule
+from shared.problems import Problem
+from shared.streams import Keys
+
+log = logging.getLogger(__name__)
+
+
+def keeps_demonstration(problem_id: str, fraction: float, seed: int) -> bool:
+    """Deterministic per prompt: the same prompts keep their demonstrations in every run with ``seed``."""
+    if fraction >= 1.0:
+        return True
+    digest = hashlib.sha256(f"{seed}:demo:{problem_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") / 2**64 < fraction
+
+
+class DataOrder:
+    """Problems in a seeded order that is reshuffled every epoch; ``at(position)`` is pure."""
+
+    def __init__(self, problems: Sequence[Problem], seed: int):
+        if not problems:
+            raise ValueError("the learner's data set is empty")
+        self.problems = list(problems)
+        self.seed = seed
+        self._epoch = -1
+        self._order: list[int] = []
+
+    def at(self, position: int) -> Problem:
+        epoch, offset = divmod(position, len(self.problems))
+        if epoch != self._epoch:
+            self._order = list(range(len(self.problems)))
+            random.Random(f"{self.seed}:epoch:{epoch}").shuffle(self._order)
+            self._epoch = epoch
+        return self.problems[self._order[offset]]
+
+
+@dataclass
+class TaskFactory:
+    """Turns a problem into the task of one prompt group (prefix cuts from the shared schedule)."""
+
+    tokenizer: object
+    algorithm: AlgorithmSettings
+    sampling: SamplingParams
+    seed: int
+
+    @property
+    def schedule(self) -> PrefixSchedule:
+        return self.algorithm.schedule
+
+    def demonstration(self, problem: Problem) -> tuple[str, list[int]] | None:
+        """The demonstration this run may use for ``problem`` (text, token ids), or None."""
+        if not problem.demonstrations:
+            return None
+        if not keeps_demonstration(problem.id, self.algorithm.demo_fraction, self.seed):
+            return None
+        text = problem.demonstrations[0]
+        ids = response_token_ids(self.tokenizer, text)
+        return (text, ids) if len(ids) >= 2 else None
+
+    def make(self, task_id: str, problem: Problem, position: int, step: int, version: int) -> Task:
+        algo = self.algorithm
+        demo = self.demonstration(problem)
+        hybrid_prefixes: list[list[int]] = []
+        demonstrations: list[list[int]] = []
+        demonstration_texts: list[str] = []
+        n_on_policy = algo.n_rollouts
+        if demo is not None and (algo.n_hybrid or algo.n_demonstration):
+            text, ids = demo
+            rng = random.Random(f"{self.seed}:prefix:{position}")
+            for _ in range(algo.n_hybrid):
+                _, cut = self.schedule.sample_cut(step, len(ids), rng)
+                hybrid_prefixes += [ids[:cut]] * algo.continuations_per_prefix
+            demonstrations = [ids] * algo.n_demonstration
+            demonstration_texts = [text] * algo.n_demonstration
+            n_on_policy = algo.n_on_policy
+        return Task(
+            id=task_id,
+            prompt_id=problem.id,
+            issued_at_version=version,
+            step=step,
+            prompt_token_ids=prompt_token_ids(self.tokenizer, problem.prompt),
+            reference=problem.answer,
+            n_on_policy=n_on_policy,
+            hybrid_prefixes=hybrid_prefixes,
+            demonstrations=demonstrations,
+            demonstration_texts=demonstration_texts,
+            sampling=self.sampling,
+        )
+
+
+@dataclass
+class FeederState:
+    position: int = 0  # problems drawn from the data so far (tasks and SFT examples)
+    issued: int = 0  # tasks appended to the tasks stream
+
+
+class Feeder:
+    """Appends tasks to the tasks stream inside the staleness window; draws SFT examples."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        run_id: str,
+        order: DataOrder,
+        factory: TaskFactory,
+        window: int,
+        batch_prompts: int,
+        state: FeederState | None = None,
+    ):
+        self.client = client
+        self.keys = keys
+        self.run_id = run_id
+        self.order = order
+        self.factory = factory
+        self.window = window
+        self.batch_prompts = batch_prompts
+        self.state = state or FeederState()
+
+    @property
+    def state_key(self) -> str:
+        return f"{self.keys.namespace}:learner:{self.run_id}:feeder"
+
+    def task_prefix(self) -> str:
+        return f"{self.run_id}-"
+
+    def owns(self, group_id: str) -> bool:
+        return group_id.startswith(self.task_prefix())
+
+    def catch_up(self) -> None:
+        """After a restore: continue after tasks issued since the checkpoint (they are still queued)."""
+        raw = self.client.hgetall(self.state_key)
+        if raw:
+            position, issued = int(raw[b"position"]), int(raw[b"issued"])
+            if issued > self.state.issued:
+                log.info("%d tasks were issued after the checkpoint; continuing after them", issued - self.state.issued)
+            self.state.position = max(self.state.position, position)
+            self.state.issued = max(self.state.issued, issued)
+
+    def outstanding(self, consumed: int) -> int:
+        return self.state.issued - consumed
+
+    def fill(self, step: int, version: int, consumed: int) -> int:
+        """Issue tasks while fewer than ``window`` issued groups are not yet consumed (trained or
+        dropped); returns how many were issued."""
+        issued = 0
+        while (outstanding := self.outstanding(consumed)) < self.window:
+            # The task will be trained about this many steps ahead (FIFO), so cut with that step's schedule.
+            target_step = step + outstanding // self.batch_prompts
+            position = self.state.position
+            problem = self.order.at(position)
+            task = self.factory.make(f"{self.task_prefix()}{position:08d}", problem, position, target_step, version)
+            pipe = self.client.pipeline(transaction=True)
+            pipe.xadd(self.keys.tasks, encode(task))
+            pipe.hset(self.state_key, mapping={"position": position + 1, "issued": self.state.issued + 1})
+            pipe.execute()
+            self.state.position += 1
+            self.state.issued += 1
+            issued += 1
+        return issued
+
+    def draw_demonstrations(self, n: int) -> list[tuple[Problem, list[int]]]:
+        """The next ``n`` problems that have a demonstration (SFT steps), with its token ids."""
+        out: list[tuple[Problem, list[int]]] = []
+        scanned = 0
+        while len(out) < n:
+            problem = self.order.at(self.state.position)
+            self.state.position += 1
+            scanned += 1
+            demo = self.factory.demonstration(problem)
+            if demo is not None:
+                out.append((problem, demo[1]))
+            elif scanned > 10 * len(self.order.problems):
+                raise ValueError("no problem of the data set has a demonstration this run may use")
+        return out

@@ -1,0 +1,123 @@
+"""Learner settings: the ``learner`` section of the job's YAML file (env vars ``PRFT_LEARNER__*``)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from services.learner.algorithm import AlgorithmSettings
+from shared.messages import SamplingParams
+from shared.settings import ServiceSettings, StrictModel
+from shared.tasks.arithmetic import ArithmeticTask
+
+PAPER_LR = 1e-6
+# The built-in model has about a million parameters: at the paper's 1e-6 it would not move in a
+# run of a few hundred steps.
+DEFAULT_MODEL_LR = 5e-4
+
+
+class DeepSpeedSettings(StrictModel):
+    zero_stage: int = Field(0, ge=0, le=3)
+    dtype: Literal["fp32", "bf16"] = "fp32"  # fp16 needs loss scaling and does not run on CPU
+    gradient_clipping: float = Field(1.0, ge=0)  # 0 disables clipping
+    backend: Literal["gloo", "nccl"] | None = None  # None: nccl when CUDA is available, else gloo
+    # Merged last into the generated ds_config, for keys this model does not cover.
+    extra_config: dict[str, Any] = Field(default_factory=dict)
+
+
+class OptimizerSettings(StrictModel):
+    lr: float | None = Field(None, gt=0)  # None: 1e-6 (paper) for a given model, 5e-4 for the built-in one
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    warmup_steps: int = Field(0, ge=0)  # linear warm-up of the learning rate, then constant
+
+
+class LearnerSettings(ServiceSettings):
+    yaml_section = "learner"
+
+    # None: the built-in default base policy (built and cached on first use).
+    model: str | None = None
+    # None: the built-in arithmetic task's train split; else a file for shared.data.load_problems.
+    data: str | None = None
+    task: ArithmeticTask = ArithmeticTask()
+    # Given as a mapping, ``name`` selects the preset and the other keys override its fields.
+    algorithm: AlgorithmSettings = AlgorithmSettings()
+    sampling: SamplingParams = SamplingParams(temperature=1.0, max_tokens=256)
+
+    batch_prompts: int = Field(16, ge=1)  # groups per step (paper: 128)
+    mini_batch_prompts: int = Field(16, ge=1)  # groups per optimizer update (paper: 64)
+    micro_batch: int = Field(16, ge=1)  # rows per forward pass on one rank
+    ppo_epochs: int = Field(1, ge=1)  # passes over each batch
+    # Rows longer than this lose the tail of their response; None: the model's maximum positions.
+    max_seq_len: int | None = Field(None, ge=2)
+    # Where entropy-based clipping ranks prefix tokens: over each mini-batch (method.md; costs a
+    # forward pass without gradient when the mini-batch spans several passes or ranks) or over each
+    # forward pass alone.
+    entropy_clip_scope: Literal["mini_batch", "micro_batch"] = "mini_batch"
+    optimizer: OptimizerSettings = OptimizerSettings()
+    deepspeed: DeepSpeedSettings = DeepSpeedSettings()
+    seed: int = 0
+
+    total_steps: int = Field(500, ge=1)
+    max_staleness: int = Field(1, ge=0)  # versions a group may lag behind the learner's weights
+    publish_every: int = Field(1, ge=1)  # steps between weight versions
+    checkpoint_every: int = Field(20, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    keep_weights: int = Field(3, ge=1)  # weight versions kept on disk and served
+    publish_initial: bool = True  # publish version 0 (the starting weights) at a fresh start
+
+    run_dir: Path = Path("runs/learner")
+    host: str = "127.0.0.1"
+    port: int = Field(8002, ge=0, le=65535)
+    # Base URL workers use to fetch weights; None: http://{host}:{port}. "file" publishes file:// URIs.
+    public_url: str | None = None
+    weights_uri: Literal["http", "file"] = "http"
+
+    worker_ttl_s: float = Field(30.0, gt=0)  # a worker whose heartbeat is older is not pushed to
+    push_timeout_s: float = Field(60.0, gt=0)
+    push_retries: int = Field(3, ge=0)
+    read_block_ms: int = Field(1000, ge=1)  # one blocking read of the trajectories stream
+    consumer: str = "learner-0"
+
+    @field_validator("algorithm", mode="before")
+    @classmethod
+    def _apply_preset(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "name" in value:
+            overrides = {k: v for k, v in value.items() if k != "name"}
+            return AlgorithmSettings.preset(value["name"], **overrides)
+        return value
+
+    @model_validator(mode="after")
+    def _batches_divide(self) -> LearnerSettings:
+        if self.batch_prompts % self.mini_batch_prompts:
+            raise ValueError(
+                f"batch_prompts {self.batch_prompts} is not a multiple of mini_batch_prompts {self.mini_batch_prompts}"
+            )
+        return self
+
+    @property
+    def lr(self) -> float:
+        if self.optimizer.lr is not None:
+            return self.optimizer.lr
+        return PAPER_LR if self.model else DEFAULT_MODEL_LR
+
+    @property
+    def agg_constant(self) -> int:
+        """Dr.GRPO's divisor: a constant per run, by default the maximum response length."""
+        return self.algorithm.loss_agg_constant or self.sampling.max_tokens
+
+    @property
+    def window(self) -> int:
+        """Groups that may be outstanding (issued, not yet consumed): AReaL's admission bound."""
+        return (self.max_staleness + 1) * self.batch_prompts
+
+    def weights_base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        # Bound to every interface: workers elsewhere reach it by this machine's name.
+        host = socket.getfqdn() if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}"

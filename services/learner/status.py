@@ -1,0 +1,67 @@
+"""The learner's HTTP API (rank 0 only): status, weight files for workers that pull, Prometheus metrics."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import FileResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from services.learner.metrics import StepMetrics
+from services.learner.weights import WeightStore
+
+log = logging.getLogger(__name__)
+
+
+def make_app(status: Callable[[], dict[str, Any]], store: WeightStore, metrics: StepMetrics) -> FastAPI:
+    app = FastAPI(title="Prefix-RFT learner")
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"ok": True}
+
+    @app.get("/v1/status")
+    def get_status() -> dict:
+        return status()
+
+    @app.get("/v1/weights/{version}")
+    def get_weights(version: int) -> FileResponse:
+        path = store.file(version)
+        if not path.is_file():
+            raise HTTPException(404, f"weights version {version} are not available (kept: {store.versions()})")
+        return FileResponse(path, media_type="application/octet-stream", filename=f"v{version}-{path.name}")
+
+    @app.get("/metrics")
+    def get_metrics() -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+class BackgroundServer:
+    """uvicorn on a daemon thread, so the training loop keeps the main thread (and its signals)."""
+
+    def __init__(self, app: FastAPI, host: str, port: int):
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
+        self.server = uvicorn.Server(config)  # off the main thread it leaves signal handlers alone
+        self.thread = threading.Thread(target=self.server.run, name="learner-http", daemon=True)
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive():
+                raise RuntimeError("the learner's HTTP server failed to start (port in use?)")
+            if time.monotonic() > deadline:
+                raise TimeoutError("the learner's HTTP server did not start")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)

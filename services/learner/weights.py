@@ -1,0 +1,212 @@
+"""Weight versions: full weights to safetensors, the Redis record, and the push to live workers.
+
+A version is written to a temporary directory and renamed into place, so ``GET /v1/weights/{v}``
+never serves a half-written file. Pushing runs on its own thread and only ever pushes the newest
+version: a slow or dead worker delays nobody, and a failed push is retried, logged and forgotten
+(the worker loads the record from Redis when it comes back).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import queue
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import redis
+import torch
+
+from shared.codec import CodecError, decode_value, encode_value
+from shared.messages import WeightsRecord, WeightUpdate, WorkerInfo
+from shared.streams import Keys
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "model.safetensors"
+
+
+def full_state_dict(engine, zero_stage: int, is_main: bool) -> dict[str, torch.Tensor] | None:
+    """Full (unpartitioned) weights on the main rank; collective under ZeRO-3, so every rank calls it."""
+    if zero_stage == 3:
+        state = engine._zero3_consolidated_16bit_state_dict()
+        return state if is_main else None
+    if not is_main:
+        return None
+    return {name: tensor.detach().cpu() for name, tensor in engine.module.state_dict().items()}
+
+
+def digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """A checksum of the weights, to check that data-parallel ranks hold the same model."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+class WeightStore:
+    """``root/v{N}/model.safetensors`` (+ config.json), the newest ``keep`` versions."""
+
+    def __init__(self, root: Path, keep: int):
+        self.root = root
+        self.keep = keep
+        root.mkdir(parents=True, exist_ok=True)
+
+    def directory(self, version: int) -> Path:
+        return self.root / f"v{version}"
+
+    def file(self, version: int) -> Path:
+        return self.directory(version) / WEIGHTS_FILE
+
+    def versions(self) -> list[int]:
+        found = []
+        for entry in self.root.glob("v*"):
+            if entry.name[1:].isdigit() and (entry / WEIGHTS_FILE).is_file():
+                found.append(int(entry.name[1:]))
+        return sorted(found)
+
+    def save(self, module, state_dict: dict[str, torch.Tensor], version: int) -> Path:
+        target = self.directory(version)
+        tmp = self.root / f".v{version}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        # One file whatever the model size, so one URL serves it; tied weights are written once.
+        module.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True, max_shard_size="10000GB")
+        if not (tmp / WEIGHTS_FILE).is_file():
+            raise RuntimeError(f"save_pretrained wrote no {WEIGHTS_FILE} in {tmp}: {sorted(os.listdir(tmp))}")
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+        self.prune(version)
+        return target / WEIGHTS_FILE
+
+    def prune(self, newest: int) -> None:
+        for version in self.versions():
+            if version <= newest - self.keep:
+                shutil.rmtree(self.directory(version), ignore_errors=True)
+
+
+def live_workers(client: redis.Redis, keys: Keys, ttl_s: float, now: float | None = None) -> list[WorkerInfo]:
+    now = time.time() if now is None else now
+    workers = []
+    for worker_id, raw in client.hgetall(keys.workers).items():
+        try:
+            info = decode_value(WorkerInfo, raw)
+        except (CodecError, ValueError) as exc:
+            log.warning("registry entry %r is unreadable: %s", worker_id, exc)
+            continue
+        if now - info.heartbeat_at <= ttl_s:
+            workers.append(info)
+    return workers
+
+
+def push_to_worker(
+    http: httpx.Client, worker: WorkerInfo, update: WeightUpdate, token: str, retries: int, timeout_s: float
+) -> bool:
+    url = f"{worker.url.rstrip('/')}/v1/weights"
+    headers = {"Authorization": f"Bearer {token}"}
+    delay = 0.5
+    for attempt in range(retries + 1):
+        try:
+            response = http.post(url, json=update.model_dump(), headers=headers, timeout=timeout_s)
+            if response.status_code < 300:
+                return True
+            problem = f"HTTP {response.status_code}: {response.text[:200]}"
+            if response.status_code in (401, 403):  # retrying cannot fix a wrong token
+                log.error("push of v%d to %s refused (%s)", update.version, worker.worker_id, problem)
+                return False
+        except httpx.HTTPError as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+        log.warning(
+            "push of v%d to %s failed (attempt %d/%d): %s", update.version, worker.worker_id, attempt + 1,
+            retries + 1, problem,
+        )
+        if attempt < retries:
+            time.sleep(delay)
+            delay *= 2
+    return False
+
+
+@dataclass
+class PushReport:
+    version: int
+    seconds: float
+    pushed: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+class Publisher:
+    """Records each version in Redis and pushes it to the live workers from a background thread."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        token: str,
+        worker_ttl_s: float,
+        retries: int,
+        timeout_s: float,
+    ):
+        self.client = client
+        self.keys = keys
+        self.token = token
+        self.worker_ttl_s = worker_ttl_s
+        self.retries = retries
+        self.timeout_s = timeout_s
+        self.last_report: PushReport | None = None
+        self._pending: queue.Queue[WeightUpdate | None] = queue.Queue()
+        self._http = httpx.Client()
+        self._thread = threading.Thread(target=self._run, name="weight-push", daemon=True)
+        self._thread.start()
+
+    def published_version(self) -> int | None:
+        raw = self.client.get(self.keys.weights)
+        return decode_value(WeightsRecord, raw).version if raw else None
+
+    def publish(self, version: int, uri: str) -> None:
+        self.client.set(self.keys.weights, encode_value(WeightsRecord(version=version, uri=uri)))
+        self._pending.put(WeightUpdate(version=version, uri=uri))
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._pending.put(None)
+        self._thread.join(timeout)
+        self._http.close()
+
+    def _run(self) -> None:
+        closing = False
+        while not closing:
+            update = self._pending.get()
+            # Only the newest version matters: skip any that a newer one overtook.
+            while not self._pending.empty():
+                newer = self._pending.get()
+                if newer is None:
+                    closing = True
+                else:
+                    update = newer
+            if update is None:
+                return
+            try:
+                self.last_report = self._push(update)
+            except Exception:  # the pusher must survive anything a worker or Redis does
+                log.exception("push of v%d failed", update.version)
+
+    def _push(self, update: WeightUpdate) -> PushReport:
+        start = time.monotonic()
+        report = PushReport(version=update.version, seconds=0.0)
+        for worker in live_workers(self.client, self.keys, self.worker_ttl_s):
+            if worker.version >= update.version:
+                continue
+            ok = push_to_worker(self._http, worker, update, self.token, self.retries, self.timeout_s)
+            (report.pushed if ok else report.failed).append(worker.worker_id)
+        report.seconds = time.monotonic() - start
+        if report.pushed or report.failed:
+            log.info(
+                "v%d pushed to %d workers in %.2f s (%d failed)", update.version, len(report.pushed),
+                report.seconds, len(report.failed),
+            )
+        return report

@@ -1,0 +1,95 @@
+"""End to end: ``prefix-rft run`` with every process real (redis-server, reward, vLLM worker, DeepSpeed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+SMALL_JOB = """
+learner:
+  batch_prompts: 4
+  mini_batch_prompts: 4
+  micro_batch: 16
+  checkpoint_every: 2
+  sampling: {temperature: 1.0, max_tokens: 96}
+"""
+
+
+def _prefix_rft(*args: str, cwd: Path) -> list[str]:
+    return [sys.executable, "-m", "services.cli", *args]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is gone for our purpose; check its state.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture
+def small_config(tmp_path) -> Path:
+    path = tmp_path / "small.yaml"
+    path.write_text(SMALL_JOB)
+    return path
+
+
+def test_a_short_run_writes_its_report_and_leaves_no_process(tmp_path, small_config, default_base_dir):
+    out = tmp_path / "run"
+    args = ["run", "--steps", "3", "--eval-problems", "8", "--eval-every", "2", "--config", str(small_config),
+            "--out", str(out)]
+    done = subprocess.run(_prefix_rft(*args, cwd=tmp_path), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    report = json.loads((out / "report.json").read_text())
+    assert report["algorithm"] == "prefix-rft" and report["steps"] == 3
+    for key in ("accuracy_before", "accuracy_after"):
+        assert set(report[key]) == {"id", "ood"}
+        assert all(0.0 <= v <= 1.0 for v in report[key].values())
+    assert report["wall_time_s"] > 0 and report["tokens_per_s"] > 0
+    assert report["dropped_stale_groups"] >= 0 and report["trained_groups"] >= 3 * 4
+    assert (out / "curves.png").stat().st_size > 10_000
+    assert "greedy before" in done.stdout + done.stderr  # the closing table
+
+    processes = json.loads((out / "processes.json").read_text())
+    assert {p["name"] for p in processes} >= {"redis-server", "reward", "rollout-0", "learner"}
+    assert [p["name"] for p in processes if _alive(p["pid"])] == []
+    for p in processes:
+        assert Path(p["log"]).is_file()
+
+
+def test_a_run_whose_reward_service_dies_fails_naming_it(tmp_path, small_config, default_base_dir):
+    out = tmp_path / "run"
+    args = ["run", "--steps", "50", "--eval-problems", "4", "--eval-every", "0", "--config", str(small_config),
+            "--out", str(out)]
+    run = subprocess.Popen(_prefix_rft(*args, cwd=tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 600
+        metrics = out / "learner" / "metrics.jsonl"
+        while not (metrics.is_file() and metrics.read_text().strip()):
+            assert run.poll() is None, run.stdout.read()[-3000:]
+            assert time.monotonic() < deadline, "training never started"
+            time.sleep(1)
+        processes = {p["name"]: p["pid"] for p in json.loads((out / "processes.json").read_text())}
+        os.kill(processes["reward"], signal.SIGKILL)
+        output, _ = run.communicate(timeout=180)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode != 0
+    assert "reward" in output and "died" in output, output[-3000:]
+    still_alive = [name for name, pid in processes.items() if _alive(pid)]
+    assert still_alive == []

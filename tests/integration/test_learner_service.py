@@ -1,0 +1,292 @@
+"""The learner as a real process against a real redis-server.
+
+Trajectory groups come from :class:`DemoProducer`, a stand-in for the rollout workers that turns
+every issued Task into a scored TrajectoryGroup without a model (the continuations are random
+tokens, the rewards hand-made); a few groups are tagged with old weight versions so that some are
+dropped as stale. Weight pushes go to a real HTTP endpoint registered as a worker.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+import yaml
+
+from shared.codec import decode_value
+from shared.messages import RolloutKind, Task, Trajectory, TrajectoryGroup, WeightsRecord
+from shared.modeling import load_tokenizer
+from shared.processes import free_port, start_process, wait_http_ready
+from shared.streams import TASKS_GROUP, TRAJECTORIES_GROUP, Keys, StreamQueue
+from tests.integration.test_learner_weights import TOKEN, FakeWorker, register
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class DemoProducer(threading.Thread):
+    def __init__(self, redis_url: str, namespace: str, eos_id: int, lagged_every: int = 5):
+        super().__init__(daemon=True)
+        self.client = redis.Redis.from_url(redis_url)
+        self.keys = Keys(namespace)
+        self.eos_id = eos_id
+        self.lagged_every = lagged_every
+        self.produced: list[str] = []
+        self.gate = threading.Event()  # cleared: pause production
+        self.gate.set()
+        self.stopping = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            tasks = StreamQueue(self.client, self.keys.tasks, TASKS_GROUP, Task)
+            tasks.ensure_group()
+            out = StreamQueue(self.client, self.keys.trajectories, TRAJECTORIES_GROUP, TrajectoryGroup)
+            while not self.stopping.is_set():
+                if not self.gate.is_set():
+                    time.sleep(0.05)
+                    continue
+                for entry in tasks.read("producer", count=4, block_ms=100):
+                    group = self.make(entry.message)
+                    out.append(group)
+                    tasks.ack(entry.entry_id)
+                    self.produced.append(group.id)
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+
+    def make(self, task: Task) -> TrajectoryGroup:
+        raw = self.client.get(self.keys.weights)
+        current = decode_value(WeightsRecord, raw).version if raw else 0
+        # Every few groups pretend a worker lagged three versions behind.
+        version = max(0, current - 3) if len(self.produced) % self.lagged_every == 0 else current
+        rng = random.Random(task.id)
+
+        def sampled(prefix: list[int], kind: RolloutKind, reward: float) -> Trajectory:
+            continuation = [rng.randrange(4, 300) for _ in range(rng.randint(3, 20))] + [self.eos_id]
+            return Trajectory(
+                kind=kind, response_token_ids=prefix + continuation, prefix_len=len(prefix),
+                behaviour_logprobs=[-3.0] * len(continuation), policy_version=version,
+                reward=reward, correct=reward > 0,
+            )
+
+        trajectories = [sampled(prefix, RolloutKind.hybrid, 1.0) for prefix in task.hybrid_prefixes]
+        trajectories += [
+            Trajectory(kind=RolloutKind.demonstration, response_token_ids=demo, prefix_len=len(demo),
+                       behaviour_logprobs=[], policy_version=None, reward=1.0, correct=True)
+            for demo in task.demonstrations
+        ]
+        trajectories += [
+            sampled([], RolloutKind.on_policy, float(rng.random() < 0.3)) for _ in range(task.n_on_policy)
+        ]
+        return TrajectoryGroup(
+            id=task.id, prompt_id=task.prompt_id, issued_at_version=task.issued_at_version, step=task.step,
+            worker_id="demo-producer", prompt_token_ids=task.prompt_token_ids, trajectories=trajectories,
+        )
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(10)
+
+
+def write_config(tmp_path: Path, redis_url: str, namespace: str, model_dir: Path, **learner) -> Path:
+    section = {
+        "model": str(model_dir),
+        "task": {"train_size": 200},
+        "algorithm": {"name": "prefix-rft", "n_rollouts": 4},
+        "sampling": {"max_tokens": 32},
+        "batch_prompts": 4,
+        "mini_batch_prompts": 2,
+        "micro_batch": 8,
+        "optimizer": {"lr": 1e-3},
+        "max_staleness": 1,
+        "run_dir": str(tmp_path / "learner"),
+        "port": free_port(),
+        "worker_ttl_s": 600,
+        "push_retries": 1,
+        **learner,
+    }
+    document = {"redis": {"url": redis_url, "namespace": namespace}, "auth": {"token": TOKEN}, "learner": section}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def wait_until(predicate, timeout: float, process=None, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if process is not None:
+            process.check_alive()
+        if time.monotonic() > deadline:
+            tail = process.log_tail(40) if process is not None else ""
+            raise TimeoutError(f"{what} not reached after {timeout:.0f} s\n{tail}")
+        time.sleep(0.1)
+
+
+def wait_starved(base: str, process, timeout: float = 60) -> dict:
+    """The learner's status once it has been waiting for groups at the same step for a second."""
+    deadline = time.monotonic() + timeout
+    previous = None
+    while time.monotonic() < deadline:
+        process.check_alive()
+        status = httpx.get(f"{base}/v1/status").json()
+        if status["phase"] == "waiting" and previous is not None and previous["step"] == status["step"]:
+            return status
+        previous = status if status["phase"] == "waiting" else None
+        time.sleep(1.0)
+    raise TimeoutError(f"the learner kept training after production stopped\n{process.log_tail(40)}")
+
+
+def wait_exit(process, timeout: float) -> int:
+    process.popen.wait(timeout)
+    return process.popen.returncode
+
+
+def stream_position(entry_id: str) -> tuple[int, int]:
+    ms, seq = entry_id.split("-")
+    return int(ms), int(seq)
+
+
+def test_sigkill_between_checkpoints_then_resume_trains_every_group_once(
+    tmp_path, redis_url, redis_client, namespace, default_init_dir
+):
+    keys = Keys(namespace)
+    config = write_config(tmp_path, redis_url, namespace, default_init_dir, total_steps=12, checkpoint_every=4)
+    settings = yaml.safe_load(config.read_text())["learner"]
+    run_dir = Path(settings["run_dir"])
+    base = f"http://127.0.0.1:{settings['port']}"
+    producer = DemoProducer(redis_url, namespace, load_tokenizer(default_init_dir).eos_token_id)
+    producer.start()
+    worker = FakeWorker()
+    register(redis_client, keys, "fake-worker", worker.url)
+    argv = [sys.executable, "-m", "services.learner", "--config", str(config)]
+    log_path = tmp_path / "learner.log"
+
+    learner = start_process("learner", argv, log_path, cwd=REPO)
+    try:
+        wait_http_ready(learner, f"{base}/v1/status", timeout=120)
+        metrics_path = run_dir / "metrics.jsonl"
+        wait_until(lambda: any(r["step"] >= 5 for r in read_jsonl(metrics_path)), 180, learner, "step 5")
+        producer.gate.clear()  # the learner runs dry within the staleness window, before step 8
+        status = wait_starved(base, learner)
+        assert 5 <= status["step"] < 8, status
+        assert "learner_loss" in httpx.get(f"{base}/metrics").text
+        version = status["version"]
+        served = httpx.get(f"{base}/v1/weights/{version}")
+        assert served.status_code == 200 and served.content == (run_dir / "weights" / f"v{version}" /
+                                                                "model.safetensors").read_bytes()
+        assert (run_dir / "checkpoints" / "committed").read_text() == "step00000004"
+        versions_before_crash = [u.version for u in worker.received]
+        learner.kill()  # SIGKILL: no chance to checkpoint
+        killed_at = status["step"]
+    finally:
+        learner.kill()
+
+    # Resume; stop with SIGTERM between checkpoints: it checkpoints the current step and exits cleanly.
+    resumed = start_process("learner-resumed", argv + ["--resume"], log_path, cwd=REPO)
+    try:
+        producer.gate.set()
+        wait_until(lambda: any(r["step"] >= 9 for r in read_jsonl(metrics_path)), 180, resumed, "step 9")
+        producer.gate.clear()
+        stopped_at = wait_starved(base, resumed)["step"]
+        assert resumed.stop(timeout=60) == 0, resumed.log_tail(40)  # SIGTERM
+        assert (run_dir / "checkpoints" / "committed").read_text() == f"step{stopped_at:08d}"
+    finally:
+        resumed.kill()
+
+    final_run = start_process("learner-final", argv + ["--resume"], log_path, cwd=REPO)
+    try:
+        producer.gate.set()
+        assert wait_exit(final_run, timeout=240) == 0, final_run.log_tail(40)
+    finally:
+        final_run.kill()
+        producer.stop()
+        worker.server.stop()
+    assert producer.error is None, producer.error
+
+    # ---- the ledger: every group produced was trained exactly once or dropped as stale
+    ledger = read_jsonl(run_dir / "ledger.jsonl")
+    trained = [i for e in ledger if e["event"] == "trained" for i in e["ids"]]
+    stale = [i for e in ledger if e["event"] == "stale" for i in e["ids"]]
+    duplicates = [i for e in ledger if e["event"] == "duplicate" for i in e["ids"]]
+    trained_count, stale_count = Counter(trained), Counter(stale)
+    produced = set(producer.produced)
+    assert len(produced) == len(producer.produced)  # the feeder never issued a task twice
+    assert all(n == 1 for n in trained_count.values()), "a group was trained twice"
+    assert all(n == 1 for n in stale_count.values()), "a group was dropped twice"
+    assert not set(trained) & set(stale)
+    assert set(trained) | set(stale) <= produced
+    assert len(trained) == 12 * 4  # 12 steps of 4 groups
+    # What was produced but neither trained nor dropped is still in the stream for a later run:
+    # read and pending on the learner, or never delivered.
+    leftover = produced - set(trained) - set(stale)
+    entries = {TrajectoryGroup.model_validate_json(fields[b"d"]).id: entry_id.decode()
+               for entry_id, fields in redis_client.xrange(keys.trajectories)}
+    pending = {p["message_id"].decode() for p in redis_client.xpending_range(
+        keys.trajectories, TRAJECTORIES_GROUP, "-", "+", 10_000)}
+    group_info = next(g for g in redis_client.xinfo_groups(keys.trajectories) if g["name"] == b"learner")
+    last_delivered = stream_position(group_info["last-delivered-id"].decode())
+    for group_id in leftover:
+        entry_id = entries[group_id]
+        assert entry_id in pending or stream_position(entry_id) > last_delivered, group_id
+    print(
+        f"\nkilled at step {killed_at} (checkpoint at 4), SIGTERM at step {stopped_at}; "
+        f"produced {len(produced)} groups: trained once {len(trained)}, dropped as stale {len(stale)}, "
+        f"still queued {len(leftover)}, duplicate deliveries recognised {len(duplicates)}"
+    )
+    assert stale, "the producer's lagged groups should have been dropped"
+
+    # ---- metrics, weights, final state
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == list(range(1, 13))  # the lost steps' lines were cut
+    assert metrics[-1]["dropped_stale_total"] == len(stale)
+    assert metrics[-1]["trained_groups_total"] == 48
+    for key in ("loss", "reward_on_policy", "reward_hybrid", "prefix_token_share", "staleness_hist", "tokens_per_s",
+                "step_time_s", "prefix_ratio_low", "prefix_ratio_high"):
+        assert key in metrics[-1], key
+    final = json.loads((run_dir / "final.json").read_text())
+    assert final["step"] == 12
+    # Versions keep rising across the crash: the resumed learner never reuses a number.
+    after = [u.version for u in worker.received][len(versions_before_crash):]
+    assert after and min(after) > max(versions_before_crash) and after == sorted(after)
+    assert final["version"] == max(after)
+
+
+def test_two_ranks_zero2_end_with_identical_weights(tmp_path, redis_url, namespace, default_init_dir):
+    # SFT for two steps (demonstrations from the learner's data, no tasks), then RFT.
+    config = write_config(
+        tmp_path, redis_url, namespace, default_init_dir, total_steps=4, checkpoint_every=2,
+        deepspeed={"zero_stage": 2}, algorithm={"name": "sft-then-rft", "sft_steps": 2, "n_rollouts": 4},
+    )
+    run_dir = Path(yaml.safe_load(config.read_text())["learner"]["run_dir"])
+    producer = DemoProducer(redis_url, namespace, load_tokenizer(default_init_dir).eos_token_id, lagged_every=10**9)
+    producer.start()
+    argv = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+        "-m", "services.learner", "--config", str(config),
+    ]
+    learner = start_process("learner-2ranks", argv, tmp_path / "learner.log", cwd=REPO)
+    try:
+        assert wait_exit(learner, timeout=240) == 0, learner.log_tail(60)
+    finally:
+        learner.kill()
+        producer.stop()
+    final = json.loads((run_dir / "final.json").read_text())
+    print(f"\nrank weight digests after {final['step']} steps: {final['rank_digests']}")
+    assert final["step"] == 4 and len(final["rank_digests"]) == 2
+    assert final["rank_digests"][0] == final["rank_digests"][1]
+    ledger = read_jsonl(run_dir / "ledger.jsonl")
+    assert sum(len(e["ids"]) for e in ledger if e["event"] == "trained") == 8  # the two RFT steps
+    assert [m["sft"] for m in read_jsonl(run_dir / "metrics.jsonl")] == [True, True, False, False]
