@@ -69,7 +69,8 @@ class AlgorithmSettings(StrictModel):
         special = self.n_hybrid * self.continuations_per_prefix + self.n_demonstration
         if special > self.n_rollouts:
             raise ValueError(
-                f"n_hybrid x continuations_per_prefix + n_demonstration = {special} exceeds n_rollouts {self.n_rollouts}"
+                f"n_hybrid x continuations_per_prefix + n_demonstration = {special} "
+                f"exceeds n_rollouts {self.n_rollouts}"
             )
         return self
 

@@ -1,0 +1,30 @@
+"""Reward service settings: the ``reward`` section of the job's YAML file (env vars ``PRFT_REWARD__*``)."""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import Field
+
+from shared.settings import ServiceSettings
+
+
+class RewardSettings(ServiceSettings):
+    yaml_section = "reward"
+
+    host: str = "127.0.0.1"
+    port: int = Field(8001, ge=1, le=65535)
+    # Verifier processes; each scores one item at a time.
+    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256)
+    # Hard deadline per item, from the moment it is handed to a worker.
+    item_timeout_s: float = Field(5.0, gt=0.0, le=600.0)
+    max_items_per_request: int = Field(1024, ge=1)
+    max_text_bytes: int = Field(64 * 1024, ge=1)  # per response and per reference, UTF-8
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1)
+    # Address-space cap per worker: a runaway expression ends in MemoryError (status "error")
+    # instead of waking the kernel's OOM killer. None: no cap.
+    worker_memory_mb: int | None = Field(4096, ge=256)
+    worker_start_timeout_s: float = Field(60.0, gt=0.0)
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
+    access_log: bool = False  # one log line per request costs CPU the verifiers could use

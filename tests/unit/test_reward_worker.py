@@ -1,0 +1,51 @@
+"""The worker's scoring step in this process: its own deadline, and errors kept to one item."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from services.reward.worker import DeadlineExceeded, deadline, score, soft_budget
+from shared.messages import ScoreItem, ScoreStatus
+
+
+def test_soft_budget_leaves_room_before_the_hard_deadline():
+    assert soft_budget(5.0) == pytest.approx(4.75)
+    assert soft_budget(0.5) == pytest.approx(0.45)
+
+
+def test_pathological_item_is_interrupted_at_the_soft_deadline():
+    item = ScoreItem(id="x", response=r"\boxed{9^{9^{9^{9}}}}", reference="1")
+    started = time.monotonic()
+    result = score(item, item_timeout_s=0.5)
+    elapsed = time.monotonic() - started
+    assert result.status is ScoreStatus.timeout
+    assert (result.reward, result.correct) == (0.0, False)
+    assert soft_budget(0.5) - 0.05 < elapsed < 0.5
+
+
+def test_score_ok_and_error():
+    ok = score(ScoreItem(id="a", response=r"\boxed{\frac{1}{2}}", reference="0.5"), item_timeout_s=5.0)
+    assert (ok.id, ok.status, ok.correct, ok.reward, ok.extracted) == ("a", ScoreStatus.ok, True, 1.0, r"\frac{1}{2}")
+    bad = score(ScoreItem(id="b", response=r"\boxed{1}", reference=""), item_timeout_s=5.0)
+    assert (bad.status, bad.reward, bad.correct) == (ScoreStatus.error, 0.0, False)
+    assert bad.detail.startswith("BadReference: reference has no parseable answer")
+
+
+def test_deadline_restores_an_outer_timer():
+    fired = []
+    previous = signal.signal(signal.SIGALRM, lambda *_: fired.append(True))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(DeadlineExceeded):
+            with deadline(0.05):
+                time.sleep(1)
+        remaining, _ = signal.getitimer(signal.ITIMER_REAL)
+        assert 0.1 < remaining < 0.3
+        time.sleep(0.4)
+        assert fired == [True]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
