@@ -1,0 +1,122 @@
+"""The rollout service's HTTP API: POST /v1/generate, GET|POST /v1/weights, /healthz, /readyz, /metrics."""
+
+# No ``from __future__ import annotations``: FastAPI reads the endpoints' annotations at definition time.
+
+import hmac
+import json
+import logging
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.responses import JSONResponse, Response
+
+from services.rollout.engine import EngineFailed, EngineRequest, RequestRejected, RolloutEngine
+from services.rollout.metrics import CONTENT_TYPE, RolloutMetrics
+from services.rollout.settings import RolloutSettings
+from services.rollout.updates import StaleVersion, WeightUpdater
+from services.rollout.weights import WeightsError
+from shared.messages import GenerateRequest, GenerateResponse, WeightsVersion, WeightUpdate
+
+log = logging.getLogger(__name__)
+
+
+class HTTPProblem(Exception):
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None):
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.headers = headers
+
+
+def create_app(
+    settings: RolloutSettings, engine: RolloutEngine, updater: WeightUpdater, metrics: RolloutMetrics
+) -> FastAPI:
+    app = FastAPI(
+        title="Prefix-RFT rollout service",
+        version="1.0",
+        description="vLLM generation with demonstration prefixes, version-tagged samples and hot weight swaps.",
+    )
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPProblem, _problem)
+    token = settings.auth.token.get_secret_value()
+    bearer = HTTPBearer(auto_error=False)
+
+    def authorised(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if credentials is None or credentials.scheme.lower() != "bearer":
+            raise HTTPProblem(401, "a bearer token is required", {"WWW-Authenticate": "Bearer"})
+        if not token:
+            raise HTTPProblem(403, "weight pushes are disabled: this worker has no token configured")
+        if not hmac.compare_digest(credentials.credentials.encode(), token.encode()):
+            raise HTTPProblem(403, "wrong token")
+
+    def require_ready() -> None:
+        if not engine.ready:
+            raise HTTPProblem(503, engine.dead_reason or "the engine is loading")
+
+    @app.post("/v1/generate", response_model=GenerateResponse)
+    async def generate(request: GenerateRequest) -> Response:
+        require_ready()
+        try:
+            prompt_ids = request.prompt_token_ids if request.prompt is None else engine.tokenize(request.prompt)
+            engine_request = EngineRequest(prompt_ids, request.prefix_token_ids, request.n, request.sampling)
+            version, (samples,) = await engine.generate([engine_request], source="http")
+        except RequestRejected as exc:
+            raise HTTPProblem(400, str(exc)) from exc
+        except EngineFailed as exc:
+            raise HTTPProblem(503 if not engine.ready else 500, str(exc)) from exc
+        response = GenerateResponse(
+            model_version=version,
+            prompt_token_ids=prompt_ids,
+            prefix_token_ids=request.prefix_token_ids,
+            samples=samples,
+        )
+        # Serialised once by pydantic; FastAPI would validate the samples a second time.
+        return Response(response.model_dump_json(), media_type="application/json")
+
+    @app.get("/v1/weights", response_model=WeightsVersion)
+    async def get_weights() -> WeightsVersion:
+        return WeightsVersion(version=engine.version)
+
+    @app.post("/v1/weights", response_model=WeightsVersion, dependencies=[Depends(authorised)])
+    async def push_weights(update: WeightUpdate) -> WeightsVersion:
+        require_ready()
+        try:
+            await updater.update(update)
+        except StaleVersion as exc:
+            raise HTTPProblem(409, str(exc)) from exc
+        except WeightsError as exc:
+            raise HTTPProblem(422, str(exc)) from exc
+        except EngineFailed as exc:
+            raise HTTPProblem(500, str(exc)) from exc
+        return WeightsVersion(version=engine.version)
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        reason = engine.dead_reason
+        return JSONResponse({"status": reason or "ok"}, status_code=503 if reason else 200)
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        if not engine.ready:
+            return JSONResponse({"status": engine.dead_reason or "loading"}, status_code=503)
+        return JSONResponse({"status": "ready", "version": engine.version})
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        metrics.engine_queue.set(engine.unfinished_requests())
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    return app
+
+
+async def _problem(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPProblem)
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+    # Not FastAPI's default handler: it echoes each bad input back, which can be megabytes long.
+    return Response(json.dumps({"detail": detail}, ensure_ascii=True), status_code=422, media_type="application/json")

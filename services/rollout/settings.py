@@ -1,0 +1,72 @@
+"""Rollout service settings: the ``rollout`` section of the job's YAML file (env vars ``PRFT_ROLLOUT__*``)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from shared.settings import ServiceSettings
+
+
+class RolloutSettings(ServiceSettings):
+    yaml_section = "rollout"
+
+    host: str = "127.0.0.1"  # loopback unless a deployment asks for more
+    port: int = Field(8000, ge=1, le=65535)
+    # Local Hugging Face model directory; None: the built-in base policy (built on first use).
+    model: Path | None = None
+    # Where the learner reaches this worker (registered in Redis); None: http://{host}:{port}.
+    public_url: str | None = None
+    # Consumer name in the tasks stream and key in the workers registry; None: {hostname}-{pid}.
+    worker_id: str | None = None
+    reward_url: str = "http://127.0.0.1:8001"
+
+    # Engine. "auto": float32 on CPU, bfloat16 on GPUs.
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_model_len: int | None = Field(None, ge=16)  # None: the model's own context length
+    kv_cache_gib: int = Field(1, ge=1)  # CPU only (VLLM_CPU_KVCACHE_SPACE); GPUs use gpu_memory_utilization
+    gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)
+    enable_prefix_caching: bool = True  # the N samples of a group share the prompt
+    seed: int = 0
+    # Anything else AsyncEngineArgs takes (e.g. tensor_parallel_size on a multi-GPU node).
+    engine_args: dict[str, Any] = Field(default_factory=dict)
+
+    # Request limits: larger requests get a 4xx instead of reaching the engine.
+    max_n: int = Field(64, ge=1)
+    max_tokens: int = Field(4096, ge=1)
+    max_prompt_chars: int = Field(1_000_000, ge=1)
+
+    # Worker loop: consumes tasks from Redis when enabled.
+    worker_enabled: bool = True
+    max_inflight_tasks: int = Field(4, ge=1, le=1024)
+    heartbeat_s: float = Field(2.0, gt=0.0)
+    # Tasks pending this long on a consumer that stopped refreshing them are taken over.
+    reclaim_idle_ms: int = Field(30_000, ge=100)
+    # A task delivered this many times without producing a group goes to the dead letters.
+    max_deliveries: int = Field(5, ge=1)
+    # On SIGTERM: time to finish tasks in flight before releasing them to other workers.
+    drain_timeout_s: float = Field(60.0, ge=0.0)
+
+    # Reward service calls: each attempt has a timeout; failures back off up to reward_retries times.
+    reward_timeout_s: float = Field(120.0, gt=0.0)
+    reward_retries: int = Field(6, ge=0)
+    reward_backoff_s: float = Field(0.5, gt=0.0)
+
+    weights_fetch_timeout_s: float = Field(600.0, gt=0.0)
+    # Where http(s) weights are downloaded before a swap (deleted after it); None: the system temp dir.
+    download_dir: Path | None = None
+    log_level: str = "info"
+    access_log: bool = False
+
+    def resolved_worker_id(self) -> str:
+        return self.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+
+    def resolved_public_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"

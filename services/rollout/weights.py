@@ -1,0 +1,114 @@
+"""Weight sources for hot swaps: resolve a ``file://`` or ``http(s)://`` URI to local safetensors files,
+and check that they fit the served model before any tensor is loaded (a half-applied swap would
+serve a mix of two versions).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import urllib.parse
+from pathlib import Path
+
+import httpx
+
+WEIGHTS_FILE = "model.safetensors"
+# Tied embeddings: the checkpoint may or may not carry the output layer separately.
+OPTIONAL_TENSORS = frozenset({"lm_head.weight"})
+
+Header = dict[str, tuple[str, tuple[int, ...]]]
+
+
+class WeightsError(ValueError):
+    """The weights at a URI cannot be used (missing, unreadable, or not this model's shapes)."""
+
+
+def safetensors_files(path: Path) -> list[Path]:
+    """A safetensors file, or a directory holding model.safetensors (or shards of it)."""
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        if (path / WEIGHTS_FILE).is_file():
+            return [path / WEIGHTS_FILE]
+        shards = sorted(path.glob("*.safetensors"))
+        if shards:
+            return shards
+        raise WeightsError(f"no .safetensors file in {path}")
+    raise WeightsError(f"{path} does not exist")
+
+
+def read_header(path: Path) -> Header:
+    """Tensor names, dtypes and shapes from a safetensors header (reads a few KB, not the weights)."""
+    try:
+        with path.open("rb") as handle:
+            (size,) = struct.unpack("<Q", handle.read(8))
+            if size > 100_000_000:
+                raise WeightsError(f"{path}: implausible safetensors header size {size}")
+            header = json.loads(handle.read(size))
+    except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise WeightsError(f"{path} is not a safetensors file: {exc}") from exc
+    return {
+        name: (entry["dtype"], tuple(entry["shape"])) for name, entry in header.items() if name != "__metadata__"
+    }
+
+
+def read_headers(paths: list[Path]) -> Header:
+    merged: Header = {}
+    for path in paths:
+        merged.update(read_header(path))
+    return merged
+
+
+def check_compatible(reference: Header, candidate: Header) -> None:
+    """Same tensor names and shapes as the checkpoint the engine started from (dtypes may differ)."""
+    missing = sorted(set(reference) - set(candidate) - OPTIONAL_TENSORS)
+    unknown = sorted(set(candidate) - set(reference) - OPTIONAL_TENSORS)
+    wrong = sorted(
+        f"{name} {candidate[name][1]} (expected {reference[name][1]})"
+        for name in set(reference) & set(candidate)
+        if reference[name][1] != candidate[name][1]
+    )
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} tensors, e.g. {missing[:3]}")
+    if unknown:
+        problems.append(f"{len(unknown)} tensors this model does not have, e.g. {unknown[:3]}")
+    if wrong:
+        problems.append(f"wrong shapes: {wrong[:3]}")
+    if problems:
+        raise WeightsError("weights do not fit the served model: " + "; ".join(problems))
+
+
+def local_path(uri: str) -> Path | None:
+    """The path of a ``file://`` URI; None for other schemes."""
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme != "file":
+        return None
+    if parsed.netloc not in ("", "localhost"):
+        raise WeightsError(f"file URI with a remote host is not supported: {uri}")
+    return Path(urllib.parse.unquote(parsed.path))
+
+
+async def fetch(uri: str, download_dir: Path, timeout_s: float, token: str | None = None) -> list[Path]:
+    """Local safetensors files for ``uri``; ``http(s)://`` sources are downloaded into ``download_dir``."""
+    path = local_path(uri)
+    if path is not None:
+        return safetensors_files(path)
+    scheme = urllib.parse.urlparse(uri).scheme
+    if scheme not in ("http", "https"):
+        raise WeightsError(f"unsupported weights URI scheme {scheme!r} (file://, http://, https://)")
+    download_dir.mkdir(parents=True, exist_ok=True)
+    target = download_dir / WEIGHTS_FILE
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=10.0)) as client:
+            async with client.stream("GET", uri, headers=headers, follow_redirects=True) as response:
+                if response.status_code != 200:
+                    body = (await response.aread())[:200].decode(errors="replace")
+                    raise WeightsError(f"GET {uri} answered {response.status_code}: {body}")
+                with target.open("wb") as out:
+                    async for chunk in response.aiter_bytes(1 << 20):
+                        out.write(chunk)
+    except httpx.HTTPError as exc:
+        raise WeightsError(f"GET {uri} failed: {type(exc).__name__}: {exc}") from exc
+    return [target]

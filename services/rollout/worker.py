@@ -1,0 +1,315 @@
+"""The task consumer: tasks stream -> engine -> reward service -> trajectories stream.
+
+One task at a time per slot (``max_inflight_tasks`` slots): skip it if its group was already
+produced, generate the group under one weight version, score it, append it once, then acknowledge.
+A housekeeping loop refreshes the registry entry and the idle time of the tasks in flight (so only
+the tasks of a dead worker go idle), reclaims idle tasks, and pulls a newer weights record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import redis
+
+from services.rollout.engine import EngineFailed, RequestRejected, RolloutEngine
+from services.rollout.group import assemble, drafts, plan_group, score_items
+from services.rollout.metrics import RolloutMetrics
+from services.rollout.rewards import RewardClient, RewardRefused, RewardUnavailable
+from services.rollout.settings import RolloutSettings
+from services.rollout.taskqueue import TaskQueue
+from services.rollout.updates import StaleVersion, WeightUpdater
+from shared.messages import Task, WeightUpdate
+from shared.streams import Entry, Keys, connect
+
+log = logging.getLogger(__name__)
+
+READ_BLOCK_MS = 500
+
+
+@dataclass
+class InFlight:
+    entry: Entry[Task]
+    task: asyncio.Task
+
+
+class TaskWorker:
+    def __init__(
+        self,
+        settings: RolloutSettings,
+        engine: RolloutEngine,
+        updater: WeightUpdater,
+        metrics: RolloutMetrics,
+        on_fatal,
+    ):
+        self.settings = settings
+        self.engine = engine
+        self.updater = updater
+        self.metrics = metrics
+        self.on_fatal = on_fatal  # called with a reason when the process must exit (the engine died)
+        self.worker_id = settings.resolved_worker_id()
+        self.url = settings.resolved_public_url()
+        self.client = connect(settings.redis.url)
+        self.queue = TaskQueue(self.client, Keys(settings.redis.namespace), self.worker_id)
+        self.rewards = RewardClient(
+            settings.reward_url, settings.reward_timeout_s, settings.reward_retries, settings.reward_backoff_s
+        )
+        self.inflight: dict[str, InFlight] = {}
+        self.registered = False
+        self._stopping = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._pull: asyncio.Task | None = None
+        self._starting: asyncio.Task | None = None
+        self._consuming: asyncio.Task | None = None
+        self._housekeeping_task: asyncio.Task | None = None
+
+    # ------------------------------------------------------------------ life cycle
+
+    def launch(self) -> None:
+        self._starting = self._spawn(self._start(), "worker-start")
+
+    def _spawn(self, coroutine, name: str) -> asyncio.Task:
+        """A background task whose unexpected failure stops the process instead of vanishing."""
+        task = asyncio.create_task(coroutine, name=name)
+
+        def done(t: asyncio.Task) -> None:
+            if not t.cancelled() and t.exception() is not None:
+                log.error("%s failed", name, exc_info=t.exception())
+                self.on_fatal(f"{name} failed: {t.exception()!r}")
+
+        task.add_done_callback(done)
+        return task
+
+    async def _start(self) -> None:
+        """Join the group, load the recorded weights, register, then consume. Retries until Redis answers
+        and the recorded weights load: a worker serving older weights than the job's would only
+        produce groups the learner drops as stale."""
+        delay = 0.5
+        while not self._stopping.is_set():
+            try:
+                await asyncio.to_thread(self.queue.ensure_group)
+                if await self._load_recorded_weights(force=True):
+                    await asyncio.to_thread(self.queue.heartbeat, self.worker_id, self.url, self.engine.version)
+                    self.registered = True
+                    own = await asyncio.to_thread(self.queue.read_own_pending, self.settings.max_inflight_tasks * 4)
+                    break
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("redis at %s not reachable (%s); retrying in %.1f s", self.settings.redis.url, exc, delay)
+            await self._sleep(delay)
+            delay = min(delay * 2, 10.0)
+        else:
+            return
+        log.info("worker %s joined %s (url %s, weights v%d)", self.worker_id, self.queue.keys.tasks, self.url,
+                 self.engine.version)
+        for entry in own:
+            await self._admit(entry, check_deliveries=True)
+        self._consuming = self._spawn(self._consume(), "consume")
+        self._housekeeping_task = self._spawn(self._housekeeping(), "housekeeping")
+
+    async def stop(self) -> None:
+        """Stop taking tasks; finish those in flight within the drain timeout (still kept alive and
+        registered meanwhile), hand back the rest, deregister."""
+        self._stopping.set()
+        self._slot_freed.set()
+        if self._starting is not None:
+            await asyncio.gather(self._starting, return_exceptions=True)
+        if self._consuming is not None:
+            # Not cancelled: a read running on a thread would still take entries nobody then tracks.
+            await asyncio.gather(self._consuming, return_exceptions=True)
+        pending = [f.task for f in self.inflight.values()]
+        if pending:
+            log.info("finishing %d tasks in flight (up to %.0f s)", len(pending), self.settings.drain_timeout_s)
+            await asyncio.wait(pending, timeout=self.settings.drain_timeout_s)
+        left = list(self.inflight.values())
+        for flight in left:
+            flight.task.cancel()
+        await asyncio.gather(*(f.task for f in left), return_exceptions=True)
+        self._drained.set()
+        for task in (self._housekeeping_task, self._pull):
+            if task is not None:
+                await asyncio.gather(task, return_exceptions=True)
+        try:
+            if left:
+                await asyncio.to_thread(self.queue.release, [f.entry.entry_id for f in left])
+                log.info("handed back %d unfinished tasks", len(left))
+                self.metrics.tasks.labels("released").inc(len(left))
+            if self.registered:
+                await asyncio.to_thread(self.queue.deregister, self.worker_id)
+                await asyncio.to_thread(self.queue.leave_group)
+        except redis.RedisError as exc:
+            log.warning("could not hand back tasks or deregister (%s); they will be reclaimed after %d ms",
+                        exc, self.settings.reclaim_idle_ms)
+        await self.rewards.close()
+        self.client.close()
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake up at once when the worker stops."""
+        try:
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    # ------------------------------------------------------------------ loops
+
+    async def _consume(self) -> None:
+        while not self._stopping.is_set():
+            free = self.settings.max_inflight_tasks - len(self.inflight)
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            try:
+                entries = await asyncio.to_thread(self.queue.read_new, free, READ_BLOCK_MS)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("reading tasks failed (%s); retrying", exc)
+                await self._sleep(1.0)
+                continue
+            for entry in entries:
+                await self._admit(entry, check_deliveries=False)
+
+    async def _housekeeping(self) -> None:
+        """Runs until the drain is over: tasks being finished after SIGTERM stay kept alive."""
+        period = min(self.settings.heartbeat_s, self.settings.reclaim_idle_ms / 3000)
+        while not self._drained.is_set():
+            try:
+                await self._tick()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("housekeeping: redis unreachable (%s)", exc)
+            try:
+                await asyncio.wait_for(self._drained.wait(), timeout=period)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _tick(self) -> None:
+        ids = [f.entry.entry_id for f in self.inflight.values()]
+        await asyncio.to_thread(self.queue.keepalive, ids)
+        await asyncio.to_thread(self.queue.heartbeat, self.worker_id, self.url, self.engine.version)
+        self.metrics.inflight_tasks.set(len(self.inflight))
+        if (self._pull is None or self._pull.done()) and not self._stopping.is_set():
+            self._pull = asyncio.create_task(self._pull_weights())
+        free = self.settings.max_inflight_tasks - len(self.inflight)
+        if free > 0 and not self._stopping.is_set():
+            for entry in await asyncio.to_thread(self.queue.reclaim, self.settings.reclaim_idle_ms, free):
+                log.info("reclaimed task %s (entry %s)", entry.message.id, entry.entry_id)
+                self.metrics.tasks.labels("reclaimed").inc()
+                await self._admit(entry, check_deliveries=True)
+
+    async def _pull_weights(self) -> None:
+        try:
+            await self._load_recorded_weights(force=False)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("reading the weights record failed (%s)", exc)
+
+    async def _load_recorded_weights(self, force: bool) -> bool:
+        """Load the weights recorded in Redis if newer than those served (or always, when forced).
+        True when the engine now serves the recorded version (or there is no record)."""
+        try:
+            record = await asyncio.to_thread(self.queue.weights_record)
+            if record is None or (record.version <= self.engine.version and not force):
+                return True
+            await self.updater.update(WeightUpdate(version=record.version, uri=record.uri), force=force)
+            return True
+        except StaleVersion:
+            return True
+        except (redis.ConnectionError, redis.TimeoutError):
+            raise
+        except EngineFailed as exc:
+            self.on_fatal(str(exc))
+        except Exception as exc:  # a bad record must not stop the worker: the next publish can fix it
+            log.error("loading the recorded weights failed: %s: %s", type(exc).__name__, exc)
+        return False
+
+    # ------------------------------------------------------------------ one task
+
+    async def _admit(self, entry: Entry[Task], check_deliveries: bool) -> None:
+        if self._stopping.is_set():
+            await asyncio.to_thread(self.queue.release, [entry.entry_id])
+            return
+        if entry.entry_id in self.inflight:
+            return
+        if check_deliveries:
+            deliveries = await asyncio.to_thread(self.queue.deliveries, entry.entry_id)
+            if deliveries > self.settings.max_deliveries:
+                log.error("task %s delivered %d times without a group: dead letter", entry.message.id, deliveries)
+                await asyncio.to_thread(self.queue.dead_letter, entry, f"delivered {deliveries} times")
+                self.metrics.tasks.labels("dead_letter").inc()
+                return
+        task = asyncio.create_task(self._run(entry), name=f"task-{entry.message.id}")
+        self.inflight[entry.entry_id] = InFlight(entry, task)
+        self.metrics.inflight_tasks.set(len(self.inflight))
+
+    async def _run(self, entry: Entry[Task]) -> None:
+        task = entry.message
+        try:
+            outcome = await self._produce(entry)
+            self.metrics.tasks.labels(outcome).inc()
+        except asyncio.CancelledError:
+            raise
+        except EngineFailed as exc:
+            log.error("task %s: %s", task.id, exc)
+            self.metrics.tasks.labels("engine_failed").inc()
+            await self._release_quietly(entry)
+            if not self.engine.ready:
+                self.on_fatal(str(exc))
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # Not acknowledged: it stays pending and is reclaimed once it goes idle.
+            log.error("task %s: redis failed (%s); left pending", task.id, exc)
+            self.metrics.tasks.labels("redis_failed").inc()
+        except Exception:
+            # One bad task must not stop the worker; it is redelivered, then dead-lettered.
+            log.exception("task %s failed; left pending", task.id)
+            self.metrics.tasks.labels("failed").inc()
+        finally:
+            self.inflight.pop(entry.entry_id, None)
+            self.metrics.inflight_tasks.set(len(self.inflight))
+            self._slot_freed.set()
+
+    async def _produce(self, entry: Entry[Task]) -> str:
+        task = entry.message
+        if await asyncio.to_thread(self.queue.already_produced, task.id):
+            await asyncio.to_thread(self.queue.ack, entry.entry_id)
+            return "duplicate"
+        plan = plan_group(task)
+        results: list = []
+        version = self.engine.version
+        if plan.requests:
+            try:
+                version, results = await self.engine.generate(plan.requests, source="worker")
+            except RequestRejected as exc:
+                log.error("task %s cannot be generated: %s; dead letter", task.id, exc)
+                await asyncio.to_thread(self.queue.dead_letter, entry, str(exc))
+                return "dead_letter"
+        group_drafts = drafts(task, plan, version, results, self.engine.decode)
+        if not group_drafts:
+            await asyncio.to_thread(self.queue.dead_letter, entry, "the task asks for no trajectory")
+            return "dead_letter"
+        try:
+            scores = await self._score(task, score_items(task, group_drafts))
+        except RewardRefused as exc:
+            log.error("task %s: %s; dead letter", task.id, exc)
+            await asyncio.to_thread(self.queue.dead_letter, entry, str(exc))
+            return "dead_letter"
+        group = assemble(task, self.worker_id, group_drafts, scores)
+        appended = await asyncio.to_thread(self.queue.append_once, group)
+        await asyncio.to_thread(self.queue.ack, entry.entry_id)
+        return "produced" if appended else "duplicate"
+
+    async def _score(self, task: Task, items: list) -> list:
+        """Score until the reward service answers: while it is down the task stays in flight (kept alive,
+        so not redelivered and not counted against max_deliveries) and the worker takes no more work
+        than its free slots; on SIGTERM the drain hands it back."""
+        while True:
+            try:
+                return await self.rewards.score(items)
+            except RewardUnavailable as exc:
+                self.metrics.tasks.labels("reward_unavailable").inc()
+                log.error("task %s: %s; still trying", task.id, exc)
+
+    async def _release_quietly(self, entry: Entry[Task]) -> None:
+        try:
+            await asyncio.to_thread(self.queue.release, [entry.entry_id])
+        except redis.RedisError as exc:
+            log.warning("could not hand back %s (%s); it is reclaimed when idle", entry.entry_id, exc)

@@ -1,0 +1,219 @@
+"""Rollout workers as real processes on one tasks stream, with the real reward service and Redis: they
+share the tasks, a worker killed with SIGKILL mid-task has its tasks finished by the other (no group
+lost or duplicated), a worker loads the weights recorded in Redis when it starts, and SIGTERM drains."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from shared.codec import decode, decode_value, encode_value
+from shared.messages import RolloutKind, SamplingParams, Task, TrajectoryGroup, WeightsRecord, WorkerInfo
+from shared.modeling import load_tokenizer, prompt_token_ids, response_token_ids
+from shared.processes import free_port, start_process, wait_http_ready
+from shared.streams import TASKS_GROUP, Keys, StreamQueue
+from shared.tasks.arithmetic import ArithmeticTask
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+RECORDED_VERSION = 3
+N_ON_POLICY = 3
+
+
+def start_reward(tmp: Path, port: int):
+    argv = [sys.executable, "-m", "services.reward", "--port", str(port)]
+    process = start_process("reward", argv, tmp / "reward.log", env={"PRFT_REWARD__WORKERS": "1"})
+    wait_http_ready(process, f"http://127.0.0.1:{port}/healthz", timeout=120)
+    return process
+
+
+def start_worker(tmp: Path, name: str, model: Path, redis_url: str, namespace: str, reward_url: str):
+    port = free_port()
+    env = {
+        "PRFT_REDIS__URL": redis_url,
+        "PRFT_REDIS__NAMESPACE": namespace,
+        "PRFT_ROLLOUT__WORKER_ID": name,
+        "PRFT_ROLLOUT__REWARD_URL": reward_url,
+        "PRFT_ROLLOUT__MAX_INFLIGHT_TASKS": "2",
+        "PRFT_ROLLOUT__HEARTBEAT_S": "0.5",
+        "PRFT_ROLLOUT__RECLAIM_IDLE_MS": "2000",
+        "PRFT_ROLLOUT__REWARD_BACKOFF_S": "0.2",
+        "VLLM_RPC_BASE_PATH": str(tmp / f"rpc-{name}"),
+        "VLLM_CACHE_ROOT": str(tmp / f"vllm-cache-{name}"),
+        "PYTHONUNBUFFERED": "1",
+        # Two engines on a small machine: one compute thread each, or their OpenMP threads fight.
+        "OMP_NUM_THREADS": "1",
+    }
+    argv = [sys.executable, "-m", "services.rollout", "--model", str(model), "--port", str(port)]
+    process = start_process(name, argv, tmp / f"{name}.log", env=env)
+    return process, f"http://127.0.0.1:{port}"
+
+
+def make_tasks(tokenizer, count: int, offset: int = 0) -> list[Task]:
+    problems = ArithmeticTask().problems("warmup")[offset : offset + count]
+    tasks = []
+    for i, problem in enumerate(problems):
+        demo_text = problem.demonstrations[0]
+        demo = response_token_ids(tokenizer, demo_text)
+        tasks.append(
+            Task(
+                id=f"task-{offset + i}",
+                prompt_id=problem.id,
+                issued_at_version=RECORDED_VERSION,
+                step=0,
+                prompt_token_ids=prompt_token_ids(tokenizer, problem.prompt),
+                reference=problem.answer,
+                n_on_policy=N_ON_POLICY,
+                hybrid_prefixes=[demo[: len(demo) // 2]],
+                demonstrations=[demo],
+                demonstration_texts=[demo_text],
+                sampling=SamplingParams(temperature=1.0, max_tokens=64, seed=i),
+            )
+        )
+    return tasks
+
+
+def groups_in(redis_client, keys: Keys) -> list[TrajectoryGroup]:
+    return [decode(TrajectoryGroup, fields) for _, fields in redis_client.xrange(keys.trajectories)]
+
+
+def pending_on(redis_client, keys: Keys, consumer: str) -> list[str]:
+    rows = redis_client.xpending_range(keys.tasks, TASKS_GROUP, "-", "+", 1000, consumername=consumer)
+    return [row["message_id"].decode() for row in rows]
+
+
+def wait_for(condition, timeout: float, what: str, processes=()):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        for process in processes:
+            process.check_alive()
+        time.sleep(0.2)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def check_group(group: TrajectoryGroup, task: Task, eos: int) -> None:
+    kinds = [t.kind for t in group.trajectories]
+    assert kinds == [RolloutKind.on_policy] * N_ON_POLICY + [RolloutKind.hybrid, RolloutKind.demonstration]
+    assert group.prompt_token_ids == task.prompt_token_ids and group.prompt_id == task.prompt_id
+    generated = [t for t in group.trajectories if t.kind is not RolloutKind.demonstration]
+    assert {t.policy_version for t in generated} == {RECORDED_VERSION}  # one version per group
+    for trajectory in generated:
+        continuation = trajectory.continuation_token_ids
+        assert 0 < len(continuation) <= task.sampling.max_tokens
+        assert len(trajectory.behaviour_logprobs) == len(continuation)
+        assert all(lp <= 0.0 for lp in trajectory.behaviour_logprobs)
+        if trajectory.finish_reason == "stop":
+            assert continuation[-1] == eos
+        assert trajectory.reward in (0.0, 1.0)
+    hybrid = group.trajectories[N_ON_POLICY]
+    prefix = task.hybrid_prefixes[0]
+    assert hybrid.prefix_len == len(prefix) and hybrid.response_token_ids[: len(prefix)] == prefix
+    demo = group.trajectories[-1]
+    assert demo.response_token_ids == task.demonstrations[0] and demo.prefix_len == len(demo.response_token_ids)
+    assert demo.behaviour_logprobs == [] and demo.policy_version is None
+    assert demo.correct and demo.reward == 1.0  # scored by the reward service: the demonstration is right
+
+
+def test_workers_share_tasks_and_finish_the_work_of_a_killed_one(
+    tmp_path, default_init_dir, redis_url, redis_client, namespace
+):
+    if not (REPO / "services" / "reward" / "main.py").is_file():
+        pytest.skip("services/reward is not built yet")
+    keys = Keys(namespace)
+    reward_port = free_port()
+    reward_url = f"http://127.0.0.1:{reward_port}"  # not up yet: the workers must wait for it
+    reward = None
+    tokenizer = load_tokenizer(default_init_dir)
+    # Published weights: the workers must load them (and tag samples with their version) on start.
+    redis_client.set(keys.weights, encode_value(WeightsRecord(version=RECORDED_VERSION, uri=default_init_dir.as_uri())))
+    a, url_a = start_worker(tmp_path, "worker-a", default_init_dir, redis_url, namespace, reward_url)
+    b, url_b = start_worker(tmp_path, "worker-b", default_init_dir, redis_url, namespace, reward_url)
+    try:
+        for process, url in ((a, url_a), (b, url_b)):
+            wait_http_ready(process, f"{url}/readyz", timeout=240)
+
+        def registered() -> dict[str, WorkerInfo]:
+            raw = redis_client.hgetall(keys.workers)
+            return {k.decode(): decode_value(WorkerInfo, v) for k, v in raw.items()}
+
+        wait_for(lambda: set(registered()) == {"worker-a", "worker-b"}, 60, "both workers to register", (a, b))
+        assert {info.version for info in registered().values()} == {RECORDED_VERSION}
+        assert {info.url for info in registered().values()} == {url_a, url_b}
+        assert httpx.get(f"{url_a}/v1/weights").json() == {"version": RECORDED_VERSION}
+
+        tasks = make_tasks(tokenizer, 10)
+        producer = StreamQueue(redis_client, keys.tasks, TASKS_GROUP, Task)
+        for task in tasks:
+            producer.append(task)
+
+        # The reward service is down: groups are generated but nothing is appended or acknowledged.
+        wait_for(lambda: producer.pending() >= 2, 60, "the workers to take tasks", (a, b))
+        time.sleep(2.0)
+        assert groups_in(redis_client, keys) == []
+        assert producer.pending() >= 2
+        reward = start_reward(tmp_path, reward_port)
+
+        # Kill worker-a while it holds tasks, once it has produced a group of its own.
+        def a_mid_task() -> bool:
+            done_by_a = any(g.worker_id == "worker-a" for g in groups_in(redis_client, keys))
+            return done_by_a and bool(pending_on(redis_client, keys, "worker-a"))
+
+        wait_for(a_mid_task, 120, "worker-a to be mid-task after producing a group", (a, b))
+        orphaned = pending_on(redis_client, keys, "worker-a")
+        a.kill()
+        assert orphaned
+
+        wait_for(lambda: len(groups_in(redis_client, keys)) >= len(tasks), 180, "every group", (b,))
+        time.sleep(1.0)  # a late duplicate would show up now
+        groups = groups_in(redis_client, keys)
+        ids = [g.id for g in groups]
+        assert sorted(ids) == sorted(t.id for t in tasks), "a group was lost or duplicated"
+        assert producer.pending() == 0
+        by_id = {t.id: t for t in tasks}
+        for group in groups:
+            check_group(group, by_id[group.id], tokenizer.eos_token_id)
+        workers = {g.worker_id for g in groups}
+        assert workers == {"worker-a", "worker-b"}, f"tasks were not shared: {workers}"
+        orphaned_ids = {e.message.id for e in _entries(redis_client, keys, orphaned)}
+        assert all(g.worker_id == "worker-b" for g in groups if g.id in orphaned_ids)
+
+        # worker-a left a stale registry entry (the learner ignores it once its heartbeat is old).
+        assert time.time() - registered()["worker-a"].heartbeat_at > 1.0
+        assert time.time() - registered()["worker-b"].heartbeat_at < 3.0
+
+        # SIGTERM with tasks in flight: worker-b finishes them, deregisters and exits 0.
+        more = make_tasks(tokenizer, 3, offset=10)
+        for task in more:
+            producer.append(task)
+        wait_for(lambda: pending_on(redis_client, keys, "worker-b"), 60, "worker-b to take new tasks", (b,))
+        b.popen.send_signal(signal.SIGTERM)
+        assert b.popen.wait(90) == 0, b.log_tail()
+        finished = {g.id for g in groups_in(redis_client, keys)}
+        assert len(groups_in(redis_client, keys)) == len(finished)
+        # Every new task was finished (those in flight, within the drain timeout), handed back (read
+        # as the worker stopped: pending, but idle enough for any worker's next reclaim), or never
+        # delivered. None was acknowledged without its group.
+        rows = redis_client.xpending_range(keys.tasks, TASKS_GROUP, "-", "+", 100)
+        assert all(row["time_since_delivered"] > 10**9 for row in rows), rows
+        left = [t.id for t in more if t.id not in finished]
+        assert len(rows) + producer.backlog() == len(left)
+        assert "worker-b" not in registered()
+    finally:
+        a.kill()
+        b.stop()
+        if reward is not None:
+            reward.stop()
+
+
+def _entries(redis_client, keys: Keys, entry_ids: list[str]):
+    queue = StreamQueue(redis_client, keys.tasks, TASKS_GROUP, Task)
+    raw = [redis_client.xrange(keys.tasks, entry_id, entry_id)[0] for entry_id in entry_ids]
+    return queue._decode_all(raw)

@@ -1,0 +1,70 @@
+"""The reward client: retries with backoff while the service fails, gives up on a refused request."""
+
+import asyncio
+
+import httpx
+import pytest
+
+from services.rollout.rewards import RewardClient, RewardRefused, RewardUnavailable
+from shared.messages import ScoreItem
+
+ITEMS = [ScoreItem(id="t:0", response="\\boxed{2}", reference="2"), ScoreItem(id="t:1", response="x", reference="2")]
+
+
+def answering(replies: list):
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        reply = replies[min(len(calls), len(replies)) - 1]
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    return httpx.MockTransport(handler), calls
+
+
+def ok() -> httpx.Response:
+    results = [
+        {"id": "t:0", "reward": 1.0, "correct": True, "status": "ok"},
+        {"id": "t:1", "reward": 0.0, "correct": False, "status": "ok"},
+    ]
+    return httpx.Response(200, json={"results": results})
+
+
+def score(transport, retries=3):
+    async def run():
+        client = RewardClient("http://reward", 5.0, retries, 0.001, transport=transport)
+        try:
+            return await client.score(ITEMS)
+        finally:
+            await client.close()
+
+    return asyncio.run(run())
+
+
+def test_retries_until_the_service_answers():
+    transport, calls = answering([httpx.ConnectError("down"), httpx.Response(503, text="busy"), ok()])
+    results = score(transport)
+    assert [r.reward for r in results] == [1.0, 0.0]
+    assert len(calls) == 3 and calls[0].url == "http://reward/v1/score"
+
+
+def test_gives_up_after_the_retries():
+    transport, calls = answering([httpx.ConnectError("down")])
+    with pytest.raises(RewardUnavailable, match="3 attempts"):
+        score(transport, retries=2)
+    assert len(calls) == 3
+
+
+def test_a_refused_request_is_not_retried():
+    transport, calls = answering([httpx.Response(413, text="too large")])
+    with pytest.raises(RewardRefused, match="413"):
+        score(transport)
+    assert len(calls) == 1
+
+
+def test_results_must_answer_the_items_in_order():
+    transport, _ = answering([httpx.Response(200, json={"results": [{"id": "t:1", "reward": 0.0, "correct": False}]})])
+    with pytest.raises(RewardUnavailable, match="answered ids"):
+        score(transport, retries=0)
