@@ -50,9 +50,6 @@ def load_or_fail(settings_cls, config: Path | None, **overrides):
         fail(str(exc))
 
 
-if __name__ == "__main__":
-    app()
-
 
 def _overrides(**values) -> dict:
     """Flags that were given; the others leave the config file and env vars in charge."""
@@ -214,3 +211,7 @@ def eval_command(
     typer.echo(result.model_dump_json(indent=2))
     if out is not None:
         out.write_text(result.model_dump_json(indent=2))
+
+
+if __name__ == "__main__":
+    app()
