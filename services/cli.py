@@ -201,7 +201,7 @@ def eval_command(
             with console.status("starting the reward service and a rollout worker"):
                 reward_url = reward_url or deployment.start_reward(1)
                 deployment.reward_url = reward_url
-                rollout_url = rollout_url or deployment.start_rollout_worker(model, 0)
+                rollout_url = rollout_url or deployment.start_rollout_worker(model, 0, consume_tasks=False)
         result = asyncio.run(evaluate(selected, load_tokenizer(model), rollout_url, reward_url, split, settings))
     except ProcessDied as exc:
         fail(str(exc))

@@ -54,7 +54,9 @@ class LocalDeployment:
         wait_http_ready(process, f"{self.reward_url}/healthz", timeout=120)
         return self.reward_url
 
-    def start_rollout_worker(self, model: Path, index: int) -> str:
+    def start_rollout_worker(self, model: Path, index: int, consume_tasks: bool = True, threads: int | None = None) -> str:
+        """``consume_tasks=False`` serves HTTP only (evaluation without Redis); ``threads`` caps the
+        engine's CPU threads, since several unbound engines on one machine starve each other."""
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         env = {
@@ -67,6 +69,10 @@ class LocalDeployment:
             "VLLM_RPC_BASE_PATH": str(self.run_dir / f"vllm-rpc-{index}"),
             "VLLM_CACHE_ROOT": str(self.run_dir / f"vllm-cache-{index}"),
         }
+        if not consume_tasks:
+            env["PRFT_ROLLOUT__WORKER_ENABLED"] = "false"
+        if threads is not None:
+            env["OMP_NUM_THREADS"] = str(threads)
         process = self._start(f"rollout-{index}", ["-m", "services.rollout"], env)
         wait_http_ready(process, f"{url}/readyz", timeout=300)
         self.rollout_urls.append(url)

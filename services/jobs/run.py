@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import secrets
 import time
 from pathlib import Path
@@ -77,8 +78,9 @@ def run_job(options: RunOptions, console: Console) -> RunReport:
             deployment.start_redis()
             deployment.start_reward(options.reward_workers)
         with console.status(f"starting {options.rollout_workers} rollout worker(s) (vLLM)"):
+            threads = max(1, (os.cpu_count() or 1) // options.rollout_workers) if options.rollout_workers > 1 else None
             for index in range(options.rollout_workers):
-                deployment.start_rollout_worker(model_path, index)
+                deployment.start_rollout_worker(model_path, index, threads=threads)
         tokenizer = load_tokenizer(model_path)
         before = _evaluate_all(deployment, tokenizer, splits, options, console, "before")
         train_started = time.monotonic()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 
 import redis
@@ -243,9 +244,11 @@ class TaskWorker:
 
     async def _run(self, entry: Entry[Task]) -> None:
         task = entry.message
+        started = time.monotonic()
         try:
             outcome = await self._produce(entry)
             self.metrics.tasks.labels(outcome).inc()
+            log.info("task %s: %s in %.1f s", task.id, outcome, time.monotonic() - started)
         except asyncio.CancelledError:
             raise
         except EngineFailed as exc:

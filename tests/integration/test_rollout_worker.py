@@ -55,7 +55,7 @@ def start_worker(tmp: Path, name: str, model: Path, redis_url: str, namespace: s
     return process, f"http://127.0.0.1:{port}"
 
 
-def make_tasks(tokenizer, count: int, offset: int = 0) -> list[Task]:
+def make_tasks(tokenizer, count: int, offset: int = 0, max_tokens: int = 64) -> list[Task]:
     problems = ArithmeticTask().problems("warmup")[offset : offset + count]
     tasks = []
     for i, problem in enumerate(problems):
@@ -73,7 +73,7 @@ def make_tasks(tokenizer, count: int, offset: int = 0) -> list[Task]:
                 hybrid_prefixes=[demo[: len(demo) // 2]],
                 demonstrations=[demo],
                 demonstration_texts=[demo_text],
-                sampling=SamplingParams(temperature=1.0, max_tokens=64, seed=i),
+                sampling=SamplingParams(temperature=1.0, max_tokens=max_tokens, seed=i),
             )
         )
     return tasks
@@ -149,27 +149,30 @@ def test_workers_share_tasks_and_finish_the_work_of_a_killed_one(
         assert {info.url for info in registered().values()} == {url_a, url_b}
         assert httpx.get(f"{url_a}/v1/weights").json() == {"version": RECORDED_VERSION}
 
-        tasks = make_tasks(tokenizer, 10)
+        first = make_tasks(tokenizer, 4)
         producer = StreamQueue(redis_client, keys.tasks, TASKS_GROUP, Task)
-        for task in tasks:
+        for task in first:
             producer.append(task)
 
         # The reward service is down: groups are generated but nothing is appended or acknowledged.
-        wait_for(lambda: producer.pending() >= 2, 60, "the workers to take tasks", (a, b))
+        wait_for(lambda: producer.pending() >= 4, 60, "the workers to take the tasks", (a, b))
         time.sleep(2.0)
         assert groups_in(redis_client, keys) == []
-        assert producer.pending() >= 2
+        assert producer.pending() == 4
         reward = start_reward(tmp_path, reward_port)
+        wait_for(lambda: len(groups_in(redis_client, keys)) == 4, 60, "the first groups", (a, b))
+        # Each worker held two tasks while the reward service was down: both produce groups.
+        assert {g.worker_id for g in groups_in(redis_client, keys)} == {"worker-a", "worker-b"}
 
-        # Kill worker-a while it holds tasks, once it has produced a group of its own.
-        def a_mid_task() -> bool:
-            done_by_a = any(g.worker_id == "worker-a" for g in groups_in(redis_client, keys))
-            return done_by_a and bool(pending_on(redis_client, keys, "worker-a"))
-
-        wait_for(a_mid_task, 120, "worker-a to be mid-task after producing a group", (a, b))
+        # Kill worker-a as soon as it holds tasks of a second, longer batch.
+        second = make_tasks(tokenizer, 8, offset=4, max_tokens=128)
+        for task in second:
+            producer.append(task)
+        wait_for(lambda: pending_on(redis_client, keys, "worker-a"), 60, "worker-a to take a task", (a, b))
         orphaned = pending_on(redis_client, keys, "worker-a")
         a.kill()
         assert orphaned
+        tasks = first + second
 
         wait_for(lambda: len(groups_in(redis_client, keys)) >= len(tasks), 180, "every group", (b,))
         time.sleep(1.0)  # a late duplicate would show up now
@@ -190,7 +193,7 @@ def test_workers_share_tasks_and_finish_the_work_of_a_killed_one(
         assert time.time() - registered()["worker-b"].heartbeat_at < 3.0
 
         # SIGTERM with tasks in flight: worker-b finishes them, deregisters and exits 0.
-        more = make_tasks(tokenizer, 3, offset=10)
+        more = make_tasks(tokenizer, 3, offset=12)
         for task in more:
             producer.append(task)
         wait_for(lambda: pending_on(redis_client, keys, "worker-b"), 60, "worker-b to take new tasks", (b,))

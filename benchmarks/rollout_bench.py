@@ -1,0 +1,336 @@
+"""Rollout service throughput and weight-swap figures, printed as a table.
+
+1. In-process: the vLLM AsyncLLM engine built with the service's own engine arguments, called
+   directly from this process (all requests submitted at once).
+2. HTTP: the same workload through a real ``python -m services.rollout`` process, one concurrent
+   client per prompt (POST /v1/generate with n samples each).
+   Same prompts, seeds and sampling in both, so both generate the same tokens. Goal: HTTP tokens/s
+   at least 0.95 x in-process.
+3. Weight swap: POST /v1/weights (file:// and http://) on the default model and on a model of
+   SmolLM2-135M's shape (Llama, 30 layers, hidden 576, vocabulary 49152, tied embeddings; random
+   weights built locally, since no checkpoint can be downloaded: the swap time depends on the
+   shapes, not on the values). Figures: the request's round trip and the time the engine was held.
+4. Start-up: from spawning a worker (worker loop on, with a private redis-server) to /readyz
+   answering 200 and to its registry entry appearing in Redis.
+
+Workload default: 32 prompts x n=8 x up to 128 tokens on the built-in model (random init, so
+samples rarely stop early), temperature 1.0.
+
+    .venv/bin/python benchmarks/rollout_bench.py [--prompts 32] [--n 8] [--max-tokens 128] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import http.server
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from shared.modeling import cached_build, default_cache_dir, load_tokenizer, prompt_token_ids
+from shared.processes import free_port, start_process, start_redis_server, wait_http_ready
+from shared.tasks.arithmetic import ArithmeticTask
+
+TOKEN = "bench-token"
+SMOLLM2_135M_SHAPE = dict(
+    hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+    vocab_size=49152, max_position_embeddings=2048, rope_theta=100000.0, tie_word_embeddings=True,
+)
+
+
+def workload(model_dir: Path, prompts: int, n: int, max_tokens: int) -> list[dict]:
+    tokenizer = load_tokenizer(model_dir)
+    problems = ArithmeticTask().problems("warmup")[:prompts]
+    return [
+        {
+            "prompt_token_ids": prompt_token_ids(tokenizer, p.prompt),
+            "n": n,
+            "sampling": {"temperature": 1.0, "top_p": 1.0, "max_tokens": max_tokens, "seed": 1000 + i},
+        }
+        for i, p in enumerate(problems)
+    ]
+
+
+# ---------------------------------------------------------------------------------------------- in-process
+
+
+def run_in_process(model_dir: Path, requests: list[dict], repeats: int, tmp: Path) -> list[tuple[float, int]]:
+    from services.rollout.engine import RolloutEngine, configure_vllm_environment
+    from services.rollout.metrics import RolloutMetrics
+    from services.rollout.settings import RolloutSettings
+
+    os.environ.setdefault("VLLM_CACHE_ROOT", str(tmp / "vllm-cache"))
+    settings = RolloutSettings(model=model_dir, worker_enabled=False)
+    configure_vllm_environment(settings)
+
+    async def main() -> list[tuple[float, int]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        engine = RolloutEngine(settings, model_dir, RolloutMetrics())
+        await engine.start()
+
+        async def one(request: dict) -> int:
+            s = request["sampling"]
+            params = SamplingParams(
+                n=request["n"], temperature=s["temperature"], top_p=s["top_p"], max_tokens=s["max_tokens"],
+                seed=s["seed"], logprobs=0, output_kind=RequestOutputKind.FINAL_ONLY,
+            )
+            prompt = TokensPrompt(prompt_token_ids=request["prompt_token_ids"])
+            async for output in engine.llm.generate(prompt, params, uuid.uuid4().hex):
+                final = output
+            return sum(len(c.token_ids) for c in final.outputs)
+
+        try:
+            await one({**requests[0], "n": 1, "sampling": {**requests[0]["sampling"], "max_tokens": 8}})  # warm-up
+            runs = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                tokens = sum(await asyncio.gather(*(one(r) for r in requests)))
+                runs.append((time.perf_counter() - started, tokens))
+            return runs
+        finally:
+            engine.shutdown()
+
+    return asyncio.run(main())
+
+
+# ---------------------------------------------------------------------------------------------- over HTTP
+
+
+class Worker:
+    """A rollout process; ``ready_s`` is the time from spawn to /readyz 200."""
+
+    def __init__(self, model_dir: Path, tmp: Path, name: str, redis_url: str | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.name = name
+        env = {
+            "PRFT_AUTH__TOKEN": TOKEN,
+            "PRFT_ROLLOUT__WORKER_ID": name,
+            "PRFT_ROLLOUT__HEARTBEAT_S": "0.2",
+            "VLLM_RPC_BASE_PATH": os.environ["VLLM_RPC_BASE_PATH"],
+            "VLLM_CACHE_ROOT": str(tmp / f"vllm-cache-{name}"),
+        }
+        argv = [sys.executable, "-m", "services.rollout", "--model", str(model_dir), "--port", str(self.port)]
+        if redis_url:
+            env["PRFT_REDIS__URL"] = redis_url
+            env["PRFT_REDIS__NAMESPACE"] = f"bench-{name}"
+        else:
+            argv.append("--no-worker")
+        self.started = time.perf_counter()
+        self.process = start_process(name, argv, tmp / f"{name}.log", env=env)
+        wait_http_ready(self.process, f"{self.url}/readyz", timeout=600, interval=0.05)
+        self.ready_s = time.perf_counter() - self.started
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+def run_http(url: str, requests: list[dict], repeats: int) -> list[tuple[float, int]]:
+    async def main() -> list[tuple[float, int]]:
+        limits = httpx.Limits(max_connections=len(requests) + 4, max_keepalive_connections=len(requests) + 4)
+        async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+
+            async def one(request: dict) -> int:
+                reply = await client.post("/v1/generate", json=request)
+                reply.raise_for_status()
+                return sum(len(s["token_ids"]) for s in reply.json()["samples"])
+
+            await one({**requests[0], "n": 1, "sampling": {**requests[0]["sampling"], "max_tokens": 8}})
+            # Open one connection per client before timing, as long-lived clients would have.
+            await asyncio.gather(*(client.get("/healthz") for _ in requests))
+            runs = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                tokens = sum(await asyncio.gather(*(one(r) for r in requests)))
+                runs.append((time.perf_counter() - started, tokens))
+            return runs
+
+    return asyncio.run(main())
+
+
+def swap_metric_sum(url: str) -> float:
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith("rollout_weight_swap_seconds_sum"):
+            return float(line.split()[-1])
+    raise RuntimeError("rollout_weight_swap_seconds_sum missing from /metrics")
+
+
+def measure_swaps(url: str, model_dir: Path, repeats: int) -> dict[str, list[tuple[float, float]]]:
+    """(round trip, engine held) per push, for file:// and http:// sources."""
+    weights = model_dir / "model.safetensors"
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(model_dir))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+    server.RequestHandlerClass.log_message = lambda *args: None
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    sources = {
+        "file://": weights.as_uri(),
+        "http://": f"http://127.0.0.1:{server.server_address[1]}/model.safetensors",
+    }
+    results: dict[str, list[tuple[float, float]]] = {k: [] for k in sources}
+    version = httpx.get(f"{url}/v1/weights").json()["version"]
+    try:
+        with httpx.Client(timeout=600, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+            for _ in range(repeats):
+                for kind, uri in sources.items():
+                    version += 1
+                    held_before = swap_metric_sum(url)
+                    started = time.perf_counter()
+                    reply = client.post(f"{url}/v1/weights", json={"version": version, "uri": uri})
+                    round_trip = time.perf_counter() - started
+                    reply.raise_for_status()
+                    results[kind].append((round_trip, swap_metric_sum(url) - held_before))
+    finally:
+        server.shutdown()
+    return results
+
+
+def build_135m(out: Path) -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from shared.base_policy import default_init_model
+    from shared.modeling import save_model
+
+    tokenizer = load_tokenizer(default_init_model())
+    config = LlamaConfig(
+        **SMOLLM2_135M_SHAPE, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, torch_dtype="float32",
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    save_model(model, tokenizer, out)
+
+
+def measure_startup(model_dir: Path, tmp: Path, redis_url: str, name: str) -> tuple[float, float]:
+    """Seconds from spawn to /readyz 200, and to the worker's registry entry in Redis."""
+    import redis
+
+    from shared.streams import Keys
+
+    client = redis.Redis.from_url(redis_url)
+    worker = Worker(model_dir, tmp, name, redis_url=redis_url)
+    try:
+        key = Keys(f"bench-{name}").workers
+        while not client.hexists(key, name):
+            worker.process.check_alive()
+            time.sleep(0.02)
+        registered_s = time.perf_counter() - worker.started
+        return worker.ready_s, registered_s
+    finally:
+        worker.stop()
+        client.close()
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--n", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--swap-repeats", type=int, default=3)
+    parser.add_argument("--skip-135m", action="store_true", help="skip the 135M-parameter swap figures")
+    parser.add_argument("--out", type=Path, help="also write the figures as JSON here")
+    args = parser.parse_args()
+    console = Console()
+    from shared.base_policy import default_init_model
+
+    model_dir = default_init_model()
+    tmp = Path(tempfile.mkdtemp(prefix="prft-rollout-bench-"))
+    os.environ["VLLM_RPC_BASE_PATH"] = tempfile.mkdtemp(prefix="prft-bench-rpc-")  # short: a socket path
+    try:
+        run_benchmark(args, console, model_dir, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(os.environ["VLLM_RPC_BASE_PATH"], ignore_errors=True)
+
+
+def run_benchmark(args, console: Console, model_dir: Path, tmp: Path) -> None:
+    requests = workload(model_dir, args.prompts, args.n, args.max_tokens)
+    figures: dict = {"workload": {"prompts": args.prompts, "n": args.n, "max_tokens": args.max_tokens},
+                     "load_average_start": os.getloadavg()[0]}
+
+    with console.status("in-process engine"):
+        in_process = run_in_process(model_dir, requests, args.repeats, tmp)
+    with console.status("HTTP service"):
+        worker = Worker(model_dir, tmp, "http")
+        try:
+            over_http = run_http(worker.url, requests, args.repeats)
+            swaps_default = measure_swaps(worker.url, model_dir, args.swap_repeats)
+        finally:
+            worker.stop()
+
+    swaps_135m = None
+    if not args.skip_135m:
+        with console.status("135M-parameter model (built once, cached)"):
+            model_135m = cached_build(default_cache_dir(), "bench-smollm2-135m-shape-v1", build_135m)
+            worker = Worker(model_135m, tmp, "http-135m")
+            try:
+                swaps_135m = measure_swaps(worker.url, model_135m, args.swap_repeats)
+            finally:
+                worker.stop()
+
+    with console.status("worker start-up"):
+        redis_process, redis_url = start_redis_server(tmp / "redis")
+        try:
+            startup = [measure_startup(model_dir, tmp, redis_url, f"startup-{i}") for i in range(2)]
+        finally:
+            redis_process.stop()
+
+    def rate(runs):
+        return [tokens / seconds for seconds, tokens in runs]
+
+    tps_in, tps_http = rate(in_process), rate(over_http)
+    if {t for _, t in in_process} != {t for _, t in over_http}:
+        console.print("[yellow]warning: the two paths generated different token counts[/yellow]")
+    table = Table(title=f"rollout: {args.prompts} prompts x n={args.n} x up to {args.max_tokens} tokens")
+    table.add_column("figure")
+    table.add_column("best", justify="right")
+    table.add_column("median", justify="right")
+    table.add_row("tokens per run", str(in_process[0][1]), "")
+    table.add_row("in-process tokens/s", f"{max(tps_in):,.0f}", f"{statistics.median(tps_in):,.0f}")
+    table.add_row("HTTP tokens/s", f"{max(tps_http):,.0f}", f"{statistics.median(tps_http):,.0f}")
+    table.add_row("HTTP / in-process", f"{max(tps_http) / max(tps_in):.3f}",
+                  f"{statistics.median(tps_http) / statistics.median(tps_in):.3f}")
+    swap_sets = [("default model", swaps_default)] + ([("135M model", swaps_135m)] if swaps_135m else [])
+    for label, swaps in swap_sets:
+        for kind, rows in swaps.items():
+            trips, held = [r[0] for r in rows], [r[1] for r in rows]
+            table.add_row(f"swap {label} {kind}: request s", f"{min(trips):.3f}", f"{statistics.median(trips):.3f}")
+            table.add_row(f"swap {label} {kind}: engine held s", f"{min(held):.3f}", f"{statistics.median(held):.3f}")
+    ready, registered = [s[0] for s in startup], [s[1] for s in startup]
+    table.add_row("start to /readyz s", f"{min(ready):.1f}", f"{statistics.median(ready):.1f}")
+    table.add_row("start to registered in Redis s", f"{min(registered):.1f}", f"{statistics.median(registered):.1f}")
+    console.print(table)
+    console.print(f"load average (1 min) at start {figures['load_average_start']:.2f}, at end {os.getloadavg()[0]:.2f}")
+
+    figures.update(
+        in_process_tokens_per_s=tps_in, http_tokens_per_s=tps_http, tokens_per_run=in_process[0][1],
+        ratio_best=max(tps_http) / max(tps_in), ratio_median=statistics.median(tps_http) / statistics.median(tps_in),
+        swap_default=swaps_default, swap_135m=swaps_135m, startup_ready_s=ready, startup_registered_s=registered,
+        load_average_end=os.getloadavg()[0],
+    )
+    if args.out:
+        args.out.write_text(json.dumps(figures, indent=1))
+
+
+if __name__ == "__main__":
+    main()
