@@ -313,6 +313,10 @@ def main() -> int:
         f"disagreements over all rounds: {mismatches}"
     )
     ok &= mismatches == 0
+    if len(rounds) > 1:
+        for i, run in enumerate(runs):
+            rates = ", ".join(f"{r[i].items_per_s:.1f} (not ours {r[i].cpu['other']:.1f} s)" for r in rounds)
+            print(f"items/s per round, {run.name}: {rates}")
     print("'not ours': CPU seconds other processes on this machine used during the run; figures are only")
     print("comparable when it is near 0.")
     return 0 if ok else 1
