@@ -30,7 +30,9 @@ def fail(message: str) -> None:
 
 @app.command("build-default-model")
 def build_default_model_command(
-    cache_dir: Path = typer.Option(None, help="Where built models are cached (default: $PRFT_CACHE_DIR or ~/.cache/prefix-rft)."),
+    cache_dir: Path = typer.Option(
+        None, help="Where built models are cached (default: $PRFT_CACHE_DIR or ~/.cache/prefix-rft)."
+    ),
 ) -> None:
     """Build (or find in the cache) the built-in tokenizer, model and warmed-up base policy."""
     from shared.base_policy import default_base_policy
@@ -48,7 +50,6 @@ def load_or_fail(settings_cls, config: Path | None, **overrides):
         return load_settings(settings_cls, config, **overrides)
     except SettingsError as exc:
         fail(str(exc))
-
 
 
 def _overrides(**values) -> dict:
@@ -69,8 +70,13 @@ def reward_command(
     from services.reward.main import serve
     from services.reward.settings import RewardSettings
 
-    serve(load_or_fail(RewardSettings, config, **_overrides(
-        host=host, port=port, workers=workers, item_timeout_s=item_timeout_s, log_level=log_level)))
+    serve(
+        load_or_fail(
+            RewardSettings,
+            config,
+            **_overrides(host=host, port=port, workers=workers, item_timeout_s=item_timeout_s, log_level=log_level),
+        )
+    )
 
 
 @app.command("rollout")
@@ -89,9 +95,22 @@ def rollout_command(
     from services.rollout.main import serve
     from services.rollout.settings import RolloutSettings
 
-    serve(load_or_fail(RolloutSettings, config, **_overrides(
-        model=model, host=host, port=port, public_url=public_url, worker_id=worker_id, reward_url=reward_url,
-        worker_enabled=worker, log_level=log_level)))
+    serve(
+        load_or_fail(
+            RolloutSettings,
+            config,
+            **_overrides(
+                model=model,
+                host=host,
+                port=port,
+                public_url=public_url,
+                worker_id=worker_id,
+                reward_url=reward_url,
+                worker_enabled=worker,
+                log_level=log_level,
+            ),
+        )
+    )
 
 
 @app.command("learner", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -145,9 +164,18 @@ def run_command(
             fail(f"{flag} {path}: no such file or directory")
     try:
         options = RunOptions(
-            model=model, data=data, algorithm=algorithm, steps=steps, seed=seed, rollout_workers=rollout_workers,
-            reward_workers=reward_workers, redis_url=redis_url, config=config, out=out,
-            eval_problems=eval_problems, eval_every=eval_every,
+            model=model,
+            data=data,
+            algorithm=algorithm,
+            steps=steps,
+            seed=seed,
+            rollout_workers=rollout_workers,
+            reward_workers=reward_workers,
+            redis_url=redis_url,
+            config=config,
+            out=out,
+            eval_problems=eval_problems,
+            eval_every=eval_every,
         )
     except ValidationError as exc:
         fail(str(exc))

@@ -148,10 +148,10 @@ def start_redis_server(
         try:
             client.ping()
             break
-        except redis.ConnectionError:
+        except redis.ConnectionError as exc:
             if time.monotonic() > deadline:
                 process.kill()
-                raise TimeoutError(f"redis-server did not answer on port {port}: {process.log_tail()}")
+                raise TimeoutError(f"redis-server did not answer on port {port}: {process.log_tail()}") from exc
             time.sleep(0.05)
     client.close()
     process.extra["port"] = port

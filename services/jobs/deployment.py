@@ -54,7 +54,9 @@ class LocalDeployment:
         wait_http_ready(process, f"{self.reward_url}/healthz", timeout=120)
         return self.reward_url
 
-    def start_rollout_worker(self, model: Path, index: int, consume_tasks: bool = True, threads: int | None = None) -> str:
+    def start_rollout_worker(
+        self, model: Path, index: int, consume_tasks: bool = True, threads: int | None = None
+    ) -> str:
         """``consume_tasks=False`` serves HTTP only (evaluation without Redis); ``threads`` caps the
         engine's CPU threads, since several unbound engines on one machine starve each other."""
         port = free_port()

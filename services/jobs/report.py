@@ -72,7 +72,7 @@ def plot_curves(metrics: list[dict], report: RunReport, path: Path) -> None:
     for split in sorted({p.split for p in report.accuracy_curve}):
         points = [(p.step, p.greedy_accuracy) for p in report.accuracy_curve if p.split == split]
         ax_acc.plot(*zip(*points), label=split, marker="o")
-    for split, value in report.accuracy_before.items():
+    for value in report.accuracy_before.values():
         ax_acc.scatter([0], [value], marker="x", color="grey")
     for split, value in report.accuracy_after.items():
         ax_acc.scatter([report.steps], [value], marker="*", s=120, label=f"{split} final")

@@ -120,7 +120,9 @@ def run_job(options: RunOptions, console: Console) -> RunReport:
 
 
 def _run_dir(options: RunOptions) -> Path:
-    run_dir = options.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{options.algorithm.value}-s{options.seed}"
+    run_dir = (
+        options.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{options.algorithm.value}-s{options.seed}"
+    )
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir.resolve()
 
@@ -139,7 +141,10 @@ def _resolve_model(options: RunOptions, console: Console) -> Path:
 def _eval_splits(options: RunOptions) -> dict[str, list[Problem]]:
     if options.data is None:
         task = ArithmeticTask(seed=0)
-        return {"id": task.problems("test")[: options.eval_problems], "ood": task.problems("ood")[: options.eval_problems]}
+        return {
+            "id": task.problems("test")[: options.eval_problems],
+            "ood": task.problems("ood")[: options.eval_problems],
+        }
     if options.eval_data is not None:
         return {"eval": load_problems(options.eval_data)[: options.eval_problems]}
     problems = load_problems(options.data)
@@ -174,18 +179,27 @@ def _write_job_config(options: RunOptions, run_dir: Path, model_path: Path) -> P
 def _evaluate_all(deployment, tokenizer, splits, options, console, label) -> dict[str, EvalResult]:
     results = {}
     for split, problems in splits.items():
-        results[split] = _evaluate_split(deployment, tokenizer, split, problems, options.eval, console, f"eval {label} [{split}]")
+        results[split] = _evaluate_split(
+            deployment, tokenizer, split, problems, options.eval, console, f"eval {label} [{split}]"
+        )
     return results
 
 
 def _evaluate_split(deployment, tokenizer, split, problems, settings, console, label) -> EvalResult:
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as bar:
         task = bar.add_task(label, total=len(problems))
         return asyncio.run(
             _guarded(
                 deployment,
                 evaluate(
-                    problems, tokenizer, deployment.rollout_urls[0], deployment.reward_url, split, settings,
+                    problems,
+                    tokenizer,
+                    deployment.rollout_urls[0],
+                    deployment.reward_url,
+                    split,
+                    settings,
                     on_progress=lambda n: bar.advance(task, n),
                 ),
             )
@@ -212,7 +226,11 @@ def _follow_training(deployment, tokenizer, splits, options, console, run_dir) -
     curve: list[AccuracyPoint] = []
     next_eval = options.eval_every
     columns = (
-        TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
+        TextColumn("train"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[stats]}"),
+        TimeElapsedColumn(),
     )
     with Progress(*columns, console=console) as bar:
         task = bar.add_task("train", total=options.steps, stats="waiting for the first batch")
@@ -252,10 +270,19 @@ def _curve_point(deployment, tokenizer, splits, options, step) -> list[AccuracyP
     points = []
     for split, problems in splits.items():
         result = asyncio.run(
-            evaluate(problems[: options.curve_problems], tokenizer, deployment.rollout_urls[0], deployment.reward_url, split, settings)
+            evaluate(
+                problems[: options.curve_problems],
+                tokenizer,
+                deployment.rollout_urls[0],
+                deployment.reward_url,
+                split,
+                settings,
+            )
         )
         points.append(
-            AccuracyPoint(step=step, model_version=max(result.model_versions), split=split, greedy_accuracy=result.greedy_accuracy)
+            AccuracyPoint(
+                step=step, model_version=max(result.model_versions), split=split, greedy_accuracy=result.greedy_accuracy
+            )
         )
     return points
 

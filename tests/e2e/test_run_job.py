@@ -75,7 +75,9 @@ def test_a_run_whose_reward_service_dies_fails_naming_it(tmp_path, small_config,
     out = tmp_path / "run"
     args = ["run", "--steps", "50", "--eval-problems", "4", "--eval-every", "0", "--config", str(small_config),
             "--out", str(out)]
-    run = subprocess.Popen(_prefix_rft(*args, cwd=tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run = subprocess.Popen(
+        _prefix_rft(*args, cwd=tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         deadline = time.monotonic() + 600
         metrics = out / "learner" / "metrics.jsonl"
