@@ -11,6 +11,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.jobs.cpus import CorePlan, pin, thread_env
 from shared.processes import (
     ManagedProcess,
     ProcessDied,
@@ -32,6 +33,8 @@ class LocalDeployment:
     reward_url: str = ""
     rollout_urls: list[str] = field(default_factory=list)
     learner_url: str = ""
+    # Disjoint cores for the learner and each worker (None: every process may use every core).
+    cores: CorePlan | None = None
 
     def env(self) -> dict[str, str]:
         env = {"PRFT_CONFIG": str(self.config_path), "PYTHONUNBUFFERED": "1"}
@@ -54,11 +57,8 @@ class LocalDeployment:
         wait_http_ready(process, f"{self.reward_url}/healthz", timeout=120)
         return self.reward_url
 
-    def start_rollout_worker(
-        self, model: Path, index: int, consume_tasks: bool = True, threads: int | None = None
-    ) -> str:
-        """``consume_tasks=False`` serves HTTP only (evaluation without Redis); ``threads`` caps the
-        engine's CPU threads, since several unbound engines on one machine starve each other."""
+    def start_rollout_worker(self, model: Path, index: int, consume_tasks: bool = True) -> str:
+        """``consume_tasks=False`` serves HTTP only (evaluation without Redis)."""
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         env = {
@@ -73,9 +73,8 @@ class LocalDeployment:
         }
         if not consume_tasks:
             env["PRFT_ROLLOUT__WORKER_ENABLED"] = "false"
-        if threads is not None:
-            env["OMP_NUM_THREADS"] = str(threads)
-        process = self._start(f"rollout-{index}", ["-m", "services.rollout"], env)
+        cores = self.cores.workers[index % len(self.cores.workers)] if self.cores else None
+        process = self._start(f"rollout-{index}", ["-m", "services.rollout"], env, cores)
         wait_http_ready(process, f"{url}/readyz", timeout=300)
         self.rollout_urls.append(url)
         return url
@@ -83,7 +82,9 @@ class LocalDeployment:
     def start_learner(self, resume: bool = False) -> str:
         port = free_port()
         argv = ["-m", "services.learner"] + (["--resume"] if resume else [])
-        process = self._start("learner", argv, {"PRFT_LEARNER__PORT": str(port)})
+        process = self._start(
+            "learner", argv, {"PRFT_LEARNER__PORT": str(port)}, self.cores.learner if self.cores else None
+        )
         self.learner_url = f"http://127.0.0.1:{port}"
         wait_http_ready(process, f"{self.learner_url}/v1/status", timeout=300)
         return self.learner_url
@@ -103,12 +104,19 @@ class LocalDeployment:
             code = process.stop()
             log.info("stopped %s (pid %d, exit code %s)", process.name, process.pid, code)
 
-    def _start(self, name: str, module_argv: list[str], env: dict[str, str]) -> ManagedProcess:
+    def _start(
+        self, name: str, module_argv: list[str], env: dict[str, str], cores: tuple[int, ...] | None = None
+    ) -> ManagedProcess:
+        if cores is not None:
+            env = {**env, **thread_env(cores)}
         process = start_process(
             name, [sys.executable, *module_argv], self.run_dir / "logs" / f"{name}.log", env={**self.env(), **env}
         )
+        if cores is not None:
+            pin(process.pid, cores)
         self._register(process)
-        log.info("started %s (pid %d), log %s", name, process.pid, process.log_path)
+        pinned = f", cores {list(cores)}" if cores else ""
+        log.info("started %s (pid %d%s), log %s", name, process.pid, pinned, process.log_path)
         return process
 
     def _register(self, process: ManagedProcess) -> None:
