@@ -147,6 +147,7 @@ def run_command(
     out: Path = typer.Option(None, help="Run directory (default: runs/<time>-<algorithm>-s<seed>)."),
     eval_problems: int = typer.Option(128, min=1, help="Problems per evaluation split."),
     eval_every: int = typer.Option(20, min=0, help="Evaluate during training every N steps (0: never)."),
+    pin_cores: bool = typer.Option(True, help="Give the learner and the workers disjoint CPU cores."),
 ) -> None:
     """Run a whole Prefix-RFT training job locally: redis, reward, rollout workers, learner, evaluation, report."""
     from pydantic import ValidationError
@@ -176,6 +177,7 @@ def run_command(
             out=out,
             eval_problems=eval_problems,
             eval_every=eval_every,
+            pin_cores=pin_cores,
         )
     except ValidationError as exc:
         fail(str(exc))
@@ -185,6 +187,53 @@ def run_command(
         fail(f"a service died, so the run was stopped: {exc}")
     except KeyboardInterrupt:
         fail("interrupted; every process this run started has been stopped")
+
+
+@app.command("compare")
+def compare_command(
+    variants: str = typer.Option(
+        "all", help="Comma-separated variants (all, main, or names: sft, rft, sft-then-rft, luffy, prefix-rft, "
+        "no-entropy-clip, frozen-prefix, uniform-prefix, demo-10, demo-1)."
+    ),
+    seeds: str = typer.Option("0,1,2", help="Comma-separated seeds."),
+    steps: int = typer.Option(40, min=1, help="Optimizer steps per run."),
+    eval_problems: int = typer.Option(128, min=1, help="Problems per evaluation split."),
+    eval_every: int = typer.Option(10, min=0, help="Accuracy curve point every N steps (0: none)."),
+    config: Path = typer.Option(None, help="YAML settings merged into every run."),
+    out: Path = typer.Option(Path("runs/compare"), help="Where the runs and figures go (reused when re-run)."),
+    results: Path = typer.Option(Path("docs/results.md"), help="The markdown report to write."),
+) -> None:
+    """Train every algorithm, ablation and demonstration quantity from the same base policy over several
+    seeds, and write the comparison (table, curves, raw metrics, docs/results.md)."""
+    from pydantic import ValidationError
+
+    from services.jobs.compare import MAIN_VARIANTS, VARIANTS, CompareOptions, command_line, run_compare
+    from services.jobs.deployment import ProcessDied
+
+    setup_logging("WARNING")
+    names = {"all": list(VARIANTS), "main": list(MAIN_VARIANTS)}.get(variants, variants.split(","))
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        fail(f"--variants: unknown {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
+    try:
+        seed_list = [int(s) for s in seeds.split(",")]
+    except ValueError:
+        fail(f"--seeds {seeds!r}: expected comma-separated integers")
+    if config is not None and not config.exists():
+        fail(f"--config {config}: no such file or directory")
+    try:
+        options = CompareOptions(
+            variants=names, seeds=seed_list, steps=steps, eval_problems=eval_problems, eval_every=eval_every,
+            config=config, out=out, results=results, command=command_line(),
+        )
+    except ValidationError as exc:
+        fail(str(exc))
+    try:
+        run_compare(options, console)
+    except ProcessDied as exc:
+        fail(f"a service died, so the comparison was stopped (finished runs are kept and reused): {exc}")
+    except KeyboardInterrupt:
+        fail("interrupted; finished runs are kept and reused when the command is run again")
 
 
 @app.command("eval")

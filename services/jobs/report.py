@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from services.jobs.evaluate import EvalResult
+from services.jobs.pipeline import PipelineStats
 
 
 class AccuracyPoint(BaseModel):
@@ -35,6 +36,7 @@ class RunReport(BaseModel):
     evaluation_before: dict[str, EvalResult]
     evaluation_after: dict[str, EvalResult]
     accuracy_curve: list[AccuracyPoint] = Field(default_factory=list)
+    pipeline: PipelineStats | None = None  # how generation and training overlapped
     run_dir: str
 
 
@@ -103,15 +105,22 @@ def print_summary(report: RunReport, console: Console) -> None:
     table.add_column("greedy before", justify="right")
     table.add_column("greedy after", justify="right")
     table.add_column("avg@k after", justify="right")
-    for split, before in report.accuracy_before.items():
-        after = report.evaluation_after[split]
+    for split, after in report.evaluation_after.items():
+        before = report.accuracy_before.get(split)
         table.add_row(
             split,
-            f"{before:.3f}",
+            "-" if before is None else f"{before:.3f}",
             f"{after.greedy_accuracy:.3f}",
             "-" if after.avg_at_k is None else f"{after.avg_at_k:.3f}",
         )
     console.print(table)
+    if report.pipeline is not None:
+        pipe = report.pipeline
+        console.print(
+            f"per step: {pipe.step_wall_s:.2f} s wall · generate {pipe.worker_busy_s:.2f} s · "
+            f"train {pipe.learner_train_s:.2f} s · learner waited {pipe.learner_wait_s:.2f} s · "
+            f"speed-up {pipe.achieved_speedup:.2f} of ideal {pipe.ideal_speedup:.2f}"
+        )
     console.print(
         f"tokens/s {report.tokens_per_s:.0f} · trained groups {report.trained_groups} · "
         f"dropped stale groups {report.dropped_stale_groups} · report {report.run_dir}/report.json"

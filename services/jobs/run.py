@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import secrets
 import time
 from pathlib import Path
@@ -21,8 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from services.jobs.cpus import available_cores, plan_cores
 from services.jobs.deployment import LocalDeployment
 from services.jobs.evaluate import EvalResult, EvalSettings, evaluate
+from services.jobs.pipeline import pipeline_stats, worker_busy_seconds
 from services.jobs.report import AccuracyPoint, RunReport, print_summary, read_metrics, write_report
 from services.learner.algorithm import AlgorithmName
 from shared.data import load_problems
@@ -60,7 +61,10 @@ class RunOptions(BaseModel):
     out: Path | None = None
     eval_problems: int = Field(128, ge=1)
     eval_every: int = Field(20, ge=0)  # 0: evaluate only before and after
+    evaluate: bool = True  # False: no evaluation at all (the pipeline benchmark times training alone)
+    evaluate_before: bool = True  # False: skip the base policy's evaluation (a comparison does it once)
     curve_problems: int = Field(64, ge=1)
+    pin_cores: bool = True  # disjoint cores for the learner and the workers (see services.jobs.cpus)
     eval: EvalSettings = EvalSettings()
 
 
@@ -72,28 +76,33 @@ def run_job(options: RunOptions, console: Console) -> RunReport:
     config_path = _write_job_config(options, run_dir, model_path)
     console.print(f"run directory: [bold]{run_dir}[/bold]")
 
-    deployment = LocalDeployment(run_dir=run_dir, config_path=config_path, redis_url=options.redis_url)
+    cores = plan_cores(available_cores(), options.rollout_workers) if options.pin_cores else None
+    deployment = LocalDeployment(run_dir=run_dir, config_path=config_path, redis_url=options.redis_url, cores=cores)
     try:
         with console.status("starting redis-server and the reward service"):
             deployment.start_redis()
             deployment.start_reward(options.reward_workers)
         with console.status(f"starting {options.rollout_workers} rollout worker(s) (vLLM)"):
-            threads = max(1, (os.cpu_count() or 1) // options.rollout_workers) if options.rollout_workers > 1 else None
             for index in range(options.rollout_workers):
-                deployment.start_rollout_worker(model_path, index, threads=threads)
+                deployment.start_rollout_worker(model_path, index)
         tokenizer = load_tokenizer(model_path)
-        before = _evaluate_all(deployment, tokenizer, splits, options, console, "before")
+        before = (
+            _evaluate_all(deployment, tokenizer, splits, options, console, "before") if options.evaluate_before else {}
+        )
+        busy_before = worker_busy_seconds(deployment.rollout_urls)
         train_started = time.monotonic()
         with console.status("starting the learner (DeepSpeed)"):
             deployment.start_learner()
         curve = _follow_training(deployment, tokenizer, splits, options, console, run_dir)
         train_time = time.monotonic() - train_started
+        busy = [b - a for a, b in zip(busy_before, worker_busy_seconds(deployment.rollout_urls))]
         _wait_for_final_weights(deployment, console)
         after = _evaluate_all(deployment, tokenizer, splits, options, console, "after")
     finally:
         deployment.stop()
 
     metrics = read_metrics(run_dir / "learner" / "metrics.jsonl")
+    max_staleness = yaml.safe_load(config_path.read_text())["learner"]["max_staleness"]
     last = metrics[-1] if metrics else {}
     generated = sum(m.get("generated_tokens", 0) for m in metrics)
     report = RunReport(
@@ -112,6 +121,7 @@ def run_job(options: RunOptions, console: Console) -> RunReport:
         evaluation_before=before,
         evaluation_after=after,
         accuracy_curve=curve,
+        pipeline=pipeline_stats(metrics, busy, train_time, max_staleness),
         run_dir=str(run_dir),
     )
     write_report(report, metrics, run_dir)
@@ -170,6 +180,8 @@ def _write_job_config(options: RunOptions, run_dir: Path, model_path: Path) -> P
     # The paper decays the prefix curriculum over its whole run (T_decay = 500 of ~500 steps); a
     # short run gets the same shape over its own length unless the config says otherwise.
     algorithm.setdefault("schedule", {}).setdefault("decay_steps", options.steps)
+    if options.algorithm == AlgorithmName.sft_then_rft:
+        algorithm.setdefault("sft_steps", options.steps // 2)  # half the budget each, unless configured
     path = run_dir / "job.yaml"
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     path.chmod(0o600)  # it holds the bearer token
@@ -178,6 +190,8 @@ def _write_job_config(options: RunOptions, run_dir: Path, model_path: Path) -> P
 
 def _evaluate_all(deployment, tokenizer, splits, options, console, label) -> dict[str, EvalResult]:
     results = {}
+    if not options.evaluate:
+        return results
     for split, problems in splits.items():
         results[split] = _evaluate_split(
             deployment, tokenizer, split, problems, options.eval, console, f"eval {label} [{split}]"
@@ -240,7 +254,8 @@ def _follow_training(deployment, tokenizer, splits, options, console, run_dir) -
             if metrics:
                 last = metrics[-1]
                 bar.update(task, completed=last["step"], stats=_stats_line(last))
-                if options.eval_every and last["step"] >= next_eval and last["step"] < options.steps:
+                due = options.evaluate and options.eval_every and last["step"] >= next_eval
+                if due and last["step"] < options.steps:
                     next_eval += options.eval_every
                     curve += _curve_point(deployment, tokenizer, splits, options, last["step"])
             if not learner.alive():

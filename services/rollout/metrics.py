@@ -35,6 +35,11 @@ class RolloutMetrics:
         )
         self.tasks = Counter("rollout_tasks", "Tasks by outcome", ["outcome"], registry=r)
         self.inflight_tasks = Gauge("rollout_inflight_tasks", "Tasks this worker is generating or scoring", registry=r)
+        # Its complement over a training run is the time the worker waited for tasks, that is for the
+        # learner to issue them, which it does only inside the staleness window of its weights.
+        self.busy_seconds = Counter(
+            "rollout_worker_busy_seconds", "Seconds with at least one task in flight", registry=r
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -58,6 +58,7 @@ class TaskWorker:
             settings.reward_url, settings.reward_timeout_s, settings.reward_retries, settings.reward_backoff_s
         )
         self.inflight: dict[str, InFlight] = {}
+        self._busy_since: float | None = None  # monotonic time the in-flight set became non-empty
         self.registered = False
         self._stopping = asyncio.Event()
         self._slot_freed = asyncio.Event()
@@ -239,6 +240,8 @@ class TaskWorker:
                 self.metrics.tasks.labels("dead_letter").inc()
                 return
         task = asyncio.create_task(self._run(entry), name=f"task-{entry.message.id}")
+        if not self.inflight:
+            self._busy_since = time.monotonic()
         self.inflight[entry.entry_id] = InFlight(entry, task)
         self.metrics.inflight_tasks.set(len(self.inflight))
 
@@ -267,6 +270,9 @@ class TaskWorker:
             self.metrics.tasks.labels("failed").inc()
         finally:
             self.inflight.pop(entry.entry_id, None)
+            if not self.inflight and self._busy_since is not None:
+                self.metrics.busy_seconds.inc(time.monotonic() - self._busy_since)
+                self._busy_since = None
             self.metrics.inflight_tasks.set(len(self.inflight))
             self._slot_freed.set()
 

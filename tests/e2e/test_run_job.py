@@ -62,6 +62,9 @@ def test_a_short_run_writes_its_report_and_leaves_no_process(tmp_path, small_con
     assert report["wall_time_s"] > 0 and report["tokens_per_s"] > 0
     assert report["dropped_stale_groups"] >= 0 and report["trained_groups"] >= 3 * 4
     assert (out / "curves.png").stat().st_size > 10_000
+    pipeline = report["pipeline"]  # the worker's busy time, read from its /metrics, and the learner's timings
+    assert pipeline["worker_busy_s"] > 0 and pipeline["learner_train_s"] > 0
+    assert 1.0 <= pipeline["ideal_speedup"] <= 2.0
     assert "greedy before" in done.stdout + done.stderr  # the closing table
 
     processes = json.loads((out / "processes.json").read_text())

@@ -1,0 +1,108 @@
+"""The comparison's bookkeeping: variant settings, summaries over seeds, verdicts and the markdown report."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from services.jobs.compare import (
+    VARIANTS,
+    CompareOptions,
+    Comparison,
+    _run_options,
+    _summarise,
+    validate_variants,
+    write_results,
+)
+from services.jobs.evaluate import EvalResult
+from services.jobs.report import RunReport
+from services.learner.algorithm import AlgorithmName
+
+
+def report(tmp_path: Path, algorithm: str, seed: int, id_acc: float, ood_acc: float) -> RunReport:
+    def result(split, acc):
+        return EvalResult(
+            split=split,
+            n_problems=10,
+            greedy_accuracy=acc,
+            avg_at_k=acc,
+            pass_at_k=acc,
+            k=4,
+            mean_response_tokens=40.0,
+            model_versions=[5],
+        )
+
+    return RunReport(
+        algorithm=algorithm,
+        seed=seed,
+        steps=5,
+        model="m",
+        data="d",
+        wall_time_s=60.0,
+        train_time_s=30.0,
+        tokens_per_s=100.0,
+        dropped_stale_groups=0,
+        trained_groups=20,
+        accuracy_before={"id": 0.4, "ood": 0.05} if seed == 0 else {},
+        accuracy_after={"id": id_acc, "ood": ood_acc},
+        evaluation_before={},
+        evaluation_after={"id": result("id", id_acc), "ood": result("ood", ood_acc)},
+        run_dir=str(tmp_path / algorithm / str(seed)),
+    )
+
+
+def test_unknown_variants_are_named():
+    with pytest.raises(ValueError, match="bogus"):
+        validate_variants(["prefix-rft", "bogus"])
+
+
+def test_a_demonstration_quantity_variant_sets_the_fraction_in_the_run_config(tmp_path):
+    user = tmp_path / "user.yaml"
+    user.write_text("learner:\n  optimizer:\n    lr: 0.0001\n")
+    options = CompareOptions(steps=7, config=user, out=tmp_path)
+    run = _run_options(options, "demo-10", seed=2, run_dir=tmp_path / "demo-10" / "seed-2", first=False)
+    assert run.algorithm == AlgorithmName.prefix_rft and run.seed == 2 and run.steps == 7
+    assert not run.evaluate_before
+    written = yaml.safe_load(run.config.read_text())
+    assert written["learner"]["algorithm"] == {"demo_fraction": 0.1}
+    assert written["learner"]["optimizer"]["lr"] == 0.0001  # the user's settings apply to every variant
+
+
+def test_summary_has_mean_and_sample_spread_over_seeds(tmp_path):
+    by_seed = {s: report(tmp_path, "rft", s, acc, 0.0) for s, acc in enumerate([0.4, 0.5, 0.6])}
+    summary = _summarise("rft", by_seed)
+    assert summary.greedy["id"].mean == pytest.approx(0.5)
+    assert summary.greedy["id"].std == pytest.approx(0.1)
+    assert summary.label == VARIANTS["rft"].label
+
+
+def test_results_table_and_verdicts(tmp_path):
+    runs = {
+        "prefix-rft": {s: report(tmp_path, "prefix-rft", s, 0.70 + 0.01 * s, 0.10) for s in range(3)},
+        "sft": {s: report(tmp_path, "sft", s, 0.50 + 0.01 * s, 0.10 + 0.05 * s) for s in range(3)},
+    }
+    options = CompareOptions(
+        variants=list(runs),
+        steps=5,
+        out=tmp_path / "out",
+        results=tmp_path / "docs" / "r.md",
+        command="prefix-rft compare --steps 5",
+    )
+    comparison = Comparison(
+        options=options,
+        base={"id": 0.4, "ood": 0.05},
+        base_avg_at_k={},
+        summaries=[_summarise(n, r) for n, r in runs.items()],
+        runs=runs,
+        wall_time_s=10.0,
+        machine="test machine",
+    )
+    curves = tmp_path / "curves.png"
+    curves.write_bytes(b"png")
+    write_results(comparison, options.results, curves)
+    text = options.results.read_text()
+    assert "`prefix-rft compare --steps 5`" in text and "test machine" in text
+    assert "| Prefix-RFT | 0.710 ± 0.010 |" in text
+    assert "Prefix-RFT vs SFT: +0.200 (spread 0.010): ahead, beyond the seed spread." in text
+    assert "Prefix-RFT vs SFT: -0.050 (spread 0.050): within the seed spread: not decisive." in text
+    assert (tmp_path / "docs" / "results" / "curves.png").read_bytes() == b"png"
