@@ -138,7 +138,7 @@ def run_command(
     model: Path = typer.Option(None, help="Local Hugging Face model directory (default: the built-in base policy)."),
     data: Path = typer.Option(None, help="OpenR1-Math style .parquet/.jsonl/.json file (default: the built-in task)."),
     algorithm: str = typer.Option("prefix-rft", help="prefix-rft, sft, rft, sft-then-rft, luffy, or an ablation."),
-    steps: int = typer.Option(60, min=1, help="Optimizer steps."),
+    steps: int = typer.Option(100, min=1, help="Optimizer steps."),
     seed: int = typer.Option(0),
     rollout_workers: int = typer.Option(1, min=1, help="Rollout worker processes (vLLM engines)."),
     reward_workers: int = typer.Option(1, min=1, help="Verifier processes of the reward service."),
@@ -199,6 +199,7 @@ def compare_command(
     steps: int = typer.Option(40, min=1, help="Optimizer steps per run."),
     eval_problems: int = typer.Option(128, min=1, help="Problems per evaluation split."),
     eval_every: int = typer.Option(10, min=0, help="Accuracy curve point every N steps (0: none)."),
+    eval_k: int = typer.Option(4, min=0, help="Samples per problem for avg@k after training (0: greedy only)."),
     config: Path = typer.Option(None, help="YAML settings merged into every run."),
     out: Path = typer.Option(Path("runs/compare"), help="Where the runs and figures go (reused when re-run)."),
     results: Path = typer.Option(Path("docs/results.md"), help="The markdown report to write."),
@@ -224,7 +225,7 @@ def compare_command(
     try:
         options = CompareOptions(
             variants=names, seeds=seed_list, steps=steps, eval_problems=eval_problems, eval_every=eval_every,
-            config=config, out=out, results=results, command=command_line(),
+            eval_k=eval_k, config=config, out=out, results=results, command=command_line(),
         )
     except ValidationError as exc:
         fail(str(exc))
@@ -288,6 +289,23 @@ def eval_command(
     typer.echo(result.model_dump_json(indent=2))
     if out is not None:
         out.write_text(result.model_dump_json(indent=2))
+
+
+@app.command("ledger")
+def ledger_command(
+    run_dir: Path = typer.Argument(..., help="A run directory (holds job.yaml, learner/ and redis/)."),
+    redis_url: str = typer.Option(None, help="The run's live redis-server (default: a copy of its append-only file)."),
+) -> None:
+    """Reconcile a run: groups produced = trained + dropped as stale + still queued, no id trained twice."""
+    from services.jobs.ledger import reconcile_run, reconcile_stopped_run
+
+    try:
+        ledger = reconcile_run(run_dir, redis_url) if redis_url else reconcile_stopped_run(run_dir)
+    except (OSError, ValueError) as exc:
+        fail(str(exc))
+    typer.echo(ledger.render())
+    if not ledger.ok:
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.table import Table
 
+from services.jobs.evaluate import EvalSettings
 from services.jobs.report import RunReport, read_metrics
 from services.jobs.run import RunOptions, run_job
 from services.learner.algorithm import AlgorithmName
@@ -60,6 +61,7 @@ class CompareOptions(BaseModel):
     steps: int = Field(40, ge=1)
     eval_problems: int = Field(128, ge=1)
     eval_every: int = Field(10, ge=0)
+    eval_k: int = Field(4, ge=0)  # samples per problem for avg@k after training (0: greedy only)
     config: Path | None = None  # YAML merged into every run's settings (the same for all variants)
     out: Path = Path("runs/compare")
     results: Path = Path("docs/results.md")
@@ -159,6 +161,7 @@ def _run_options(options: CompareOptions, name: str, seed: int, run_dir: Path, f
         eval_problems=options.eval_problems,
         eval_every=options.eval_every,
         evaluate_before=first,
+        eval=EvalSettings(k=options.eval_k),
     )
 
 
@@ -323,7 +326,7 @@ def write_results(comparison: Comparison, path: Path, curves: Path) -> None:
         "(runs reused from an earlier invocation cost nothing here)",
         f"- Budget per run: {options.steps} optimizer steps, the same prompts per step and rollouts per prompt "
         f"for every RL variant; seeds {seeds}; evaluation on {options.eval_problems} problems per split "
-        "(greedy, and avg@k at temperature 0.6).",
+        f"(greedy{f', and avg@{options.eval_k} at temperature 0.6' if options.eval_k else ''}).",
         "",
         "## Greedy accuracy and avg@k after training (mean ± sample std over seeds)",
         "",

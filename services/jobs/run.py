@@ -52,7 +52,7 @@ class RunOptions(BaseModel):
     data: Path | None = None  # None: the built-in arithmetic task
     eval_data: Path | None = None  # held-out file for --data runs (else the last eval_problems rows)
     algorithm: AlgorithmName = AlgorithmName.prefix_rft
-    steps: int = Field(60, ge=1)
+    steps: int = Field(100, ge=1)
     seed: int = 0
     rollout_workers: int = Field(1, ge=1)
     reward_workers: int = Field(1, ge=1)

@@ -15,8 +15,9 @@ from shared.tasks.arithmetic import ArithmeticTask
 
 PAPER_LR = 1e-6
 # The built-in model has about a million parameters: at the paper's 1e-6 it would not move in a
-# run of a few hundred steps.
-DEFAULT_MODEL_LR = 5e-4
+# run of a few hundred steps. At 5e-4 RL collapses it (RFT's on-policy reward fell from 0.41 to 0
+# in 6 steps, entropy tripled); at 1e-4 Prefix-RFT's reward climbs steadily.
+DEFAULT_MODEL_LR = 1e-4
 
 
 class DeepSpeedSettings(StrictModel):
@@ -29,7 +30,7 @@ class DeepSpeedSettings(StrictModel):
 
 
 class OptimizerSettings(StrictModel):
-    lr: float | None = Field(None, gt=0)  # None: 1e-6 (paper) for a given model, 5e-4 for the built-in one
+    lr: float | None = Field(None, gt=0)  # None: 1e-6 (paper) for a given model, 1e-4 for the built-in one
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(1e-8, gt=0)

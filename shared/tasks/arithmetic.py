@@ -33,12 +33,24 @@ class Difficulty(BaseModel):
     max_start: int = Field(99, ge=10)  # the opening amount is a two-digit number up to this
     max_operand: int = Field(99, ge=1)
     max_value: int = Field(999, ge=10)  # every running total stays in [0, max_value]
+    # None: the number of operations is uniform over [min_ops, max_ops]. A share: max_ops with that
+    # probability, else uniform over the others (a few long stories in an otherwise easy split).
+    max_ops_share: float | None = Field(None, ge=0, le=1)
 
     @model_validator(mode="after")
     def _ordered(self) -> Difficulty:
         if self.min_ops > self.max_ops:
             raise ValueError(f"min_ops {self.min_ops} > max_ops {self.max_ops}")
+        if self.max_ops_share is not None and self.min_ops == self.max_ops:
+            raise ValueError("max_ops_share needs min_ops < max_ops")
         return self
+
+    def sample_ops(self, rng: random.Random) -> int:
+        if self.max_ops_share is None:
+            return rng.randint(self.min_ops, self.max_ops)
+        if rng.random() < self.max_ops_share:
+            return self.max_ops
+        return rng.randint(self.min_ops, self.max_ops - 1)
 
 
 class ArithmeticTask(BaseModel):
@@ -47,7 +59,9 @@ class ArithmeticTask(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     seed: int = 0
-    warmup: Difficulty = Difficulty(min_ops=1, max_ops=2)
+    # A few three-step stories in the warm-up: without them the base policy never writes a third line,
+    # solves none of the training split's three-step problems and RL there has no reward signal.
+    warmup: Difficulty = Difficulty(min_ops=1, max_ops=3, max_ops_share=0.05)
     train: Difficulty = Difficulty(min_ops=2, max_ops=3)
     test: Difficulty = Difficulty(min_ops=2, max_ops=3)
     ood: Difficulty = Difficulty(min_ops=4, max_ops=5)
@@ -104,7 +118,7 @@ class Story(BaseModel):
 
     @classmethod
     def sample(cls, rng: random.Random, difficulty: Difficulty) -> Story:
-        n_ops = rng.randint(difficulty.min_ops, difficulty.max_ops)
+        n_ops = difficulty.sample_ops(rng)
         total = rng.randint(10, difficulty.max_start)
         start = total
         changes = []

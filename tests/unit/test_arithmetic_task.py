@@ -35,11 +35,18 @@ def test_demonstration_arithmetic_is_right_line_by_line():
 
 
 @pytest.mark.parametrize(
-    ("split", "lo", "hi"), [("warmup", 1, 2), ("train", 2, 3), ("test", 2, 3), ("ood", 4, 5)]
+    ("split", "lo", "hi"), [("train", 2, 3), ("test", 2, 3), ("ood", 4, 5)]
 )
 def test_split_difficulty_is_the_number_of_operations(split, lo, hi):
     counts = {p.prompt.count("Then ") for p in SMALL.problems(split)}
     assert counts <= set(range(lo, hi + 1)) and len(counts) == hi - lo + 1
+
+
+def test_the_warmup_is_one_and_two_steps_with_a_few_three_step_stories():
+    counts = [p.prompt.count("Then ") for p in ArithmeticTask(warmup_size=4000).problems("warmup")]
+    assert set(counts) == {1, 2, 3}
+    assert 0.04 < counts.count(3) / len(counts) < 0.06
+    assert abs(counts.count(1) - counts.count(2)) < 0.1 * len(counts)
 
 
 def test_running_totals_stay_in_range():
