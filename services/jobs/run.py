@@ -253,7 +253,7 @@ def _follow_training(deployment, tokenizer, splits, options, console, run_dir) -
             metrics = read_metrics(metrics_path)
             if metrics:
                 last = metrics[-1]
-                bar.update(task, completed=last["step"], stats=_stats_line(last))
+                bar.update(task, completed=last["step"], stats=_stats_line(last, curve))
                 due = options.evaluate and options.eval_every and last["step"] >= next_eval
                 if due and last["step"] < options.steps:
                     next_eval += options.eval_every
@@ -266,7 +266,8 @@ def _follow_training(deployment, tokenizer, splits, options, console, run_dir) -
     return curve
 
 
-def _stats_line(metrics: dict) -> str:
+def _stats_line(metrics: dict, curve: list[AccuracyPoint]) -> str:
+    """Training figures of the last step, and the greedy accuracy of the last evaluation during training."""
     parts = []
     for key, label, fmt in (
         ("reward_mean", "reward", "{:.2f}"),
@@ -277,6 +278,9 @@ def _stats_line(metrics: dict) -> str:
     ):
         if metrics.get(key) is not None:
             parts.append(f"{label} {fmt.format(metrics[key])}")
+    if curve:
+        latest = max(point.step for point in curve)
+        parts += [f"{p.split} acc {p.greedy_accuracy:.2f}" for p in curve if p.step == latest]
     return " · ".join(parts)
 
 
