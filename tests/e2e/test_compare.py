@@ -1,0 +1,63 @@
+"""End to end: ``prefix-rft compare`` runs real jobs, writes the results document, and reuses finished runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.e2e.test_run_job import SMALL_JOB
+
+pytestmark = pytest.mark.integration
+
+
+def test_compare_writes_results_and_reuses_runs(tmp_path, default_base_dir):
+    config = tmp_path / "small.yaml"
+    config.write_text(SMALL_JOB)
+    out, results = tmp_path / "compare", tmp_path / "docs" / "results.md"
+    args = [
+        sys.executable,
+        "-m",
+        "services.cli",
+        "compare",
+        "--variants",
+        "rft,prefix-rft",
+        "--seeds",
+        "0",
+        "--steps",
+        "2",
+        "--eval-problems",
+        "4",
+        "--eval-every",
+        "0",
+        "--eval-k",
+        "0",
+        "--config",
+        str(config),
+        "--out",
+        str(out),
+        "--results",
+        str(results),
+    ]
+    first = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+
+    text = results.read_text()
+    assert "| RFT |" in text and "| Prefix-RFT |" in text and "| base policy |" in text
+    assert "--variants rft,prefix-rft" in text  # the exact command is recorded
+    assert "Prefix-RFT vs RFT:" in text
+    assert (results.parent / "results" / "curves.png").stat().st_size > 10_000
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert set(comparison["runs"]) == {"rft", "prefix-rft"}
+    assert comparison["runs"]["rft"]["0"]["algorithm"] == "rft"
+    assert set(comparison["base"]) == {"id", "ood"}
+
+    # A second invocation trains nothing: every run's report is reused, and the document is rewritten.
+    results.unlink()
+    again = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert (again.stdout + again.stderr).count("reusing") == 2
+    table = [line for line in text.splitlines() if line.startswith("| ")]
+    assert [line for line in results.read_text().splitlines() if line.startswith("| ")] == table
