@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 
 from shared.modeling import load_model, load_tokenizer, prompt_token_ids, response_token_ids
 from shared.processes import free_port, start_process, wait_http_ready
+from shared.tasks.arithmetic import ArithmeticTask
 
 pytestmark = pytest.mark.integration
 
@@ -262,7 +263,8 @@ def test_weight_push_swaps_the_served_model(client, tokenizer, default_init_dir,
     after = generate(client, prompt_token_ids=prompt, sampling=greedy)
     assert after["model_version"] == start + 1
     assert after["samples"][0]["token_ids"] == hf_greedy(default_base_dir, prompt, 40, eos)
-    short = prompt_token_ids(tokenizer, "What is 12 + 34?")
+    # A problem like those of its warm-up: the base policy answers it and ends with EOS.
+    short = prompt_token_ids(tokenizer, ArithmeticTask().problems("warmup")[0].prompt)
     answer = generate(client, prompt_token_ids=short, sampling={"temperature": 0.0, "max_tokens": 200})
     assert answer["samples"][0]["token_ids"] == hf_greedy(default_base_dir, short, 200, eos)
     # The warmed-up policy ends its answers: a stop on EOS keeps the EOS id as the last token.
