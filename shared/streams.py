@@ -13,6 +13,8 @@ from typing import Generic, TypeVar
 
 import redis
 from pydantic import BaseModel
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from shared.codec import CodecError, decode, encode
 
@@ -60,8 +62,19 @@ class Entry(Generic[M]):
     message: M
 
 
+# A redis-server restart (AOF replay) takes a second or two: every command rides over it with retries
+# instead of failing the service. Safe to repeat: task appends, trajectory appends (append-once) and
+# acknowledgements are all de-duplicated or idempotent. About 12 s in all before the error surfaces.
+RECONNECT_RETRIES = 14
+
+
 def connect(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), RECONNECT_RETRIES),
+    )
 
 
 class StreamQueue(Generic[M]):

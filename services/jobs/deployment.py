@@ -48,8 +48,18 @@ class LocalDeployment:
             self._register(process)
         return self.redis_url
 
-    def start_reward(self, workers: int) -> str:
-        port = free_port()
+    def restart_redis(self) -> None:
+        """Stop the private redis-server (SIGTERM: it flushes its append-only file) and start it again
+        on the same port and directory, so it reloads every key."""
+        old = self.process("redis-server")
+        port = old.extra["port"]
+        old.stop()
+        process, _ = start_redis_server(self.run_dir / "redis", port=port, appendonly=True)
+        self._register(process)
+
+    def start_reward(self, workers: int, port: int | None = None) -> str:
+        """``port``: the port of a reward service that stopped (the workers know its URL)."""
+        port = port or free_port()
         process = self._start(
             "reward", ["-m", "services.reward"], {"PRFT_REWARD__PORT": str(port), "PRFT_REWARD__WORKERS": str(workers)}
         )
@@ -90,11 +100,13 @@ class LocalDeployment:
         return self.learner_url
 
     def process(self, name: str) -> ManagedProcess:
-        return next(p for p in self.processes if p.name == name)
+        """The latest process started under ``name`` (a restarted service replaces the one before)."""
+        return next(p for p in reversed(self.processes) if p.name == name)
 
     def check(self, allow_exited: tuple[str, ...] = ()) -> None:
         """Raise :class:`ProcessDied` naming the first process that exited (except those allowed to)."""
-        for process in self.processes:
+        latest = {p.name: p for p in self.processes}
+        for process in latest.values():
             if process.name not in allow_exited:
                 process.check_alive()
 

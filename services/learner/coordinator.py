@@ -167,7 +167,7 @@ class Coordinator:
         self.phase = "waiting"
         deadline = time.monotonic() + IDLE_HEARTBEAT_S
         while True:
-            self.feeder.fill(state.step, state.version, consumed=len(self.intake.consumed_ids))
+            self.feeder.fill(state.step, state.version, self.intake.consumed_ids)
             groups = self.intake.take(self.settings.batch_prompts, state.version, state.step)
             if groups is not None:
                 break
@@ -244,7 +244,7 @@ class Coordinator:
             "dropped_foreign_total": counts["foreign"],
             "trained_groups_total": counts["trained"],
             "issued_total": self.feeder.state.issued,
-            "outstanding": self.feeder.outstanding(len(self.intake.consumed_ids)),
+            "outstanding": self.feeder.outstanding(self.intake.consumed_ids),
             "time": time.time(),
         }
         self.metrics.record(record)
@@ -320,7 +320,7 @@ class Coordinator:
                 "ready_groups": len(self.intake.ready),
             },
             "issued": self.feeder.state.issued,
-            "outstanding": self.feeder.outstanding(len(self.intake.consumed_ids)),
+            "outstanding": self.feeder.outstanding(self.intake.consumed_ids),
             "window": self.settings.window,
             "staleness": {
                 "max_staleness": self.settings.max_staleness,
@@ -329,6 +329,7 @@ class Coordinator:
                 "dropped_stale_total": counts["stale"],
                 "dropped_duplicate_total": counts["duplicate"],
             },
+            "dead_lettered_tasks": len(self.feeder.dead_ids),
             "trained_groups_total": counts["trained"],
             "last_push": self.publisher.last_report.__dict__ if self.publisher.last_report else None,
         }

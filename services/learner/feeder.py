@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import redis
 
 from services.learner.algorithm import AlgorithmSettings
-from shared.codec import encode
+from shared.codec import CodecError, decode, encode
 from shared.messages import SamplingParams, Task
 from shared.modeling import prompt_token_ids, response_token_ids
 from shared.prefix import PrefixSchedule
@@ -137,6 +137,10 @@ class Feeder:
         self.window = window
         self.batch_prompts = batch_prompts
         self.state = state or FeederState()
+        # Own tasks a worker moved to the dead letters: they never produce a group, so each gives its
+        # place in the window back (else enough of them would stall the learner for good).
+        self.dead_ids: set[str] = set()
+        self._dead_cursor = "-"
 
     @property
     def state_key(self) -> str:
@@ -158,14 +162,31 @@ class Feeder:
             self.state.position = max(self.state.position, position)
             self.state.issued = max(self.state.issued, issued)
 
-    def outstanding(self, consumed: int) -> int:
-        return self.state.issued - consumed
+    def outstanding(self, consumed_ids: set[str]) -> int:
+        """Tasks issued whose group is neither consumed (trained or dropped) nor never coming (dead letter)."""
+        return self.state.issued - len(consumed_ids) - len(self.dead_ids - consumed_ids)
 
-    def fill(self, step: int, version: int, consumed: int) -> int:
-        """Issue tasks while fewer than ``window`` issued groups are not yet consumed (trained or
-        dropped); returns how many were issued."""
+    def read_dead_letters(self) -> int:
+        """Take in the dead letters appended since the last call; returns how many were this run's."""
+        start = "-" if self._dead_cursor == "-" else f"({self._dead_cursor}"
+        new = 0
+        for entry_id, fields in self.client.xrange(self.keys.dead_letters(self.keys.tasks), min=start):
+            self._dead_cursor = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+            try:
+                task_id = decode(Task, fields).id
+            except (CodecError, ValueError):
+                continue  # not a task (kept there for inspection): no place in the window to give back
+            if self.owns(task_id) and task_id not in self.dead_ids:
+                self.dead_ids.add(task_id)
+                new += 1
+                log.warning("task %s is in the dead letters: its place in the window is given back", task_id)
+        return new
+
+    def fill(self, step: int, version: int, consumed_ids: set[str]) -> int:
+        """Issue tasks while fewer than ``window`` issued groups are outstanding; returns how many were issued."""
+        self.read_dead_letters()
         issued = 0
-        while (outstanding := self.outstanding(consumed)) < self.window:
+        while (outstanding := self.outstanding(consumed_ids)) < self.window:
             # The task will be trained about this many steps ahead (FIFO), so cut with that step's schedule.
             target_step = step + outstanding // self.batch_prompts
             position = self.state.position

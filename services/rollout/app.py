@@ -16,6 +16,7 @@ from services.rollout.metrics import CONTENT_TYPE, RolloutMetrics
 from services.rollout.settings import RolloutSettings
 from services.rollout.updates import StaleVersion, WeightUpdater
 from services.rollout.weights import WeightsError
+from shared.bodylimit import BodySizeLimit
 from shared.messages import GenerateRequest, GenerateResponse, WeightsVersion, WeightUpdate
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ def create_app(
     )
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPProblem, _problem)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     token = settings.auth.token.get_secret_value()
     bearer = HTTPBearer(auto_error=False)
 

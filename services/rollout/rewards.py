@@ -7,7 +7,7 @@ import logging
 
 import httpx
 
-from shared.messages import ScoreItem, ScoreRequest, ScoreResponse, ScoreResult
+from shared.messages import ScoreItem, ScoreRequest, ScoreResponse, ScoreResult, ScoreStatus
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,19 @@ class RewardClient:
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.max_backoff_s)
         raise RewardUnavailable(f"scoring failed after {self.retries + 1} attempts: {problem}")
+
+    async def score_alone(self, items: list[ScoreItem]) -> list[ScoreResult]:
+        """Each item in a request of its own, after the service refused them together (a 4xx): an item it
+        also refuses alone scores 0 as an error, with the reason, so one bad item does not lose its group."""
+        results: list[ScoreResult] = []
+        for item in items:
+            try:
+                results += await self.score([item])
+            except RewardRefused as exc:
+                results.append(
+                    ScoreResult(id=item.id, reward=0.0, correct=False, status=ScoreStatus.error, detail=str(exc)[:500])
+                )
+        return results
 
     @staticmethod
     def _results(items: list[ScoreItem], response: ScoreResponse) -> list[ScoreResult]:

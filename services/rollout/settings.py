@@ -39,6 +39,7 @@ class RolloutSettings(ServiceSettings):
     max_n: int = Field(64, ge=1)
     max_tokens: int = Field(4096, ge=1)
     max_prompt_chars: int = Field(1_000_000, ge=1)
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1)  # checked before the body is parsed (413)
 
     # Worker loop: consumes tasks from Redis when enabled.
     worker_enabled: bool = True

@@ -45,8 +45,14 @@ def read_header(path: Path) -> Header:
             if size > 100_000_000:
                 raise WeightsError(f"{path}: implausible safetensors header size {size}")
             header = json.loads(handle.read(size))
+            length = path.stat().st_size
     except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise WeightsError(f"{path} is not a safetensors file: {exc}") from exc
+    # A file cut short (a copy or a download that stopped half-way) has a whole header; refuse it
+    # here, before the swap, which would otherwise fail with part of the model already replaced.
+    needed = 8 + size + max((int(e["data_offsets"][1]) for k, e in header.items() if k != "__metadata__"), default=0)
+    if length < needed:
+        raise WeightsError(f"{path} is truncated: {length} bytes, its header describes {needed}")
     return {
         name: (entry["dtype"], tuple(entry["shape"])) for name, entry in header.items() if name != "__metadata__"
     }

@@ -295,24 +295,26 @@ class TaskWorker:
         if not group_drafts:
             await asyncio.to_thread(self.queue.dead_letter, entry, "the task asks for no trajectory")
             return "dead_letter"
+        items = score_items(task, group_drafts)
         try:
-            scores = await self._score(task, score_items(task, group_drafts))
+            scores = await self._score(task, items, self.rewards.score)
         except RewardRefused as exc:
-            log.error("task %s: %s; dead letter", task.id, exc)
-            await asyncio.to_thread(self.queue.dead_letter, entry, str(exc))
-            return "dead_letter"
+            # The group is still worth training: score the items one by one instead of losing it.
+            log.warning("task %s: %s; scoring its items one by one", task.id, exc)
+            self.metrics.tasks.labels("reward_refused").inc()
+            scores = await self._score(task, items, self.rewards.score_alone)
         group = assemble(task, self.worker_id, group_drafts, scores)
         appended = await asyncio.to_thread(self.queue.append_once, group)
         await asyncio.to_thread(self.queue.ack, entry.entry_id)
         return "produced" if appended else "duplicate"
 
-    async def _score(self, task: Task, items: list) -> list:
+    async def _score(self, task: Task, items: list, score) -> list:
         """Score until the reward service answers: while it is down the task stays in flight (kept alive,
         so not redelivered and not counted against max_deliveries) and the worker takes no more work
         than its free slots; on SIGTERM the drain hands it back."""
         while True:
             try:
-                return await self.rewards.score(items)
+                return await score(items)
             except RewardUnavailable as exc:
                 self.metrics.tasks.labels("reward_unavailable").inc()
                 log.error("task %s: %s; still trying", task.id, exc)

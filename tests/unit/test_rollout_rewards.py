@@ -68,3 +68,29 @@ def test_results_must_answer_the_items_in_order():
     transport, _ = answering([httpx.Response(200, json={"results": [{"id": "t:1", "reward": 0.0, "correct": False}]})])
     with pytest.raises(RewardUnavailable, match="answered ids"):
         score(transport, retries=0)
+
+
+def test_items_refused_together_are_scored_alone_and_a_bad_one_scores_zero_as_an_error():
+    transport, calls = answering(
+        [
+            httpx.Response(422, text="text too long"),  # both items together
+            httpx.Response(200, json={"results": [{"id": "t:0", "reward": 1.0, "correct": True}]}),
+            httpx.Response(422, text="text too long"),  # t:1 alone
+        ]
+    )
+
+    async def run():
+        client = RewardClient("http://reward", 5.0, 3, 0.001, transport=transport)
+        try:
+            with pytest.raises(RewardRefused):
+                await client.score(ITEMS)
+            return await client.score_alone(ITEMS)
+        finally:
+            await client.close()
+
+    results = asyncio.run(run())
+    assert [(r.id, r.reward, r.correct, r.status.value) for r in results] == [
+        ("t:0", 1.0, True, "ok"),
+        ("t:1", 0.0, False, "error"),
+    ]
+    assert "422" in results[1].detail and len(calls) == 3

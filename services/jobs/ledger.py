@@ -1,0 +1,216 @@
+"""Reconcile a run's books: every task issued and every trajectory group produced is accounted for.
+
+Reads the learner's ``ledger.jsonl`` (the decisions its checkpoints committed) and the job's Redis
+keys, and checks the two identities the system promises after any fault:
+
+    tasks issued    = groups produced + tasks dead-lettered + tasks still waiting (queued or in flight)
+    groups produced = trained + dropped as stale + still queued (unread, or read and not yet decided)
+
+with no id trained twice, no id both trained and dropped, nothing decided that was never produced,
+and, once the run has finished, the learner's running totals (metrics.jsonl) equal to the ledger's counts.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+import yaml
+
+from shared.processes import start_redis_server
+from shared.streams import TASKS_GROUP, TRAJECTORIES_GROUP, Keys
+
+
+@dataclass
+class Ledger:
+    issued: int = 0
+    produced: set[str] = field(default_factory=set)
+    trained: Counter[str] = field(default_factory=Counter)
+    stale: Counter[str] = field(default_factory=Counter)
+    duplicates: int = 0  # redelivered copies the learner recognised (not groups of their own)
+    queued: set[str] = field(default_factory=set)  # produced, not yet decided
+    tasks_dead: int = 0
+    tasks_waiting: int = 0
+    stream_copies: int = 0  # entries in the trajectories stream (one per produced group, append-once)
+    metrics_totals: dict[str, int] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def rows(self) -> list[tuple[str, int]]:
+        return [
+            ("tasks issued", self.issued),
+            ("groups produced", len(self.produced)),
+            ("  trained", len(self.trained)),
+            ("  dropped as stale", len(self.stale)),
+            ("  still queued", len(self.queued)),
+            ("duplicate deliveries dropped", self.duplicates),
+            ("tasks dead-lettered", self.tasks_dead),
+            ("tasks still waiting", self.tasks_waiting),
+        ]
+
+    def render(self) -> str:
+        width = max(len(name) for name, _ in self.rows())
+        lines = [f"{name:<{width}}  {value:>6}" for name, value in self.rows()]
+        lines.append(
+            f"{'produced = trained + stale + queued':<{width}}  "
+            f"{len(self.produced)} = {len(self.trained)} + {len(self.stale)} + {len(self.queued)}"
+        )
+        lines.append(
+            f"{'issued = produced + dead + waiting':<{width}}  "
+            f"{self.issued} = {len(self.produced)} + {self.tasks_dead} + {self.tasks_waiting}"
+        )
+        lines.append("reconciles: yes" if self.ok else "reconciles: NO\n  " + "\n  ".join(self.problems))
+        return "\n".join(lines)
+
+
+def reconcile_run(run_dir: Path, redis_url: str | None = None) -> Ledger:
+    """A run directory of ``prefix-rft run`` or of a LocalDeployment: job.yaml names the namespace (and
+    Redis, unless ``redis_url`` is given)."""
+    config = yaml.safe_load((run_dir / "job.yaml").read_text())
+    url = redis_url or config.get("redis", {}).get("url")
+    if not url:
+        raise ValueError(f"{run_dir}/job.yaml names no redis url")
+    client = redis.Redis.from_url(url)
+    try:
+        return reconcile(client, Keys(config["redis"]["namespace"]), run_dir / "learner")
+    finally:
+        client.close()
+
+
+def reconcile_stopped_run(run_dir: Path) -> Ledger:
+    """A finished run whose redis-server has stopped: load a copy of its append-only file into a private
+    redis-server (the run's own files stay untouched) and reconcile against that."""
+    aof = run_dir / "redis"
+    if not (aof / "appendonlydir").is_dir():
+        raise ValueError(f"{aof} holds no append-only file; pass the URL of the run's live redis-server")
+    with tempfile.TemporaryDirectory(prefix="prft-ledger-") as tmp:
+        shutil.copytree(aof / "appendonlydir", Path(tmp) / "appendonlydir")
+        process, url = start_redis_server(Path(tmp), appendonly=True)
+        try:
+            return reconcile_run(run_dir, url)
+        finally:
+            process.stop()
+
+
+def reconcile(client: redis.Redis, keys: Keys, learner_dir: Path) -> Ledger:
+    ledger = Ledger()
+    _read_ledger(ledger, learner_dir / "ledger.jsonl")
+    if (learner_dir / "final.json").is_file():
+        # Only a finished run's last metrics line is covered by a checkpoint (so by the ledger); during
+        # a run, or after a crash, the lines of the steps since the last checkpoint are ahead of it.
+        _read_metrics(ledger, learner_dir / "metrics.jsonl")
+
+    groups = _stream_ids(client, keys.trajectories)
+    ledger.stream_copies = len(groups)
+    ledger.produced = {_text(m) for m in client.smembers(keys.seen("produced"))}
+    copies = Counter(group_id for _, group_id in groups)
+    if twice := sorted(i for i, n in copies.items() if n > 1):
+        ledger.problems.append(f"groups appended more than once: {twice[:5]}")
+    if set(copies) != ledger.produced:
+        ledger.problems.append(
+            f"the produced set and the trajectories stream differ: {sorted(set(copies) ^ ledger.produced)[:5]}"
+        )
+
+    if twice := sorted(i for i, n in ledger.trained.items() if n > 1):
+        ledger.problems.append(f"trained more than once: {twice[:5]}")
+    if both := sorted(set(ledger.trained) & set(ledger.stale)):
+        ledger.problems.append(f"both trained and dropped as stale: {both[:5]}")
+    decided = set(ledger.trained) | set(ledger.stale)
+    if never := sorted(decided - ledger.produced):
+        ledger.problems.append(f"decided but never produced: {never[:5]}")
+    ledger.queued = ledger.produced - decided
+    # A group counted as queued must really still be in the learner's hands: undelivered, or pending.
+    undecided = _undecided_entries(client, keys.trajectories, TRAJECTORIES_GROUP, groups)
+    if lost := sorted(ledger.queued - undecided):
+        ledger.problems.append(f"produced, acknowledged, but neither trained nor dropped (lost): {lost[:5]}")
+
+    for name, expected in (("trained_groups_total", len(ledger.trained)), ("dropped_stale_total", len(ledger.stale))):
+        got = ledger.metrics_totals.get(name)
+        if got is not None and got != expected:
+            ledger.problems.append(f"metrics.jsonl says {name} = {got}, the ledger {expected}")
+
+    _reconcile_tasks(ledger, client, keys)
+    return ledger
+
+
+def _reconcile_tasks(ledger: Ledger, client: redis.Redis, keys: Keys) -> None:
+    feeder_keys = list(client.scan_iter(f"{keys.namespace}:learner:*:feeder"))
+    ledger.issued = sum(int(client.hget(k, "issued") or 0) for k in feeder_keys)
+    tasks = _stream_ids(client, keys.tasks)
+    dead = {gid for _, gid in _stream_ids(client, keys.dead_letters(keys.tasks))}
+    ledger.tasks_dead = len(dead)
+    issued_ids = {gid for _, gid in tasks}
+    waiting = _undecided_entries(client, keys.tasks, TASKS_GROUP, tasks) - ledger.produced - dead
+    ledger.tasks_waiting = len(waiting)
+    if len(issued_ids) != ledger.issued:
+        ledger.problems.append(
+            f"the feeder counts {ledger.issued} tasks issued, the tasks stream holds {len(issued_ids)}"
+        )
+    if lost := sorted(issued_ids - ledger.produced - dead - waiting):
+        ledger.problems.append(f"tasks acknowledged without a group or a dead letter (lost): {lost[:5]}")
+
+
+def _read_ledger(ledger: Ledger, path: Path) -> None:
+    if not path.is_file():
+        return
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        event = json.loads(line)
+        kind = event.get("event")
+        if kind == "trained":
+            ledger.trained.update(event["ids"])
+        elif kind == "stale":
+            ledger.stale.update(event["ids"])
+        elif kind == "duplicate":
+            ledger.duplicates += len(event["ids"])
+
+
+def _read_metrics(ledger: Ledger, path: Path) -> None:
+    if not path.is_file():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    if lines:
+        last = json.loads(lines[-1])
+        ledger.metrics_totals = {
+            k: int(last[k]) for k in ("trained_groups_total", "dropped_stale_total") if last.get(k) is not None
+        }
+
+
+def _stream_ids(client: redis.Redis, stream: str) -> list[tuple[str, str]]:
+    """(entry id, message id) of every entry; only the ``id`` of each JSON body is read."""
+    out = []
+    for entry_id, fields in client.xrange(stream):
+        body = fields.get(b"d")
+        if body is not None:
+            out.append((_text(entry_id), json.loads(body)["id"]))
+    return out
+
+
+def _undecided_entries(client: redis.Redis, stream: str, group: str, entries: list[tuple[str, str]]) -> set[str]:
+    """Message ids of entries not yet delivered to ``group``, or delivered and still pending."""
+    if not client.exists(stream):
+        return set()
+    info = next((g for g in client.xinfo_groups(stream) if _text(g["name"]) == group), None)
+    if info is None:
+        return {gid for _, gid in entries}
+    last = _entry_key(_text(info["last-delivered-id"]))
+    pending = {_text(p["message_id"]) for p in client.xpending_range(stream, group, "-", "+", count=1_000_000)}
+    return {gid for eid, gid in entries if _entry_key(eid) > last or eid in pending}
+
+
+def _entry_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

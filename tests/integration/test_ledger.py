@@ -1,0 +1,106 @@
+"""The reconciliation of a run's books, on a real redis-server with hand-made streams and ledger lines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from services.jobs.ledger import reconcile
+from shared.codec import encode
+from shared.messages import SamplingParams, Task, Trajectory, TrajectoryGroup
+from shared.streams import TASKS_GROUP, TRAJECTORIES_GROUP, Keys, StreamQueue
+
+pytestmark = pytest.mark.integration
+
+
+def _task(i: int) -> Task:
+    return Task(
+        id=f"run-{i:08d}",
+        prompt_id=str(i),
+        issued_at_version=0,
+        step=0,
+        prompt_token_ids=[1, 2],
+        reference="3",
+        n_on_policy=1,
+        sampling=SamplingParams(),
+    )
+
+
+def _group(i: int) -> TrajectoryGroup:
+    trajectory = Trajectory(
+        kind="on_policy",
+        response_token_ids=[5],
+        prefix_len=0,
+        behaviour_logprobs=[-0.1],
+        policy_version=0,
+        reward=1.0,
+        correct=True,
+    )
+    return TrajectoryGroup(
+        id=f"run-{i:08d}",
+        prompt_id=str(i),
+        issued_at_version=0,
+        step=0,
+        worker_id="w",
+        prompt_token_ids=[1, 2],
+        trajectories=[trajectory],
+    )
+
+
+def _books(client, namespace: str, learner: Path, tasks: int, produced: int, events: list[dict]) -> Keys:
+    keys = Keys(namespace)
+    task_queue = StreamQueue(client, keys.tasks, TASKS_GROUP, Task)
+    task_queue.ensure_group()
+    trajectories = StreamQueue(client, keys.trajectories, TRAJECTORIES_GROUP, TrajectoryGroup)
+    trajectories.ensure_group()
+    for i in range(tasks):
+        task_queue.append(_task(i))
+    client.hset(f"{namespace}:learner:run:feeder", mapping={"position": tasks, "issued": tasks})
+    delivered = task_queue.read("w", count=produced)
+    for i in range(produced):
+        client.sadd(keys.seen("produced"), _group(i).id)
+        client.xadd(keys.trajectories, encode(_group(i)))
+    task_queue.ack(*[e.entry_id for e in delivered])
+    decided = {gid for e in events for gid in e["ids"]}
+    for entry in trajectories.read("learner-0", count=100):
+        if entry.message.id in decided:
+            trajectories.ack(entry.entry_id)
+    learner.mkdir(parents=True, exist_ok=True)
+    (learner / "ledger.jsonl").write_text("".join(json.dumps({"commit": 1, **e}) + "\n" for e in events))
+    return keys
+
+
+def test_books_that_balance_reconcile(redis_client, namespace, tmp_path):
+    events = [
+        {"event": "trained", "ids": ["run-00000000", "run-00000001"]},
+        {"event": "stale", "ids": ["run-00000002"]},
+    ]
+    keys = _books(redis_client, namespace, tmp_path, tasks=6, produced=4, events=events)
+    ledger = reconcile(redis_client, keys, tmp_path)
+    assert ledger.ok, ledger.problems
+    assert (ledger.issued, len(ledger.produced), len(ledger.trained), len(ledger.stale), len(ledger.queued)) == (
+        6,
+        4,
+        2,
+        1,
+        1,
+    )
+    assert ledger.tasks_waiting == 2 and ledger.tasks_dead == 0
+    assert "reconciles: yes" in ledger.render()
+
+
+def test_a_group_trained_twice_is_reported(redis_client, namespace, tmp_path):
+    events = [{"event": "trained", "ids": ["run-00000000"]}, {"event": "trained", "ids": ["run-00000000"]}]
+    keys = _books(redis_client, namespace, tmp_path, tasks=1, produced=1, events=events)
+    ledger = reconcile(redis_client, keys, tmp_path)
+    assert not ledger.ok and "trained more than once" in ledger.problems[0]
+
+
+def test_a_group_acknowledged_but_never_decided_is_reported_lost(redis_client, namespace, tmp_path):
+    keys = _books(redis_client, namespace, tmp_path, tasks=2, produced=2, events=[])
+    first_id, _ = redis_client.xrange(keys.trajectories, count=1)[0]  # read by the learner, then acknowledged
+    redis_client.xack(keys.trajectories, TRAJECTORIES_GROUP, first_id)
+    ledger = reconcile(redis_client, keys, tmp_path)
+    assert any("lost" in p for p in ledger.problems), ledger.problems

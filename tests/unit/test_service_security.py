@@ -1,0 +1,56 @@
+"""Security defaults of the three services: loopback unless configured, read-only learner API, and a
+constant-time token comparison on the one mutating endpoint (the rollout service's weight push)."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+from services.learner.settings import LearnerSettings
+from services.reward.settings import RewardSettings
+from services.rollout.settings import RolloutSettings
+from shared.settings import load_settings
+
+SERVICES = [("reward", RewardSettings), ("rollout", RolloutSettings), ("learner", LearnerSettings)]
+
+
+@pytest.mark.parametrize("section, cls", SERVICES)
+def test_every_service_binds_to_loopback_by_default(section, cls, monkeypatch):
+    monkeypatch.delenv("PRFT_CONFIG", raising=False)
+    assert load_settings(cls).host == "127.0.0.1"
+
+
+@pytest.mark.parametrize("section, cls", SERVICES)
+def test_all_interfaces_only_when_configured(section, cls, monkeypatch, tmp_path):
+    monkeypatch.setenv(f"PRFT_{section.upper()}__HOST", "0.0.0.0")
+    assert load_settings(cls).host == "0.0.0.0"
+    monkeypatch.delenv(f"PRFT_{section.upper()}__HOST")
+    config = tmp_path / "job.yaml"
+    config.write_text(f"{section}: {{host: '::'}}\n")
+    assert load_settings(cls, config).host == "::"
+
+
+def test_the_learner_api_mutates_nothing(tmp_path):
+    from services.learner.metrics import JsonlLog, StepMetrics
+    from services.learner.status import make_app
+    from services.learner.weights import WeightStore
+
+    app = make_app(lambda: {}, WeightStore(tmp_path, keep=1), StepMetrics(JsonlLog(tmp_path / "metrics.jsonl")))
+    methods = {m for route in app.routes for m in getattr(route, "methods", set())}
+    assert methods <= {"GET", "HEAD"}
+
+
+def test_the_weight_push_token_is_compared_in_constant_time():
+    from services.rollout import app
+
+    source = inspect.getsource(app.create_app)
+    assert "hmac.compare_digest(" in source
+    assert "credentials.credentials == token" not in source and "== token" not in source
+
+
+def test_an_empty_token_refuses_every_push_and_a_set_one_never_prints():
+    # No token configured means no push is accepted (403), never "anyone may push".
+    assert RolloutSettings().auth.token.get_secret_value() == ""
+    settings = RolloutSettings(auth={"token": "s3cret-token"})
+    assert "s3cret-token" not in repr(settings) and "s3cret-token" not in str(settings.model_dump())
