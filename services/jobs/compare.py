@@ -45,10 +45,12 @@ VARIANTS: dict[str, Variant] = {
     "no-entropy-clip": Variant(label="Prefix-RFT, no entropy clip", algorithm=AlgorithmName.prefix_rft_no_entropy_clip),
     "frozen-prefix": Variant(label="Prefix-RFT, prefix frozen", algorithm=AlgorithmName.prefix_rft_frozen_prefix),
     "uniform-prefix": Variant(label="Prefix-RFT, uniform prefix ratio", algorithm=AlgorithmName.prefix_rft_uniform),
-    "demo-10": Variant(label="Prefix-RFT, 10% demonstrations", algorithm=AlgorithmName.prefix_rft,
-                       overrides={"demo_fraction": 0.1}),
-    "demo-1": Variant(label="Prefix-RFT, 1% demonstrations", algorithm=AlgorithmName.prefix_rft,
-                      overrides={"demo_fraction": 0.01}),
+    "demo-10": Variant(
+        label="Prefix-RFT, 10% demonstrations", algorithm=AlgorithmName.prefix_rft, overrides={"demo_fraction": 0.1}
+    ),
+    "demo-1": Variant(
+        label="Prefix-RFT, 1% demonstrations", algorithm=AlgorithmName.prefix_rft, overrides={"demo_fraction": 0.01}
+    ),
 }
 MAIN_VARIANTS = ("sft", "rft", "sft-then-rft", "luffy", "prefix-rft")
 
@@ -238,7 +240,10 @@ def plot_comparison(comparison: Comparison, path: Path) -> None:
             for report in by_seed.values():
                 for point in report.accuracy_curve:
                     if point.split == split:
-                        curve.setdefault(point.step, []).append(point.greedy_accuracy)
+                        # A point is taken at the first step seen past each multiple of eval_every; put
+                        # the seeds' points at that multiple so they average together.
+                        every = comparison.options.eval_every or 1
+                        curve.setdefault(every * round(point.step / every), []).append(point.greedy_accuracy)
                 curve.setdefault(steps, []).append(report.evaluation_after[split].greedy_accuracy)
             xs = sorted(curve)
             ax.plot(xs, [statistics.fmean(curve[x]) for x in xs], marker="o", label=VARIANTS[name].label)
@@ -284,29 +289,43 @@ def _verdicts(comparison: Comparison, split: str) -> list[str]:
     return lines
 
 
+PAPER_ORDER = ("prefix-rft", "luffy", "sft-then-rft", "rft", "sft")
+
+
+def _paper_pairs(comparison: Comparison, split: str) -> list[str]:
+    """For every pair the paper orders (A above B), whether this comparison agrees, and how firmly."""
+    by_name = {s.variant: s for s in comparison.summaries if split in s.greedy}
+    present = [name for name in PAPER_ORDER if name in by_name]
+    lines = []
+    for i, upper in enumerate(present):
+        for lower in present[i + 1 :]:
+            a, b = by_name[upper].greedy[split], by_name[lower].greedy[split]
+            diff, spread = a.mean - b.mean, max(a.std, b.std)
+            agrees = "agrees" if diff > 0 else "reversed"
+            firm = "beyond the seed spread" if abs(diff) > spread else "within the seed spread"
+            lines.append(f"- {by_name[upper].label} above {by_name[lower].label}: {agrees} ({diff:+.3f}, {firm}).")
+    return lines
+
+
 def write_results(comparison: Comparison, path: Path, curves: Path) -> None:
     options = comparison.options
     splits = sorted(comparison.base)
     image = path.parent / "results" / "curves.png"
     image.parent.mkdir(parents=True, exist_ok=True)
     image.write_bytes(curves.read_bytes())
-    header = "| variant | " + " | ".join(f"{s} greedy | {s} avg@k" for s in splits) + " |"
-    rule = "|---|" + "---:|---:|" * len(splits)
-    rows = [
-        "| base policy | "
-        + " | ".join(
-            f"{comparison.base[s]:.3f} | "
-            + (f"{comparison.base_avg_at_k[s]:.3f}" if s in comparison.base_avg_at_k else "-")
-            for s in splits
-        )
-        + " |"
-    ]
+    with_k = any(summary.avg_at_k for summary in comparison.summaries)
+    columns = [f"{s} greedy" for s in splits] + ([f"{s} avg@{options.eval_k}" for s in splits] if with_k else [])
+    header = "| variant | " + " | ".join(columns) + " |"
+    rule = "|---|" + "---:|" * len(columns)
+    base = [f"{comparison.base[s]:.3f}" for s in splits]
+    if with_k:
+        base += [f"{comparison.base_avg_at_k[s]:.3f}" if s in comparison.base_avg_at_k else "-" for s in splits]
+    rows = ["| base policy | " + " | ".join(base) + " |"]
     for summary in comparison.summaries:
-        rows.append(
-            f"| {summary.label} | "
-            + " | ".join(f"{_fmt(summary.greedy.get(s))} | {_fmt(summary.avg_at_k.get(s))}" for s in splits)
-            + " |"
-        )
+        cells = [_fmt(summary.greedy.get(s)) for s in splits]
+        if with_k:
+            cells += [_fmt(summary.avg_at_k.get(s)) for s in splits]
+        rows.append(f"| {summary.label} | " + " | ".join(cells) + " |")
     ranking = {
         s: sorted(
             (x for x in comparison.summaries if x.variant in MAIN_VARIANTS and s in x.greedy),
@@ -315,6 +334,7 @@ def write_results(comparison: Comparison, path: Path, curves: Path) -> None:
         for s in splits
     }
     seeds = ", ".join(str(s) for s in options.seeds)
+    total_minutes = sum(r.wall_time_s for by_seed in comparison.runs.values() for r in by_seed.values()) / 60
     lines = [
         "# Prefix-RFT against SFT, RFT, SFT then RFT and LUFFY, at small scale",
         "",
@@ -322,13 +342,13 @@ def write_results(comparison: Comparison, path: Path, curves: Path) -> None:
         "",
         f"- Command: `{options.command}`",
         f"- Machine: {comparison.machine}",
-        f"- Wall time of this invocation: {comparison.wall_time_s / 60:.1f} min "
-        "(runs reused from an earlier invocation cost nothing here)",
+        f"- Wall time of the runs: {total_minutes:.1f} min in all "
+        f"(this invocation: {comparison.wall_time_s / 60:.1f} min; runs it reused cost it nothing)",
         f"- Budget per run: {options.steps} optimizer steps, the same prompts per step and rollouts per prompt "
         f"for every RL variant; seeds {seeds}; evaluation on {options.eval_problems} problems per split "
         f"(greedy{f', and avg@{options.eval_k} at temperature 0.6' if options.eval_k else ''}).",
         "",
-        "## Greedy accuracy and avg@k after training (mean ± sample std over seeds)",
+        f"## Accuracy after training (mean ± sample std over {len(options.seeds)} seeds)",
         "",
         header,
         rule,
@@ -344,8 +364,16 @@ def write_results(comparison: Comparison, path: Path, curves: Path) -> None:
         lines += [f"### {split} split", "", f"Order of the main algorithms: {order}.", ""]
         lines += [*_verdicts(comparison, split), ""]
     lines += [
+        "## Against the paper",
+        "",
         "The paper's order (Qwen2.5-Math-7B, 6 benchmarks): Prefix-RFT 51.8 > LUFFY 50.1 > SFT then RFT 48.2 > "
-        "RFT 45.5 > SFT 44.1; with 10% and 1% of the demonstrations (1.5B) Prefix-RFT keeps most of its gain.",
+        "RFT 45.5 > SFT 44.1; with 10% and 1% of the demonstrations (1.5B) Prefix-RFT keeps most of its gain. "
+        "Each pair of that order, on this run's first split:",
+        "",
+        *_paper_pairs(comparison, splits[0] if splits else ""),
+        "",
+        "Why the order differs where it does, and what it points to, is discussed in `docs/analysis.md` "
+        "(written by the developers about this comparison).",
         "",
         "Per-run figures (reports, per-step metrics) are in "
         f"`{options.out}/comparison.json` and under `{options.out}/<variant>/seed-<n>/`.",

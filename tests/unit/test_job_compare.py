@@ -105,4 +105,5 @@ def test_results_table_and_verdicts(tmp_path):
     assert "| Prefix-RFT | 0.710 ± 0.010 |" in text
     assert "Prefix-RFT vs SFT: +0.200 (spread 0.010): ahead, beyond the seed spread." in text
     assert "Prefix-RFT vs SFT: -0.050 (spread 0.050): within the seed spread: not decisive." in text
+    assert "- Prefix-RFT above SFT: agrees (+0.200, beyond the seed spread)." in text  # the paper's pairs, first split
     assert (tmp_path / "docs" / "results" / "curves.png").read_bytes() == b"png"
