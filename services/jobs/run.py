@@ -11,6 +11,8 @@ import asyncio
 import json
 import logging
 import secrets
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -68,7 +70,15 @@ class RunOptions(BaseModel):
     eval: EvalSettings = EvalSettings()
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def run_job(options: RunOptions, console: Console) -> RunReport:
+    # SIGTERM (kill, a scheduler ending the job) stops the run as Ctrl-C does, so the processes it
+    # started are stopped too: each runs in a session of its own and would outlive it.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
     started = time.monotonic()
     run_dir = _run_dir(options)
     model_path = _resolve_model(options, console)

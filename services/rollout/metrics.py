@@ -41,5 +41,10 @@ class RolloutMetrics:
             "rollout_worker_busy_seconds", "Seconds with at least one task in flight", registry=r
         )
 
+        # Called before each rendering, so counters of open intervals (a worker busy right now) are current.
+        self.before_render: list = []
+
     def render(self) -> bytes:
+        for hook in self.before_render:
+            hook()
         return generate_latest(self.registry)

@@ -59,6 +59,8 @@ class TaskWorker:
         )
         self.inflight: dict[str, InFlight] = {}
         self._busy_since: float | None = None  # monotonic time the in-flight set became non-empty
+        # A worker that is never idle (max_staleness 2 keeps it fed) would otherwise never count its time.
+        metrics.before_render.append(self._count_busy)
         self.registered = False
         self._stopping = asyncio.Event()
         self._slot_freed = asyncio.Event()
@@ -270,17 +272,29 @@ class TaskWorker:
             self.metrics.tasks.labels("failed").inc()
         finally:
             self.inflight.pop(entry.entry_id, None)
-            if not self.inflight and self._busy_since is not None:
-                self.metrics.busy_seconds.inc(time.monotonic() - self._busy_since)
+            self._count_busy()
+            if not self.inflight:
                 self._busy_since = None
             self.metrics.inflight_tasks.set(len(self.inflight))
             self._slot_freed.set()
+
+    def _count_busy(self) -> None:
+        """Add the busy time since the last count to the counter (the in-flight set is not empty)."""
+        if self._busy_since is not None:
+            now = time.monotonic()
+            self.metrics.busy_seconds.inc(now - self._busy_since)
+            self._busy_since = now
 
     async def _produce(self, entry: Entry[Task]) -> str:
         task = entry.message
         if await asyncio.to_thread(self.queue.already_produced, task.id):
             await asyncio.to_thread(self.queue.ack, entry.entry_id)
             return "duplicate"
+        if task.issued_at_version > self.engine.version:
+            # The learner issued this task after publishing newer weights than the engine serves (its
+            # push may still be on the way): load them first, or every sample is stale on arrival and,
+            # at max_staleness 0, dropped.
+            await self._load_recorded_weights(force=False)
         plan = plan_group(task)
         results: list = []
         version = self.engine.version

@@ -74,20 +74,27 @@ def test_a_short_run_writes_its_report_and_leaves_no_process(tmp_path, small_con
         assert Path(p["log"]).is_file()
 
 
-def test_a_run_whose_reward_service_dies_fails_naming_it(tmp_path, small_config, default_base_dir):
+def _start_training(tmp_path: Path, config: Path) -> tuple[subprocess.Popen, Path]:
+    """A long run started in the background, returned once its learner has logged a step."""
     out = tmp_path / "run"
-    args = ["run", "--steps", "50", "--eval-problems", "4", "--eval-every", "0", "--config", str(small_config),
+    args = ["run", "--steps", "50", "--eval-problems", "4", "--eval-every", "0", "--config", str(config),
             "--out", str(out)]
     run = subprocess.Popen(
         _prefix_rft(*args, cwd=tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
+    deadline = time.monotonic() + 600
+    metrics = out / "learner" / "metrics.jsonl"
+    while not (metrics.is_file() and metrics.read_text().strip()):
+        if run.poll() is not None or time.monotonic() > deadline:
+            run.kill()
+            pytest.fail(f"training never started: {run.stdout.read()[-3000:]}")
+        time.sleep(1)
+    return run, out
+
+
+def test_a_run_whose_reward_service_dies_fails_naming_it(tmp_path, small_config, default_base_dir):
+    run, out = _start_training(tmp_path, small_config)
     try:
-        deadline = time.monotonic() + 600
-        metrics = out / "learner" / "metrics.jsonl"
-        while not (metrics.is_file() and metrics.read_text().strip()):
-            assert run.poll() is None, run.stdout.read()[-3000:]
-            assert time.monotonic() < deadline, "training never started"
-            time.sleep(1)
         processes = {p["name"]: p["pid"] for p in json.loads((out / "processes.json").read_text())}
         os.kill(processes["reward"], signal.SIGKILL)
         output, _ = run.communicate(timeout=180)
@@ -96,5 +103,20 @@ def test_a_run_whose_reward_service_dies_fails_naming_it(tmp_path, small_config,
             run.kill()
     assert run.returncode != 0
     assert "reward" in output and "died" in output, output[-3000:]
+    still_alive = [name for name, pid in processes.items() if _alive(pid)]
+    assert still_alive == []
+
+
+def test_a_terminated_run_stops_every_process_it_started(tmp_path, small_config, default_base_dir):
+    run, out = _start_training(tmp_path, small_config)
+    try:
+        processes = {p["name"]: p["pid"] for p in json.loads((out / "processes.json").read_text())}
+        run.send_signal(signal.SIGTERM)
+        output, _ = run.communicate(timeout=180)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode != 0
+    assert "interrupted" in output, output[-3000:]
     still_alive = [name for name, pid in processes.items() if _alive(pid)]
     assert still_alive == []
