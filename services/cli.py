@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -50,6 +51,19 @@ def load_or_fail(settings_cls, config: Path | None, **overrides):
         return load_settings(settings_cls, config, **overrides)
     except SettingsError as exc:
         fail(str(exc))
+
+
+@contextmanager
+def failing_cleanly(died: str, interrupted: str):
+    """A job that stopped its processes (a service died, Ctrl-C or SIGTERM) ends with a message, not a trace."""
+    from services.jobs.deployment import ProcessDied
+
+    try:
+        yield
+    except ProcessDied as exc:
+        fail(f"{died}: {exc}")
+    except KeyboardInterrupt:
+        fail(interrupted)
 
 
 def _overrides(**values) -> dict:
@@ -152,7 +166,6 @@ def run_command(
     """Run a whole Prefix-RFT training job locally: redis, reward, rollout workers, learner, evaluation, report."""
     from pydantic import ValidationError
 
-    from services.jobs.deployment import ProcessDied
     from services.jobs.run import RunOptions, run_job
     from services.learner.algorithm import AlgorithmName
 
@@ -181,12 +194,11 @@ def run_command(
         )
     except ValidationError as exc:
         fail(str(exc))
-    try:
+    with failing_cleanly(
+        died="a service died, so the run was stopped",
+        interrupted="interrupted; every process this run started has been stopped",
+    ):
         run_job(options, console)
-    except ProcessDied as exc:
-        fail(f"a service died, so the run was stopped: {exc}")
-    except KeyboardInterrupt:
-        fail("interrupted; every process this run started has been stopped")
 
 
 @app.command("compare")
@@ -209,7 +221,6 @@ def compare_command(
     from pydantic import ValidationError
 
     from services.jobs.compare import MAIN_VARIANTS, VARIANTS, CompareOptions, command_line, run_compare
-    from services.jobs.deployment import ProcessDied
 
     setup_logging("WARNING")
     names = {"all": list(VARIANTS), "main": list(MAIN_VARIANTS)}.get(variants, variants.split(","))
@@ -229,12 +240,11 @@ def compare_command(
         )
     except ValidationError as exc:
         fail(str(exc))
-    try:
+    with failing_cleanly(
+        died="a service died, so the comparison was stopped (finished runs are kept and reused)",
+        interrupted="interrupted; finished runs are kept and reused when the command is run again",
+    ):
         run_compare(options, console)
-    except ProcessDied as exc:
-        fail(f"a service died, so the comparison was stopped (finished runs are kept and reused): {exc}")
-    except KeyboardInterrupt:
-        fail("interrupted; finished runs are kept and reused when the command is run again")
 
 
 @app.command("eval")

@@ -10,6 +10,7 @@ markdown report (``docs/results.md`` by default).
 
 from __future__ import annotations
 
+import os
 import platform
 import shlex
 import statistics
@@ -199,8 +200,6 @@ def _machine() -> str:
         )
     except (OSError, StopIteration):
         pass
-    import os
-
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return f"{len(os.sched_getaffinity(0))} cores ({cpu}), {memory:.0f} GiB, {platform.system()} {platform.release()}"
 

@@ -83,7 +83,7 @@ def run_job(options: RunOptions, console: Console) -> RunReport:
     run_dir = _run_dir(options)
     model_path = _resolve_model(options, console)
     splits = _eval_splits(options)
-    config_path = _write_job_config(options, run_dir, model_path)
+    config_path, job = _write_job_config(options, run_dir, model_path)
     console.print(f"run directory: [bold]{run_dir}[/bold]")
 
     cores = plan_cores(available_cores(), options.rollout_workers) if options.pin_cores else None
@@ -112,7 +112,6 @@ def run_job(options: RunOptions, console: Console) -> RunReport:
         deployment.stop()
 
     metrics = read_metrics(run_dir / "learner" / "metrics.jsonl")
-    max_staleness = yaml.safe_load(config_path.read_text())["learner"]["max_staleness"]
     last = metrics[-1] if metrics else {}
     generated = sum(m.get("generated_tokens", 0) for m in metrics)
     report = RunReport(
@@ -131,7 +130,7 @@ def run_job(options: RunOptions, console: Console) -> RunReport:
         evaluation_before=before,
         evaluation_after=after,
         accuracy_curve=curve,
-        pipeline=pipeline_stats(metrics, busy, train_time, max_staleness),
+        pipeline=pipeline_stats(metrics, busy, train_time, job["learner"]["max_staleness"]),
         run_dir=str(run_dir),
     )
     write_report(report, metrics, run_dir)
@@ -171,7 +170,7 @@ def _eval_splits(options: RunOptions) -> dict[str, list[Problem]]:
     return {"eval": problems[-options.eval_problems :]}
 
 
-def _write_job_config(options: RunOptions, run_dir: Path, model_path: Path) -> Path:
+def _write_job_config(options: RunOptions, run_dir: Path, model_path: Path) -> tuple[Path, dict]:
     """One YAML for every process of the job: the user's file, then what this command decides."""
     document: dict = yaml.safe_load(options.config.read_text()) if options.config else {}
     document = document or {}
@@ -195,7 +194,7 @@ def _write_job_config(options: RunOptions, run_dir: Path, model_path: Path) -> P
     path = run_dir / "job.yaml"
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     path.chmod(0o600)  # it holds the bearer token
-    return path
+    return path, document
 
 
 def _evaluate_all(deployment, tokenizer, splits, options, console, label) -> dict[str, EvalResult]:

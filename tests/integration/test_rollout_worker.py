@@ -21,7 +21,6 @@ from shared.tasks.arithmetic import ArithmeticTask
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 RECORDED_VERSION = 3
 N_ON_POLICY = 3
 
@@ -125,8 +124,6 @@ def check_group(group: TrajectoryGroup, task: Task, eos: int) -> None:
 def test_workers_share_tasks_and_finish_the_work_of_a_killed_one(
     tmp_path, default_init_dir, redis_url, redis_client, namespace
 ):
-    if not (REPO / "services" / "reward" / "main.py").is_file():
-        pytest.skip("services/reward is not built yet")
     keys = Keys(namespace)
     reward_port = free_port()
     reward_url = f"http://127.0.0.1:{reward_port}"  # not up yet: the workers must wait for it
