@@ -213,6 +213,9 @@ def compare_command(
     eval_every: int = typer.Option(10, min=0, help="Accuracy curve point every N steps (0: none)."),
     eval_k: int = typer.Option(4, min=0, help="Samples per problem for avg@k after training (0: greedy only)."),
     config: Path = typer.Option(None, help="YAML settings merged into every run."),
+    demonstrations: str = typer.Option(
+        None, help="Demonstration style of the built-in task: column (the base policy's own) or teacher (off-policy)."
+    ),
     out: Path = typer.Option(Path("runs/compare"), help="Where the runs and figures go (reused when re-run)."),
     results: Path = typer.Option(Path("docs/results.md"), help="The markdown report to write."),
 ) -> None:
@@ -236,7 +239,8 @@ def compare_command(
     try:
         options = CompareOptions(
             variants=names, seeds=seed_list, steps=steps, eval_problems=eval_problems, eval_every=eval_every,
-            eval_k=eval_k, config=config, out=out, results=results, command=command_line(),
+            eval_k=eval_k, config=config, demonstrations=demonstrations, out=out, results=results,
+            command=command_line(),
         )
     except ValidationError as exc:
         fail(str(exc))

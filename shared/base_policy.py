@@ -14,7 +14,7 @@ import random
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.modeling import (
     DefaultModelSpec,
@@ -52,9 +52,23 @@ class DefaultPolicySpec(BaseModel):
     task: ArithmeticTask = ArithmeticTask()
     warmup: WarmupSpec = WarmupSpec()
 
+    @field_validator("task")
+    @classmethod
+    def _own_style(cls, task: ArithmeticTask) -> ArithmeticTask:
+        # The base policy is what the column style is the own distribution of: its tokenizer and
+        # warm-up are built from column demonstrations. Teacher demonstrations are for training runs.
+        if task.demonstrations != "column":
+            raise ValueError(f"the base policy is built from column demonstrations, not {task.demonstrations!r}")
+        return task
+
     def cache_name(self, stage: str) -> str:
-        # The random init does not depend on the warm-up, so changing the warm-up keeps it.
-        determined_by = self.model_dump_json(exclude={"warmup"} if stage == "init" else None)
+        # The random init does not depend on the warm-up, so changing the warm-up keeps it. The
+        # demonstration style is always "column" here; leaving it out keeps the keys of caches built
+        # before the field existed.
+        excluded: dict = {"task": {"demonstrations"}}
+        if stage == "init":
+            excluded["warmup"] = True
+        determined_by = self.model_dump_json(exclude=excluded)
         digest = hashlib.sha256(f"{BUILD_REVISION}:{stage}:{determined_by}".encode()).hexdigest()[:12]
         return f"default-{stage}-{digest}"
 

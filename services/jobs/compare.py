@@ -27,6 +27,7 @@ from services.jobs.evaluate import EvalSettings
 from services.jobs.report import RunReport, read_metrics
 from services.jobs.run import RunOptions, run_job
 from services.learner.algorithm import AlgorithmName
+from shared.tasks.arithmetic import DemoStyle
 
 
 class Variant(BaseModel):
@@ -66,6 +67,9 @@ class CompareOptions(BaseModel):
     eval_every: int = Field(10, ge=0)
     eval_k: int = Field(4, ge=0)  # samples per problem for avg@k after training (0: greedy only)
     config: Path | None = None  # YAML merged into every run's settings (the same for all variants)
+    # The built-in task's demonstration style (None: what the config says, else "column", the base
+    # policy's own); "teacher" makes the demonstrations off-policy, as the paper's are.
+    demonstrations: DemoStyle | None = None
     out: Path = Path("runs/compare")
     results: Path = Path("docs/results.md")
     command: str = ""  # the command line, written into the results
@@ -152,6 +156,8 @@ def _run_options(options: CompareOptions, name: str, seed: int, run_dir: Path, f
     document = document or {}
     algorithm = document.setdefault("learner", {}).setdefault("algorithm", {})
     algorithm.update(variant.overrides)
+    if options.demonstrations is not None:
+        document["learner"].setdefault("task", {})["demonstrations"] = options.demonstrations
     run_dir.mkdir(parents=True, exist_ok=True)
     config = run_dir / "compare.yaml"
     config.write_text(yaml.safe_dump(document, sort_keys=False))
@@ -166,6 +172,20 @@ def _run_options(options: CompareOptions, name: str, seed: int, run_dir: Path, f
         evaluate_before=first,
         eval=EvalSettings(k=options.eval_k),
     )
+
+
+def demonstration_style(options: CompareOptions) -> str:
+    if options.demonstrations is not None:
+        return options.demonstrations
+    document = (yaml.safe_load(options.config.read_text()) if options.config else None) or {}
+    return ((document.get("learner") or {}).get("task") or {}).get("demonstrations", "column")
+
+
+DEMO_STYLE_WORDS = {
+    "column": "column (digit-by-digit, the base policy's own style: imitation costs it nothing)",
+    "teacher": "teacher (each step in words, each operation as mental arithmetic: off the base policy's "
+    "distribution, as a large model's traces are for the paper's students)",
+}
 
 
 def _spread(values: list[float]) -> SplitSummary:
@@ -346,6 +366,7 @@ def write_results(comparison: Comparison, path: Path, curves: Path) -> None:
         f"- Budget per run: {options.steps} optimizer steps, the same prompts per step and rollouts per prompt "
         f"for every RL variant; seeds {seeds}; evaluation on {options.eval_problems} problems per split "
         f"(greedy{f', and avg@{options.eval_k} at temperature 0.6' if options.eval_k else ''}).",
+        f"- Demonstrations: {DEMO_STYLE_WORDS.get(demonstration_style(options), demonstration_style(options))}.",
         "",
         f"## Accuracy after training (mean ± sample std over {len(options.seeds)} seeds)",
         "",

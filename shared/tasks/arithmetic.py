@@ -1,8 +1,16 @@
-"""Arithmetic word problems with step-by-step (column arithmetic) demonstrations.
+"""Arithmetic word problems with step-by-step demonstrations.
 
 Difficulty is the number of operations in the story: the base policy is warmed up on short
 stories, trained on medium ones, and tested in distribution and on longer stories (out of
 distribution). Every problem is a pure function of (seed, split, index).
+
+Demonstrations come in two styles:
+
+- ``column``: every operation worked digit by digit. The base policy is warmed up on this style, so
+  these demonstrations are on its own distribution: imitating them costs it nothing.
+- ``teacher``: a stronger solver's trace. It restates each step in words and does each operation in
+  one go, as mental arithmetic. It is correct, but laid out differently and relies on a skill the small
+  student lacks, as a large model's traces are for the paper's 1.5B-7B students. Imitating it has a cost.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from shared.problems import Problem
 
 Split = Literal["warmup", "train", "test", "ood"]
+DemoStyle = Literal["column", "teacher"]
 
 NAMES = ("Ann", "Ben", "Cara", "Dan", "Eva", "Finn", "Gia", "Hugo", "Ivy", "Jon", "Kim", "Leo", "Mia", "Nora")
 ITEMS = ("apples", "coins", "cards", "books", "stamps", "shells", "marbles", "pens", "stickers", "beads")
@@ -69,6 +78,9 @@ class ArithmeticTask(BaseModel):
     test_size: int = Field(200, ge=1)
     ood_size: int = Field(200, ge=1)
     warmup_size: int = Field(20_000, ge=1)
+    # Style of the train, test and ood demonstrations; the warm-up split keeps the base policy's own
+    # (column) style whatever this says, since it is what makes the base policy.
+    demonstrations: DemoStyle = "column"
 
     def problems(self, split: Split) -> list[Problem]:
         if split == "train":
@@ -97,11 +109,12 @@ class ArithmeticTask(BaseModel):
         digest = hashlib.sha256(f"{self.seed}:{split}:{index}".encode()).digest()
         rng = random.Random(int.from_bytes(digest[:8], "little"))
         story = Story.sample(rng, difficulty)
+        style = "column" if split == "warmup" else self.demonstrations
         problem = Problem(
             id=f"arith-{self.seed}-{split}-{index}",
             prompt=story.question(),
             answer=str(story.answer),
-            demonstrations=(story.demonstration(),),
+            demonstrations=(story.demonstration(style),),
         )
         return story.key, problem
 
@@ -149,12 +162,17 @@ class Story(BaseModel):
         sentences.append(f"How many {self.item} does {self.name} have now? {INSTRUCTION}")
         return " ".join(sentences)
 
-    def demonstration(self) -> str:
-        lines = []
+    def demonstration(self, style: DemoStyle = "column") -> str:
+        lines = [f"{self.name} starts with {self.start} {self.item}."] if style == "teacher" else []
         total = self.start
-        for _, amount in self.changes:
-            line, total = column_step(total, amount)
-            lines.append(line)
+        for verb, amount in self.changes:
+            if style == "teacher":
+                sign = "+" if amount >= 0 else "-"
+                lines.append(f"{self.name} {verb} {abs(amount)}, so {total} {sign} {abs(amount)} = {total + amount}.")
+                total += amount
+            else:
+                line, total = column_step(total, amount)
+                lines.append(line)
         lines.append(f"The answer is \\boxed{{{total}}}.")
         return "\n".join(lines)
 

@@ -42,6 +42,12 @@ def test_a_different_seed_gives_different_weights(tmp_path):
     assert not torch.equal(a["model.embed_tokens.weight"], b["model.embed_tokens.weight"])
 
 
+def test_the_base_policy_refuses_teacher_demonstrations():
+    # Its tokenizer and warm-up are built from the column style; teacher traces are for training runs.
+    with pytest.raises(ValueError, match="column"):
+        DefaultPolicySpec(task=ArithmeticTask(demonstrations="teacher"))
+
+
 def test_loads_as_a_qwen2_causal_lm_with_digits_as_single_tokens(default_init_dir):
     model = load_model(default_init_dir)
     tokenizer = load_tokenizer(default_init_dir)

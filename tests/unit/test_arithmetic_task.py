@@ -34,6 +34,27 @@ def test_demonstration_arithmetic_is_right_line_by_line():
             assert int(result) == (int(a) + int(b) if op == "+" else int(a) - int(b)), line
 
 
+TEACHER = ArithmeticTask(**{**SMALL.model_dump(), "demonstrations": "teacher"})
+
+
+@pytest.mark.parametrize("split", ["train", "test", "ood"])
+def test_teacher_demonstrations_restate_each_step_and_do_it_in_one_go(split):
+    for column, teacher in zip(SMALL.problems(split), TEACHER.problems(split)):
+        assert (column.prompt, column.answer) == (teacher.prompt, teacher.answer)  # same stories, other traces
+        (demo,) = teacher.demonstrations
+        lines = demo.splitlines()
+        assert re.fullmatch(r"\w+ starts with \d+ \w+\.", lines[0])
+        assert len(lines) == column.prompt.count("Then ") + 2
+        for line in lines[1:-1]:
+            a, op, b, result = re.fullmatch(r"\w+ [a-z ]+ \d+, so (\d+) ([+-]) (\d+) = (\d+)\.", line).groups()
+            assert int(result) == (int(a) + int(b) if op == "+" else int(a) - int(b)), line
+        assert verify(parse(teacher.answer), parse(demo)), demo
+
+
+def test_the_warmup_keeps_the_base_policys_column_style_under_teacher_demonstrations():
+    assert TEACHER.problems("warmup") == SMALL.problems("warmup")
+
+
 @pytest.mark.parametrize(
     ("split", "lo", "hi"), [("train", 2, 3), ("test", 2, 3), ("ood", 4, 5)]
 )

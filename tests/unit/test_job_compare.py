@@ -11,6 +11,7 @@ from services.jobs.compare import (
     Comparison,
     _run_options,
     _summarise,
+    demonstration_style,
     validate_variants,
     write_results,
 )
@@ -66,6 +67,28 @@ def test_a_demonstration_quantity_variant_sets_the_fraction_in_the_run_config(tm
     written = yaml.safe_load(run.config.read_text())
     assert written["learner"]["algorithm"] == {"demo_fraction": 0.1}
     assert written["learner"]["optimizer"]["lr"] == 0.0001  # the user's settings apply to every variant
+
+
+def test_teacher_demonstrations_reach_the_learners_task_settings(tmp_path):
+    options = CompareOptions(demonstrations="teacher", out=tmp_path)
+    run = _run_options(options, "sft", seed=0, run_dir=tmp_path / "sft" / "seed-0", first=True)
+    written = yaml.safe_load(run.config.read_text())
+    assert written["learner"]["task"] == {"demonstrations": "teacher"}
+    assert demonstration_style(options) == "teacher"
+
+
+def test_the_demonstration_style_comes_from_the_config_when_not_given(tmp_path):
+    user = tmp_path / "user.yaml"
+    user.write_text("learner:\n  task:\n    demonstrations: teacher\n")
+    assert demonstration_style(CompareOptions(config=user)) == "teacher"
+    assert demonstration_style(CompareOptions()) == "column"
+    run = _run_options(CompareOptions(config=user), "rft", seed=0, run_dir=tmp_path / "rft", first=False)
+    assert yaml.safe_load(run.config.read_text())["learner"]["task"] == {"demonstrations": "teacher"}
+
+
+def test_an_unknown_demonstration_style_is_refused():
+    with pytest.raises(ValueError, match="column"):
+        CompareOptions(demonstrations="oracle")
 
 
 def test_summary_has_mean_and_sample_spread_over_seeds(tmp_path):
