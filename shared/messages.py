@@ -6,7 +6,7 @@ The HTTP shapes follow docs/architecture.md; Redis entries go through :mod:`shar
 from __future__ import annotations
 
 from enum import Enum
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -22,11 +22,13 @@ class Message(BaseModel):
 
 
 class SamplingParams(Message):
-    temperature: float = Field(1.0, ge=0.0, le=10.0)
+    # The bounds are vLLM's own (it refuses a temperature above 2 and an empty stop string), so a
+    # request the contract accepts never reaches the engine only to be refused there.
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_tokens: int = Field(256, ge=1)
     seed: int | None = None
-    stop: list[str] = Field(default_factory=list, max_length=16)
+    stop: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list, max_length=16)
 
 
 class GenerateRequest(Message):

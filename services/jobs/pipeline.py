@@ -54,11 +54,9 @@ def worker_busy_seconds(urls: list[str]) -> list[float]:
     return values
 
 
-def pipeline_stats(
-    metrics: list[dict], busy_s: list[float], train_wall_s: float, max_staleness: int
-) -> PipelineStats | None:
-    """``busy_s``: each worker's busy seconds during training; ``train_wall_s``: the training's wall time.
-    None when there are fewer than two RL steps to measure."""
+def pipeline_stats(metrics: list[dict], busy_s: list[float], max_staleness: int) -> PipelineStats | None:
+    """``busy_s``: each worker's busy seconds during training. Every figure is per RL step (SFT steps
+    generate nothing); None when there are fewer than two RL steps to measure."""
     rl = [m for m in metrics if not m.get("sft")]
     if len(rl) < 2 or not busy_s:
         return None
@@ -66,7 +64,7 @@ def pipeline_stats(
     step_wall = (rl[-1]["time"] - rl[0]["time"]) / (len(rl) - 1)
     train = statistics.fmean(m["train_s"] + (m.get("publish_s") or 0.0) for m in rl)
     busy = sum(busy_s) / len(busy_s) / len(rl)
-    idle = max(0.0, train_wall_s / steps - busy)
+    idle = max(0.0, step_wall - busy)
     total = busy + train
     return PipelineStats(
         steps=steps,

@@ -130,7 +130,7 @@ def run_job(options: RunOptions, console: Console) -> RunReport:
         evaluation_before=before,
         evaluation_after=after,
         accuracy_curve=curve,
-        pipeline=pipeline_stats(metrics, busy, train_time, job["learner"]["max_staleness"]),
+        pipeline=pipeline_stats(metrics, busy, job["learner"]["max_staleness"]),
         run_dir=str(run_dir),
     )
     write_report(report, metrics, run_dir)

@@ -201,6 +201,8 @@ def test_text_prompt_is_tokenised_by_the_served_tokenizer(client, tokenizer):
         ({"prompt_token_ids": [2, 3], "n": 0}, "greater than or equal"),
         ({"prompt_token_ids": [2, 3], "sampling": {"max_tokens": MAX_TOKENS + 1}}, "exceeds the limit"),
         ({"prompt_token_ids": [2, 3], "sampling": {"temperature": -1}}, "greater than or equal"),
+        ({"prompt_token_ids": [2, 3], "sampling": {"temperature": 2.5}}, "less than or equal to 2"),
+        ({"prompt_token_ids": [2, 3], "sampling": {"stop": ["\n", ""]}}, "at least 1 character"),
         ({"prompt_token_ids": [2, 99999]}, "outside the vocabulary"),
         ({"prompt_token_ids": [2, -1]}, "outside the vocabulary"),
         ({"prompt_token_ids": [2], "prefix_token_ids": [384]}, "outside the vocabulary"),
