@@ -60,7 +60,11 @@ def create_app(
     async def generate(request: GenerateRequest) -> Response:
         require_ready()
         try:
-            prompt_ids = request.prompt_token_ids if request.prompt is None else engine.tokenize(request.prompt)
+            prompt_ids = (
+                request.prompt_token_ids
+                if request.prompt is None
+                else engine.tokenize(request.prompt, request.chat_template)
+            )
             engine_request = EngineRequest(prompt_ids, request.prefix_token_ids, request.n, request.sampling)
             version, (samples,) = await engine.generate([engine_request], source="http")
         except RequestRejected as exc:

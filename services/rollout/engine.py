@@ -206,9 +206,13 @@ class RolloutEngine:
             )
         return min(request.sampling.max_tokens, room)
 
-    def tokenize(self, text: str) -> TokenIds:
+    def tokenize(self, text: str, chat_template: bool = True) -> TokenIds:
         if len(text) > self.settings.max_prompt_chars:
             raise RequestRejected(f"prompt of {len(text)} characters exceeds {self.settings.max_prompt_chars}")
+        if chat_template:
+            from shared.modeling import prompt_token_ids
+
+            return prompt_token_ids(self.tokenizer, text)
         return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
 
     def decode(self, token_ids: TokenIds) -> str:

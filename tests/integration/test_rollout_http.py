@@ -186,9 +186,13 @@ def test_many_seeded_samples_at_once_keep_the_engine_alive(service):
         assert c.get("/healthz").status_code == 200
 
 
-def test_text_prompt_is_tokenised_by_the_served_tokenizer(client, tokenizer):
+def test_text_prompt_is_a_user_turn_in_the_served_tokenizers_chat_template(client, tokenizer):
+    # The same ids the learner trains on, so a text request is answered as a training prompt would be.
     body = generate(client, prompt="What is 1 + 1?", n=1, sampling={"max_tokens": 3, "seed": 1})
-    assert body["prompt_token_ids"] == tokenizer("What is 1 + 1?")["input_ids"]
+    assert body["prompt_token_ids"] == prompt_token_ids(tokenizer, "What is 1 + 1?")
+    assert tokenizer.decode(body["prompt_token_ids"]).startswith("<|user|>What is 1 + 1?")
+    raw = generate(client, prompt="What is 1 + 1?", chat_template=False, sampling={"max_tokens": 3, "seed": 1})
+    assert raw["prompt_token_ids"] == tokenizer("What is 1 + 1?")["input_ids"]
 
 
 @pytest.mark.parametrize(
@@ -197,6 +201,7 @@ def test_text_prompt_is_tokenised_by_the_served_tokenizer(client, tokenizer):
         ({"prompt_token_ids": []}, "empty"),
         ({"prompt": ""}, "empty"),
         ({"prompt_token_ids": [2, 3], "prompt": "x"}, "exactly one"),
+        ({"prompt_token_ids": [2, 3], "chat_template": False}, "text 'prompt' only"),
         ({"prompt_token_ids": [2, 3], "n": MAX_N + 1}, "exceeds the limit"),
         ({"prompt_token_ids": [2, 3], "n": 0}, "greater than or equal"),
         ({"prompt_token_ids": [2, 3], "sampling": {"max_tokens": MAX_TOKENS + 1}}, "exceeds the limit"),
