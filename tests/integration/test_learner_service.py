@@ -28,7 +28,8 @@ from shared.messages import RolloutKind, Task, Trajectory, TrajectoryGroup, Weig
 from shared.modeling import load_tokenizer
 from shared.processes import free_port, start_process, wait_http_ready
 from shared.streams import TASKS_GROUP, TRAJECTORIES_GROUP, Keys, StreamQueue
-from tests.integration.test_learner_weights import TOKEN, FakeWorker, register
+from tests.integration.test_learner_weights import register, served_version, weight_swaps
+from tests.integration.test_rollout_http import TOKEN
 
 pytestmark = pytest.mark.integration
 
@@ -162,7 +163,7 @@ def stream_position(entry_id: str) -> tuple[int, int]:
 
 
 def test_sigkill_between_checkpoints_then_resume_trains_every_group_once(
-    tmp_path, redis_url, redis_client, namespace, default_init_dir
+    tmp_path, redis_url, redis_client, namespace, default_init_dir, rollout_worker
 ):
     keys = Keys(namespace)
     config = write_config(tmp_path, redis_url, namespace, default_init_dir, total_steps=12, checkpoint_every=4)
@@ -171,8 +172,8 @@ def test_sigkill_between_checkpoints_then_resume_trains_every_group_once(
     base = f"http://127.0.0.1:{settings['port']}"
     producer = DemoProducer(redis_url, namespace, load_tokenizer(default_init_dir).eos_token_id)
     producer.start()
-    worker = FakeWorker()
-    register(redis_client, keys, "fake-worker", worker.url)
+    register(redis_client, keys, "worker", rollout_worker)  # a real rollout service takes the pushes
+    swaps_at_start = weight_swaps(rollout_worker)
     argv = [sys.executable, "-m", "services.learner", "--config", str(config)]
     log_path = tmp_path / "learner.log"
 
@@ -190,7 +191,8 @@ def test_sigkill_between_checkpoints_then_resume_trains_every_group_once(
         assert served.status_code == 200 and served.content == (run_dir / "weights" / f"v{version}" /
                                                                 "model.safetensors").read_bytes()
         assert (run_dir / "checkpoints" / "committed").read_text() == "step00000004"
-        versions_before_crash = [u.version for u in worker.received]
+        wait_until(lambda: served_version(rollout_worker) == version, 60, learner, f"the worker at v{version}")
+        swaps_before_crash = weight_swaps(rollout_worker)
         learner.kill()  # SIGKILL: no chance to checkpoint
         killed_at = status["step"]
     finally:
@@ -215,7 +217,6 @@ def test_sigkill_between_checkpoints_then_resume_trains_every_group_once(
     finally:
         final_run.kill()
         producer.stop()
-        worker.server.stop()
     assert producer.error is None, producer.error
 
     # ---- the ledger: every group produced was trained exactly once or dropped as stale
@@ -260,10 +261,12 @@ def test_sigkill_between_checkpoints_then_resume_trains_every_group_once(
         assert key in metrics[-1], key
     final = json.loads((run_dir / "final.json").read_text())
     assert final["step"] == 12
-    # Versions keep rising across the crash: the resumed learner never reuses a number.
-    after = [u.version for u in worker.received][len(versions_before_crash):]
-    assert after and min(after) > max(versions_before_crash) and after == sorted(after)
-    assert final["version"] == max(after)
+    # Versions keep rising across the crash (a worker refuses an older version than it serves, so a
+    # reused number would fail the pushes), and the worker ends on the final one.
+    assert swaps_before_crash > swaps_at_start
+    assert final["version"] > version
+    wait_until(lambda: served_version(rollout_worker) == final["version"], 60, None, "the worker at the final version")
+    assert weight_swaps(rollout_worker) > swaps_before_crash
 
 
 @pytest.mark.parametrize("zero_stage", [2, 3])

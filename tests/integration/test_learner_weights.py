@@ -1,5 +1,6 @@
 """Weight publishing: files served over HTTP, the Redis record, pushes with the bearer token to live
-workers only, and a dead worker that costs retries but never an exception."""
+workers only (a real rollout service that fetches and swaps the weights), and a dead worker that costs
+retries but never an exception."""
 
 import threading
 import time
@@ -7,42 +8,33 @@ import time
 import httpx
 import pytest
 import torch
-from fastapi import FastAPI, Header, HTTPException
+from prometheus_client.parser import text_string_to_metric_families
 
 from services.learner.metrics import JsonlLog, StepMetrics
 from services.learner.status import BackgroundServer, make_app
 from services.learner.weights import Publisher, WeightStore, live_workers
 from shared.codec import decode_value, encode_value
-from shared.messages import WeightsRecord, WeightUpdate, WorkerInfo
+from shared.messages import WeightsRecord, WorkerInfo
 from shared.modeling import load_model
 from shared.processes import free_port
 from shared.streams import Keys
+from tests.integration.test_rollout_http import TOKEN
 
 pytestmark = pytest.mark.integration
 
-TOKEN = "s3cret"
+
+def served_version(url: str) -> int:
+    return httpx.get(f"{url}/v1/weights", timeout=10).json()["version"]
 
 
-class FakeWorker:
-    """A real HTTP endpoint that accepts weight pushes like a rollout worker (and records them)."""
-
-    def __init__(self):
-        self.received: list[WeightUpdate] = []
-        self.refused = 0
-        app = FastAPI()
-
-        @app.post("/v1/weights")
-        def push(update: WeightUpdate, authorization: str = Header("")):
-            if authorization != f"Bearer {TOKEN}":
-                self.refused += 1
-                raise HTTPException(401, "bad token")
-            self.received.append(update)
-            return {"version": update.version}
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = BackgroundServer(app, "127.0.0.1", self.port)
-        self.server.start()
+def weight_swaps(url: str) -> float:
+    """The worker's count of weight swaps that succeeded (its Prometheus counter)."""
+    families = text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10).text)
+    return next(
+        (s.value for f in families for s in f.samples if s.name == "rollout_weight_swaps_total" and
+         s.labels.get("outcome") == "ok"),
+        0.0,
+    )
 
 
 def register(client, keys, worker_id, url, version=0, age_s=0.0):
@@ -77,33 +69,48 @@ def test_store_serves_and_prunes_versions(tmp_path, default_init_dir):
         assert torch.equal(a, b), name
 
 
-def test_push_reaches_live_workers_and_survives_dead_ones(redis_client, redis_url, namespace, caplog):
+def test_push_reaches_live_workers_and_survives_dead_ones(
+    tmp_path, redis_client, namespace, caplog, default_init_dir, rollout_worker
+):
     keys = Keys(namespace)
-    live, wrong_token = FakeWorker(), FakeWorker()
-    register(redis_client, keys, "live", live.url)
-    register(redis_client, keys, "dead", f"http://127.0.0.1:{free_port()}")  # nothing listens there
-    register(redis_client, keys, "expired", live.url, age_s=120)  # heartbeat too old: not pushed to
-    register(redis_client, keys, "current", live.url, version=5)  # already has the version
-    assert sorted(w.worker_id for w in live_workers(redis_client, keys, ttl_s=30)) == ["current", "dead", "live"]
+    model = load_model(default_init_dir)
+    store = WeightStore(tmp_path / "weights", keep=2)
+    store.save(model, model.state_dict(), 5)
+    port = free_port()
+    app = make_app(lambda: {}, store, StepMetrics(JsonlLog(tmp_path / "m.jsonl")))
+    server = BackgroundServer(app, "127.0.0.1", port)
+    server.start()
+    uri = f"http://127.0.0.1:{port}/v1/weights/5"
 
-    publisher = Publisher(redis_client, keys, TOKEN, worker_ttl_s=30, retries=2, timeout_s=2)
-    publisher.publish(5, "http://127.0.0.1:1/v1/weights/5")
-    deadline = time.monotonic() + 30
+    register(redis_client, keys, "live", rollout_worker)
+    register(redis_client, keys, "dead", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    register(redis_client, keys, "expired", rollout_worker, age_s=120)  # heartbeat too old: not pushed to
+    register(redis_client, keys, "current", rollout_worker, version=5)  # already has the version
+    assert sorted(w.worker_id for w in live_workers(redis_client, keys, ttl_s=30)) == ["current", "dead", "live"]
+    swaps_before = weight_swaps(rollout_worker)
+
+    publisher = Publisher(redis_client, keys, TOKEN, worker_ttl_s=30, retries=2, timeout_s=120)
+    publisher.publish(5, uri)
+    deadline = time.monotonic() + 180
     while publisher.last_report is None and time.monotonic() < deadline:
         time.sleep(0.1)
     report = publisher.last_report
     assert report is not None and report.pushed == ["live"] and report.failed == ["dead"]
-    assert [u.version for u in live.received] == [5]
+    # The worker fetched the file from the learner's server and serves version 5: one swap, not three.
+    assert served_version(rollout_worker) == 5
+    assert weight_swaps(rollout_worker) == swaps_before + 1
     assert decode_value(WeightsRecord, redis_client.get(keys.weights)).version == 5
     assert "push of v5 to dead failed (attempt 3/3)" in caplog.text
 
     # A wrong token is refused by the worker and not retried.
-    other = Publisher(redis_client, Keys(namespace + "-b"), "wrong", worker_ttl_s=30, retries=3, timeout_s=2)
-    register(redis_client, Keys(namespace + "-b"), "w", wrong_token.url)
-    other.publish(1, "http://127.0.0.1:1/v1/weights/1")
-    other.close(timeout=30)
-    assert wrong_token.refused == 1 and other.last_report.failed == ["w"]
+    caplog.clear()
+    other = Publisher(redis_client, Keys(namespace + "-b"), "wrong", worker_ttl_s=30, retries=3, timeout_s=30)
+    register(redis_client, Keys(namespace + "-b"), "w", rollout_worker)
+    other.publish(6, uri.replace("/5", "/6"))
+    other.close(timeout=60)
+    assert other.last_report.failed == ["w"]
+    assert "push of v6 to w refused (HTTP 403" in caplog.text and "attempt" not in caplog.text
+    assert served_version(rollout_worker) == 5
     publisher.close()
-    for worker in (live, wrong_token):
-        worker.server.stop()
+    server.stop()
     assert threading.active_count() < 50
