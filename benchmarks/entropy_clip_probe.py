@@ -7,7 +7,11 @@ prints how many of the tokens where greedy decoding would disagree with the demo
 above the top-20% entropy threshold (computed over all the demonstrations' tokens together, as
 one mini-batch of prefixes would be).
 
+With ``--demonstrations teacher`` it scores the off-policy teacher traces instead; the mean
+log-prob per token says how far a style is from the base policy's own distribution.
+
     .venv/bin/python benchmarks/entropy_clip_probe.py [--model DIR] [--problems 60] [--top 0.2]
+        [--demonstrations column|teacher]
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=None, help="default: the built-in base policy")
     parser.add_argument("--problems", type=int, default=60)
     parser.add_argument("--top", type=float, default=0.2)
+    parser.add_argument("--demonstrations", choices=["column", "teacher"], default="column")
     args = parser.parse_args()
     if not 0 < args.top <= 1:
         parser.error(f"--top {args.top}: must be in (0, 1]")
@@ -34,7 +39,7 @@ def main() -> None:
 
         args.model = default_base_policy()
     tokenizer, model = load_tokenizer(args.model), load_model(args.model).eval()
-    problems = [p for p in ArithmeticTask().problems("train")[: args.problems * 10] if p.prompt.count("Then ") == 3]
+    problems = [p for p in ArithmeticTask(demonstrations=args.demonstrations).problems("train")[: args.problems * 10] if p.prompt.count("Then ") == 3]
     entropies, disagree, demo_logprobs = [], [], []
     for problem in problems[: args.problems]:
         prompt = prompt_token_ids(tokenizer, problem.prompt)
@@ -49,7 +54,10 @@ def main() -> None:
     entropy, wrong, logprob = torch.cat(entropies), torch.cat(disagree), torch.cat(demo_logprobs)
     threshold = torch.quantile(entropy, 1 - args.top)
     kept = wrong & (entropy >= threshold)
-    print(f"three-step demonstrations: {min(len(problems), args.problems)}, tokens: {entropy.numel()}")
+    print(
+        f"three-step {args.demonstrations} demonstrations: {min(len(problems), args.problems)}, "
+        f"tokens: {entropy.numel()}, mean log-prob per token under the model: {float(logprob.mean()):.3f}"
+    )
     median = float(entropy.median())
     print(f"top-{args.top:.0%} entropy threshold: {float(threshold):.4f} (median token entropy {median:.4f})")
     print(f"tokens where greedy decoding disagrees with the demonstration: {int(wrong.sum())}")
