@@ -103,6 +103,7 @@ def test_results_table_and_verdicts(tmp_path):
     runs = {
         "prefix-rft": {s: report(tmp_path, "prefix-rft", s, 0.70 + 0.01 * s, 0.10) for s in range(3)},
         "sft": {s: report(tmp_path, "sft", s, 0.50 + 0.01 * s, 0.10 + 0.05 * s) for s in range(3)},
+        "demo-1": {s: report(tmp_path, "prefix-rft", s, 0.45, 0.10) for s in range(3)},
     }
     options = CompareOptions(
         variants=list(runs),
@@ -129,4 +130,7 @@ def test_results_table_and_verdicts(tmp_path):
     assert "Prefix-RFT vs SFT: +0.200 (spread 0.010): ahead, beyond the seed spread." in text
     assert "Prefix-RFT vs SFT: -0.050 (spread 0.050): within the seed spread: not decisive." in text
     assert "- Prefix-RFT above SFT: agrees (+0.200, beyond the seed spread)." in text  # the paper's pairs, first split
+    # 1% of the demonstrations should still beat SFT; here it does not.
+    assert "- Prefix-RFT, 1% demonstrations above SFT: reversed (-0.060, beyond the seed spread)." in text
+    assert "10% demonstrations above" not in text  # a pair with a variant that did not run is left out
     assert (tmp_path / "docs" / "results" / "curves.png").read_bytes() == b"png"
