@@ -37,8 +37,9 @@ class GenerateRequest(Message):
     prompt_token_ids: TokenIds | None = None
     prompt: str | None = None
     # A text prompt is the user's message: wrapped in the served tokenizer's chat template with the
-    # assistant turn left open, as the learner builds its prompts. False: tokenised as it is.
-    chat_template: bool = True
+    # assistant turn left open, as the learner builds its prompts (None counts as true). False: the
+    # text is tokenised as it is. Token-id prompts are used as given and take no value here.
+    chat_template: bool | None = None
     prefix_token_ids: TokenIds = Field(default_factory=list)
     n: int = Field(1, ge=1)
     sampling: SamplingParams = Field(default_factory=SamplingParams)
@@ -51,7 +52,7 @@ class GenerateRequest(Message):
             raise ValueError("'prompt_token_ids' is empty")
         if self.prompt is not None and not self.prompt:
             raise ValueError("'prompt' is empty")
-        if self.prompt is None and "chat_template" in self.model_fields_set:
+        if self.prompt is None and self.chat_template is not None:
             raise ValueError("'chat_template' applies to a text 'prompt' only; 'prompt_token_ids' are used as given")
         return self
 

@@ -63,7 +63,7 @@ def create_app(
             prompt_ids = (
                 request.prompt_token_ids
                 if request.prompt is None
-                else engine.tokenize(request.prompt, request.chat_template)
+                else engine.tokenize(request.prompt, request.chat_template is not False)
             )
             engine_request = EngineRequest(prompt_ids, request.prefix_token_ids, request.n, request.sampling)
             version, (samples,) = await engine.generate([engine_request], source="http")

@@ -13,6 +13,17 @@ def test_generate_request_needs_exactly_one_prompt():
         GenerateRequest(prompt_token_ids=[])
 
 
+def test_a_client_that_sends_every_field_gets_its_request_back():
+    # Clients dump the whole model (defaults included); that must validate on the server again.
+    for request in (GenerateRequest(prompt_token_ids=[1, 2]), GenerateRequest(prompt="a", chat_template=False)):
+        assert GenerateRequest.model_validate_json(request.model_dump_json()) == request
+
+
+def test_chat_template_is_for_text_prompts_only():
+    with pytest.raises(ValidationError, match="text 'prompt' only"):
+        GenerateRequest(prompt_token_ids=[1], chat_template=True)
+
+
 def test_unknown_fields_are_refused():
     with pytest.raises(ValidationError, match="temprature"):
         GenerateRequest(prompt="a", sampling={"temprature": 0.5})
