@@ -97,6 +97,11 @@ class AlgorithmSettings(StrictModel):
             base.update(entropy_clip=False)
         if name == AlgorithmName.prefix_rft_frozen_prefix:
             base.update(freeze_prefix=True)
-        if name == AlgorithmName.prefix_rft_uniform:
-            base.update(schedule=PrefixSchedule(kind="uniform"))
+        # A schedule given in the overrides (a YAML section such as {decay_steps: 40}) changes the
+        # preset's schedule field by field instead of replacing it: the uniform ablation stays uniform.
+        schedule = {"kind": "uniform"} if name == AlgorithmName.prefix_rft_uniform else {}
+        given = overrides.pop("schedule", None)
+        if isinstance(given, PrefixSchedule):
+            given = given.model_dump(exclude_unset=True)
+        base["schedule"] = PrefixSchedule(**{**schedule, **(given or {})})
         return cls(**{**base, **overrides})

@@ -22,6 +22,18 @@ def test_env_override_of_the_algorithm(tmp_path, monkeypatch):
     assert settings.algorithm.schedule.kind == "uniform"
 
 
+def test_a_schedule_section_keeps_the_uniform_ablation_uniform(tmp_path):
+    # prefix-rft run and compare write {decay_steps: <steps>} into every job's schedule.
+    config = tmp_path / "job.yaml"
+    config.write_text("learner:\n  algorithm: {name: prefix-rft-uniform, schedule: {decay_steps: 40}}\n")
+    schedule = load_settings(LearnerSettings, config).algorithm.schedule
+    assert (schedule.kind, schedule.decay_steps) == ("uniform", 40)
+    assert schedule.bounds(0) == schedule.bounds(39) == (0.05, 0.95)
+    config.write_text("learner:\n  algorithm: {name: prefix-rft, schedule: {decay_steps: 40, high: 0.9}}\n")
+    schedule = load_settings(LearnerSettings, config).algorithm.schedule
+    assert (schedule.kind, schedule.decay_steps, schedule.high) == ("cosine", 40, 0.9)
+
+
 def test_paper_values_are_the_defaults():
     settings = LearnerSettings(model="/some/model")
     algo = settings.algorithm
