@@ -342,7 +342,7 @@ def _paper_pairs(comparison: Comparison, split: str) -> list[str]:
 def write_results(comparison: Comparison, path: Path, curves: Path) -> None:
     options = comparison.options
     splits = sorted(comparison.base)
-    image = path.parent / "results" / "curves.png"
+    image = path.parent / "results" / f"{path.stem}.png"  # one per report: a second comparison keeps its own
     image.parent.mkdir(parents=True, exist_ok=True)
     image.write_bytes(curves.read_bytes())
     with_k = any(summary.avg_at_k for summary in comparison.summaries)

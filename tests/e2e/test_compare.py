@@ -48,7 +48,8 @@ def test_compare_writes_results_and_reuses_runs(tmp_path, default_base_dir):
     assert "| RFT |" in text and "| Prefix-RFT |" in text and "| base policy |" in text
     assert "--variants rft,prefix-rft" in text  # the exact command is recorded
     assert "Prefix-RFT vs RFT:" in text
-    assert (results.parent / "results" / "curves.png").stat().st_size > 10_000
+    assert (results.parent / "results" / f"{results.stem}.png").stat().st_size > 10_000
+    assert f"](results/{results.stem}.png)" in text
     comparison = json.loads((out / "comparison.json").read_text())
     assert set(comparison["runs"]) == {"rft", "prefix-rft"}
     assert comparison["runs"]["rft"]["0"]["algorithm"] == "rft"

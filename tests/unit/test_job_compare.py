@@ -133,4 +133,4 @@ def test_results_table_and_verdicts(tmp_path):
     # 1% of the demonstrations should still beat SFT; here it does not.
     assert "- Prefix-RFT, 1% demonstrations above SFT: reversed (-0.060, beyond the seed spread)." in text
     assert "10% demonstrations above" not in text  # a pair with a variant that did not run is left out
-    assert (tmp_path / "docs" / "results" / "curves.png").read_bytes() == b"png"
+    assert (tmp_path / "docs" / "results" / "r.png").read_bytes() == b"png"
