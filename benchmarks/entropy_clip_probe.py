@@ -39,7 +39,8 @@ def main() -> None:
 
         args.model = default_base_policy()
     tokenizer, model = load_tokenizer(args.model), load_model(args.model).eval()
-    problems = [p for p in ArithmeticTask(demonstrations=args.demonstrations).problems("train")[: args.problems * 10] if p.prompt.count("Then ") == 3]
+    candidates = ArithmeticTask(demonstrations=args.demonstrations).problems("train")[: args.problems * 10]
+    problems = [p for p in candidates if p.prompt.count("Then ") == 3]
     entropies, disagree, demo_logprobs = [], [], []
     for problem in problems[: args.problems]:
         prompt = prompt_token_ids(tokenizer, problem.prompt)
