@@ -2,8 +2,9 @@
 
 One task at a time per slot (``max_inflight_tasks`` slots): skip it if its group was already
 produced, generate the group under one weight version, score it, append it once, then acknowledge.
-A housekeeping loop refreshes the registry entry and the idle time of the tasks in flight (so only
-the tasks of a dead worker go idle), reclaims idle tasks, and pulls a newer weights record.
+Before it reads new tasks, the consumer takes over idle ones (a dead worker's). A housekeeping loop
+refreshes the registry entry and the idle time of the tasks in flight (so only the tasks of a dead
+worker go idle), and pulls a newer weights record.
 """
 
 from __future__ import annotations
@@ -166,6 +167,10 @@ class TaskWorker:
                 await self._slot_freed.wait()
                 continue
             try:
+                # A dead worker's tasks first: they are older, so closer to going stale, and a
+                # worker that keeps taking new tasks would otherwise never get to them.
+                if await self._reclaim(free):
+                    continue
                 entries = await asyncio.to_thread(self.queue.read_new, free, READ_BLOCK_MS)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning("reading tasks failed (%s); retrying", exc)
@@ -173,6 +178,15 @@ class TaskWorker:
                 continue
             for entry in entries:
                 await self._admit(entry, check_deliveries=False)
+
+    async def _reclaim(self, free: int) -> int:
+        """Take over up to ``free`` tasks idle past ``reclaim_idle_ms``; how many were taken."""
+        entries = await asyncio.to_thread(self.queue.reclaim, self.settings.reclaim_idle_ms, free)
+        for entry in entries:
+            log.info("reclaimed task %s (entry %s)", entry.message.id, entry.entry_id)
+            self.metrics.tasks.labels("reclaimed").inc()
+            await self._admit(entry, check_deliveries=True)
+        return len(entries)
 
     async def _housekeeping(self) -> None:
         """Runs until the drain is over: tasks being finished after SIGTERM stay kept alive."""
@@ -194,12 +208,6 @@ class TaskWorker:
         self.metrics.inflight_tasks.set(len(self.inflight))
         if (self._pull is None or self._pull.done()) and not self._stopping.is_set():
             self._pull = asyncio.create_task(self._pull_weights())
-        free = self.settings.max_inflight_tasks - len(self.inflight)
-        if free > 0 and not self._stopping.is_set():
-            for entry in await asyncio.to_thread(self.queue.reclaim, self.settings.reclaim_idle_ms, free):
-                log.info("reclaimed task %s (entry %s)", entry.message.id, entry.entry_id)
-                self.metrics.tasks.labels("reclaimed").inc()
-                await self._admit(entry, check_deliveries=True)
 
     async def _pull_weights(self) -> None:
         try:
