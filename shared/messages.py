@@ -22,12 +22,12 @@ class Message(BaseModel):
 
 
 class SamplingParams(Message):
-    # The bounds are vLLM's own (it refuses a temperature above 2 and an empty stop string), so a
-    # request the contract accepts never reaches the engine only to be refused there.
+    # The bounds are vLLM's own (it refuses a temperature above 2 and an empty stop string, and cannot
+    # pass on a seed outside 64 bits), so a request the contract accepts never fails in the engine.
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_tokens: int = Field(256, ge=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)  # what the engine (and torch) can take
     stop: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list, max_length=16)
 
 

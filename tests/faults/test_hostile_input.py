@@ -114,7 +114,7 @@ _sampling = st.fixed_dictionaries(
     optional={
         "temperature": st.floats(0.0, 2.0),
         "top_p": st.floats(1e-6, 1.0),
-        "seed": st.integers(-(2**70), 2**70),
+        "seed": st.integers(-(2**63), 2**64 - 1),
         "stop": st.lists(st.text(min_size=1, max_size=8), max_size=16),
     },
 )

@@ -208,6 +208,7 @@ def test_text_prompt_is_a_user_turn_in_the_served_tokenizers_chat_template(clien
         ({"prompt_token_ids": [2, 3], "sampling": {"temperature": -1}}, "greater than or equal"),
         ({"prompt_token_ids": [2, 3], "sampling": {"temperature": 2.5}}, "less than or equal to 2"),
         ({"prompt_token_ids": [2, 3], "sampling": {"stop": ["\n", ""]}}, "at least 1 character"),
+        ({"prompt_token_ids": [2, 3], "sampling": {"seed": 2**70}}, "less than or equal to 18446744073709551615"),
         ({"prompt_token_ids": [2, 99999]}, "outside the vocabulary"),
         ({"prompt_token_ids": [2, -1]}, "outside the vocabulary"),
         ({"prompt_token_ids": [2], "prefix_token_ids": [384]}, "outside the vocabulary"),
