@@ -152,8 +152,7 @@ def _existing_report(run_dir: Path, steps: int) -> RunReport | None:
 
 def _run_options(options: CompareOptions, name: str, seed: int, run_dir: Path, first: bool) -> RunOptions:
     variant = VARIANTS[name]
-    document = yaml.safe_load(options.config.read_text()) if options.config else {}
-    document = document or {}
+    document = _config_document(options)
     algorithm = document.setdefault("learner", {}).setdefault("algorithm", {})
     algorithm.update(variant.overrides)
     if options.demonstrations is not None:
@@ -174,10 +173,15 @@ def _run_options(options: CompareOptions, name: str, seed: int, run_dir: Path, f
     )
 
 
+def _config_document(options: CompareOptions) -> dict:
+    """The user's YAML (``--config``), read afresh: callers change their copy."""
+    return (yaml.safe_load(options.config.read_text()) if options.config else None) or {}
+
+
 def demonstration_style(options: CompareOptions) -> str:
     if options.demonstrations is not None:
         return options.demonstrations
-    document = (yaml.safe_load(options.config.read_text()) if options.config else None) or {}
+    document = _config_document(options)
     return ((document.get("learner") or {}).get("task") or {}).get("demonstrations", "column")
 
 
@@ -341,6 +345,7 @@ def _paper_pairs(comparison: Comparison, split: str) -> list[str]:
 
 def write_results(comparison: Comparison, path: Path, curves: Path) -> None:
     options = comparison.options
+    style = demonstration_style(options)
     splits = sorted(comparison.base)
     image = path.parent / "results" / f"{path.stem}.png"  # one per report: a second comparison keeps its own
     image.parent.mkdir(parents=True, exist_ok=True)
@@ -379,7 +384,7 @@ def write_results(comparison: Comparison, path: Path, curves: Path) -> None:
         f"- Budget per run: {options.steps} optimizer steps, the same prompts per step and rollouts per prompt "
         f"for every RL variant; seeds {seeds}; evaluation on {options.eval_problems} problems per split "
         f"(greedy{f', and avg@{options.eval_k} at temperature 0.6' if options.eval_k else ''}).",
-        f"- Demonstrations: {DEMO_STYLE_WORDS.get(demonstration_style(options), demonstration_style(options))}.",
+        f"- Demonstrations: {DEMO_STYLE_WORDS.get(style, style)}.",
         "",
         f"## Accuracy after training (mean ± sample std over {len(options.seeds)} seeds)",
         "",
