@@ -37,7 +37,7 @@ run: install
 	$(VENV)/bin/prefix-rft run $(RUN_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check shared services tests benchmarks
+	$(VENV)/bin/ruff check shared services launcher tests benchmarks
 
 clean:
 	rm -rf $(VENV) runs .cache

@@ -21,7 +21,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from services.jobs.compare import MAIN_VARIANTS, VARIANTS, CompareOptions, Comparison, run_compare
+from launcher.compare import MAIN_VARIANTS, VARIANTS, CompareOptions, Comparison, run_compare
 
 STYLES = {
     # style: (variants, runs folder, report)

@@ -24,8 +24,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from services.jobs.pipeline import PipelineStats
-from services.jobs.run import RunOptions, run_job
+from launcher.pipeline import PipelineStats
+from launcher.run import RunOptions, run_job
 
 
 def run_one(out: Path, staleness: int, steps: int, seed: int, pin_cores: bool) -> PipelineStats:

@@ -31,8 +31,8 @@ from math_verify import parse, verify
 from rich.console import Console
 from rich.table import Table
 
+from launcher.processes import free_port, start_process, wait_http_ready
 from services.reward.verifiers import gold_text, prediction_text
-from shared.processes import free_port, start_process, wait_http_ready
 
 FILLER = [
     "Let us set up the problem carefully.",

@@ -40,8 +40,8 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from launcher.processes import free_port, start_process, start_redis_server, wait_http_ready
 from shared.modeling import cached_build, default_cache_dir, load_tokenizer, prompt_token_ids
-from shared.processes import free_port, start_process, start_redis_server, wait_http_ready
 from shared.tasks.arithmetic import ArithmeticTask
 
 TOKEN = "bench-token"

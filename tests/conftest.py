@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from shared.processes import start_redis_server
+from launcher.processes import start_redis_server
 
 
 @pytest.fixture(scope="session")

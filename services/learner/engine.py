@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from services.learner.settings import LearnerSettings
-from shared.processes import free_port
+from shared.net import free_port
 
 log = logging.getLogger(__name__)
 

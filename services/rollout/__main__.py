@@ -2,7 +2,7 @@
 
 import sys
 
-from services.cli import app
+from launcher.cli import app
 
 if __name__ == "__main__":
     app(["rollout", *sys.argv[1:]])

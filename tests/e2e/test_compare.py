@@ -20,7 +20,7 @@ def test_compare_writes_results_and_reuses_runs(tmp_path, default_base_dir):
     args = [
         sys.executable,
         "-m",
-        "services.cli",
+        "launcher.cli",
         "compare",
         "--variants",
         "rft,prefix-rft",

@@ -25,7 +25,7 @@ learner:
 
 
 def _prefix_rft(*args: str, cwd: Path) -> list[str]:
-    return [sys.executable, "-m", "services.cli", *args]
+    return [sys.executable, "-m", "launcher.cli", *args]
 
 
 def _alive(pid: int) -> bool:

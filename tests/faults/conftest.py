@@ -8,8 +8,8 @@ from pathlib import Path
 
 import httpx
 
-from services.jobs.deployment import LocalDeployment
-from services.jobs.ledger import Ledger, reconcile_run
+from launcher.deployment import LocalDeployment
+from launcher.ledger import Ledger, reconcile_run
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -23,7 +23,7 @@ import pytest
 import redis
 import yaml
 
-from services.jobs.deployment import LocalDeployment
+from launcher.deployment import LocalDeployment
 from shared.codec import decode
 from shared.messages import Task, TrajectoryGroup
 from shared.streams import Keys
@@ -226,7 +226,7 @@ def test_the_finished_run_reconciles_exactly(run):
     assert len(ledger.trained) == TOTAL_STEPS * 2  # batch_prompts groups per step, each once
     assert ledger.tasks_dead == 0
     assert _labelled(run.worker(), "rollout_tasks_total", 'outcome="reward_refused"') > 0, "no request was refused"
-    command = [sys.executable, "-m", "services.cli", "ledger", str(run.run_dir), "--redis-url", run.redis_url]
+    command = [sys.executable, "-m", "launcher.cli", "ledger", str(run.run_dir), "--redis-url", run.redis_url]
     printed = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert printed.returncode == 0 and "reconciles: yes" in printed.stdout, printed.stdout + printed.stderr
 

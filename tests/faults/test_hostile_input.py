@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
-from services.jobs.deployment import LocalDeployment
+from launcher.deployment import LocalDeployment
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 

@@ -20,9 +20,9 @@ import pytest
 import redis
 import yaml
 
+from launcher.processes import ManagedProcess, free_port, redis_server_binary, start_process, wait_http_ready
 from shared.codec import decode_value
 from shared.messages import WorkerInfo
-from shared.processes import ManagedProcess, free_port, redis_server_binary, start_process, wait_http_ready
 from shared.streams import Keys
 from tests.unit.test_deploy_tools import load_compose, prepared_checkout
 

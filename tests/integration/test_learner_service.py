@@ -23,10 +23,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from launcher.processes import free_port, start_process, wait_http_ready
 from shared.codec import decode_value
 from shared.messages import RolloutKind, Task, Trajectory, TrajectoryGroup, WeightsRecord
 from shared.modeling import load_tokenizer
-from shared.processes import free_port, start_process, wait_http_ready
 from shared.streams import TASKS_GROUP, TRAJECTORIES_GROUP, Keys, StreamQueue
 from tests.integration.test_learner_weights import register, served_version, weight_swaps
 from tests.integration.test_rollout_http import TOKEN

@@ -12,13 +12,13 @@ import os
 import pytest
 import torch
 
+from launcher.processes import free_port
 from services.learner.batching import collate, sft_batch
 from services.learner.engine import build_engine, init_distributed
 from services.learner.settings import LearnerSettings
 from services.learner.trainer import Trainer
 from shared.messages import RolloutKind, Trajectory, TrajectoryGroup
 from shared.modeling import load_model, load_tokenizer, prompt_token_ids, response_token_ids
-from shared.processes import free_port
 from shared.tasks.arithmetic import ArithmeticTask
 
 pytestmark = pytest.mark.integration

@@ -10,13 +10,13 @@ import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
+from launcher.processes import free_port
 from services.learner.metrics import JsonlLog, StepMetrics
 from services.learner.status import BackgroundServer, make_app
 from services.learner.weights import Publisher, WeightStore, live_workers
 from shared.codec import decode_value, encode_value
 from shared.messages import WeightsRecord, WorkerInfo
 from shared.modeling import load_model
-from shared.processes import free_port
 from shared.streams import Keys
 from tests.integration.test_rollout_http import TOKEN
 

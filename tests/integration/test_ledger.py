@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from services.jobs.ledger import reconcile
+from launcher.ledger import reconcile
 from shared.codec import encode
 from shared.messages import SamplingParams, Task, Trajectory, TrajectoryGroup
 from shared.streams import TASKS_GROUP, TRAJECTORIES_GROUP, Keys, StreamQueue

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from shared.processes import free_port, start_process, wait_http_ready
+from launcher.processes import free_port, start_process, wait_http_ready
 
 pytestmark = pytest.mark.integration
 

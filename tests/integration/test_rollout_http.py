@@ -17,8 +17,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from launcher.processes import free_port, start_process, wait_http_ready
 from shared.modeling import load_model, load_tokenizer, prompt_token_ids, response_token_ids
-from shared.processes import free_port, start_process, wait_http_ready
 from shared.tasks.arithmetic import ArithmeticTask
 
 pytestmark = pytest.mark.integration

@@ -12,10 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from launcher.processes import free_port, start_process, wait_http_ready
 from shared.codec import decode, decode_value, encode_value
 from shared.messages import RolloutKind, SamplingParams, Task, TrajectoryGroup, WeightsRecord, WorkerInfo
 from shared.modeling import load_tokenizer, prompt_token_ids, response_token_ids
-from shared.processes import free_port, start_process, wait_http_ready
 from shared.streams import TASKS_GROUP, Keys, StreamQueue
 from shared.tasks.arithmetic import ArithmeticTask
 

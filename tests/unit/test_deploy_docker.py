@@ -60,7 +60,7 @@ def test_entrypoint_is_the_prefix_rft_command():
     entrypoints = [json.loads(args) for name, args in instructions(DOCKERFILE.read_text()) if name == "ENTRYPOINT"]
     assert entrypoints[-1] == ["tini", "--", "prft-entrypoint", "prefix-rft"]
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["prefix-rft"] == "services.cli:app"
+    assert scripts["prefix-rft"] == "launcher.cli:app"
 
 
 def test_image_runs_as_a_non_root_user_with_a_health_check():

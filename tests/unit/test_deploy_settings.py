@@ -65,7 +65,7 @@ def cli_commands() -> dict:
     """The `prefix-rft` sub-commands, as click sees them (what the console script runs)."""
     import typer
 
-    from services.cli import app
+    from launcher.cli import app
 
     return typer.main.get_command(app).commands
 

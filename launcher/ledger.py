@@ -22,7 +22,7 @@ from pathlib import Path
 import redis
 import yaml
 
-from shared.processes import start_redis_server
+from launcher.processes import start_redis_server
 from shared.streams import TASKS_GROUP, TRAJECTORIES_GROUP, Keys
 
 

@@ -22,11 +22,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from services.jobs.cpus import available_cores, plan_cores
-from services.jobs.deployment import LocalDeployment
-from services.jobs.evaluate import EvalResult, EvalSettings, evaluate
-from services.jobs.pipeline import pipeline_stats, worker_busy_seconds
-from services.jobs.report import AccuracyPoint, RunReport, print_summary, read_metrics, write_report
+from launcher.cpus import available_cores, plan_cores
+from launcher.deployment import LocalDeployment
+from launcher.evaluate import EvalResult, EvalSettings, evaluate
+from launcher.pipeline import pipeline_stats, worker_busy_seconds
+from launcher.report import AccuracyPoint, RunReport, print_summary, read_metrics, write_report
 from services.learner.algorithm import AlgorithmName
 from shared.data import load_problems
 from shared.modeling import load_tokenizer
@@ -66,7 +66,7 @@ class RunOptions(BaseModel):
     evaluate: bool = True  # False: no evaluation at all (the pipeline benchmark times training alone)
     evaluate_before: bool = True  # False: skip the base policy's evaluation (a comparison does it once)
     curve_problems: int = Field(64, ge=1)
-    pin_cores: bool = True  # disjoint cores for the learner and the workers (see services.jobs.cpus)
+    pin_cores: bool = True  # disjoint cores for the learner and the workers (see launcher.cpus)
     eval: EvalSettings = EvalSettings()
 
 

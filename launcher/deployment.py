@@ -11,8 +11,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.jobs.cpus import CorePlan, pin, thread_env
-from shared.processes import (
+from launcher.cpus import CorePlan, pin, thread_env
+from launcher.processes import (
     ManagedProcess,
     ProcessDied,
     free_port,

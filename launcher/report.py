@@ -9,8 +9,8 @@ from pydantic import BaseModel, Field
 from rich.console import Console
 from rich.table import Table
 
-from services.jobs.evaluate import EvalResult
-from services.jobs.pipeline import PipelineStats
+from launcher.evaluate import EvalResult
+from launcher.pipeline import PipelineStats
 
 
 class AccuracyPoint(BaseModel):

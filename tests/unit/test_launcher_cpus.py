@@ -1,6 +1,6 @@
 """How a local deployment splits the machine's cores between the learner and the rollout workers."""
 
-from services.jobs.cpus import plan_cores, thread_env
+from launcher.cpus import plan_cores, thread_env
 
 
 def test_two_cores_give_the_learner_one_and_the_worker_the_other():

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from services.jobs.compare import (
+from launcher.compare import (
     VARIANTS,
     CompareOptions,
     Comparison,
@@ -15,8 +15,8 @@ from services.jobs.compare import (
     validate_variants,
     write_results,
 )
-from services.jobs.evaluate import EvalResult
-from services.jobs.report import RunReport
+from launcher.evaluate import EvalResult
+from launcher.report import RunReport
 from services.learner.algorithm import AlgorithmName
 
 

@@ -56,7 +56,7 @@ def load_or_fail(settings_cls, config: Path | None, **overrides):
 @contextmanager
 def failing_cleanly(died: str, interrupted: str):
     """A job that stopped its processes (a service died, Ctrl-C or SIGTERM) ends with a message, not a trace."""
-    from services.jobs.deployment import ProcessDied
+    from launcher.deployment import ProcessDied
 
     try:
         yield
@@ -166,7 +166,7 @@ def run_command(
     """Run a whole Prefix-RFT training job locally: redis, reward, rollout workers, learner, evaluation, report."""
     from pydantic import ValidationError
 
-    from services.jobs.run import RunOptions, run_job
+    from launcher.run import RunOptions, run_job
     from services.learner.algorithm import AlgorithmName
 
     setup_logging("WARNING")
@@ -223,7 +223,7 @@ def compare_command(
     seeds, and write the comparison (table, curves, raw metrics, docs/results.md)."""
     from pydantic import ValidationError
 
-    from services.jobs.compare import MAIN_VARIANTS, VARIANTS, CompareOptions, command_line, run_compare
+    from launcher.compare import MAIN_VARIANTS, VARIANTS, CompareOptions, command_line, run_compare
 
     setup_logging("WARNING")
     names = {"all": list(VARIANTS), "main": list(MAIN_VARIANTS)}.get(variants, variants.split(","))
@@ -267,8 +267,8 @@ def eval_command(
     import asyncio
     import tempfile
 
-    from services.jobs.deployment import LocalDeployment, ProcessDied
-    from services.jobs.evaluate import EvalSettings, evaluate, problems_for_split
+    from launcher.deployment import LocalDeployment, ProcessDied
+    from launcher.evaluate import EvalSettings, evaluate, problems_for_split
     from shared.modeling import load_tokenizer
 
     setup_logging("WARNING")
@@ -311,7 +311,7 @@ def ledger_command(
     redis_url: str = typer.Option(None, help="The run's live redis-server (default: a copy of its append-only file)."),
 ) -> None:
     """Reconcile a run: groups produced = trained + dropped as stale + still queued, no id trained twice."""
-    from services.jobs.ledger import reconcile_run, reconcile_stopped_run
+    from launcher.ledger import reconcile_run, reconcile_stopped_run
 
     try:
         ledger = reconcile_run(run_dir, redis_url) if redis_url else reconcile_stopped_run(run_dir)

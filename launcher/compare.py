@@ -23,9 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.table import Table
 
-from services.jobs.evaluate import EvalSettings
-from services.jobs.report import RunReport, read_metrics
-from services.jobs.run import RunOptions, run_job
+from launcher.evaluate import EvalSettings
+from launcher.report import RunReport, read_metrics
+from launcher.run import RunOptions, run_job
 from services.learner.algorithm import AlgorithmName
 from shared.tasks.arithmetic import DemoStyle
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from services.jobs.pipeline import pipeline_stats
+from launcher.pipeline import pipeline_stats
 
 
 def steps(n: int, wall: float, train: float, wait: float) -> list[dict]:
