@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
+from shared.datasets.arithmetic import ArithmeticDataset
 from shared.modeling import load_model, load_tokenizer, prompt_token_ids, response_token_ids
-from shared.tasks.arithmetic import ArithmeticTask
 
 
 def main() -> None:
@@ -39,7 +39,7 @@ def main() -> None:
 
         args.model = default_base_policy()
     tokenizer, model = load_tokenizer(args.model), load_model(args.model).eval()
-    candidates = ArithmeticTask(demonstrations=args.demonstrations).problems("train")[: args.problems * 10]
+    candidates = ArithmeticDataset(demonstrations=args.demonstrations).problems("train")[: args.problems * 10]
     problems = [p for p in candidates if p.prompt.count("Then ") == 3]
     entropies, disagree, demo_logprobs = [], [], []
     for problem in problems[: args.problems]:

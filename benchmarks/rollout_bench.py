@@ -41,8 +41,8 @@ from rich.console import Console
 from rich.table import Table
 
 from launcher.processes import free_port, start_process, start_redis_server, wait_http_ready
+from shared.datasets.arithmetic import ArithmeticDataset
 from shared.modeling import cached_build, default_cache_dir, load_tokenizer, prompt_token_ids
-from shared.tasks.arithmetic import ArithmeticTask
 
 TOKEN = "bench-token"
 SMOLLM2_135M_SHAPE = dict(
@@ -53,7 +53,7 @@ SMOLLM2_135M_SHAPE = dict(
 
 def workload(model_dir: Path, prompts: int, n: int, max_tokens: int) -> list[dict]:
     tokenizer = load_tokenizer(model_dir)
-    problems = ArithmeticTask().problems("warmup")[:prompts]
+    problems = ArithmeticDataset().problems("warmup")[:prompts]
     return [
         {
             "prompt_token_ids": prompt_token_ids(tokenizer, p.prompt),

@@ -27,7 +27,7 @@ from launcher.evaluate import EvalSettings
 from launcher.report import RunReport, read_metrics
 from launcher.run import RunOptions, run_job
 from services.learner.algorithm import AlgorithmName
-from shared.tasks.arithmetic import DemoStyle
+from shared.datasets.arithmetic import DemoStyle
 
 
 class Variant(BaseModel):
@@ -156,7 +156,7 @@ def _run_options(options: CompareOptions, name: str, seed: int, run_dir: Path, f
     algorithm = document.setdefault("learner", {}).setdefault("algorithm", {})
     algorithm.update(variant.overrides)
     if options.demonstrations is not None:
-        document["learner"].setdefault("task", {})["demonstrations"] = options.demonstrations
+        document["learner"].setdefault("dataset", {})["demonstrations"] = options.demonstrations
     run_dir.mkdir(parents=True, exist_ok=True)
     config = run_dir / "compare.yaml"
     config.write_text(yaml.safe_dump(document, sort_keys=False))
@@ -182,7 +182,7 @@ def demonstration_style(options: CompareOptions) -> str:
     if options.demonstrations is not None:
         return options.demonstrations
     document = _config_document(options)
-    return ((document.get("learner") or {}).get("task") or {}).get("demonstrations", "column")
+    return ((document.get("learner") or {}).get("dataset") or {}).get("demonstrations", "column")
 
 
 DEMO_STYLE_WORDS = {

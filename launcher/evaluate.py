@@ -123,10 +123,10 @@ def problems_for_split(split: str, limit: int, seed: int = 0) -> list[Problem]:
     from pathlib import Path
 
     from shared.data import load_problems
-    from shared.tasks.arithmetic import ArithmeticTask
+    from shared.datasets.arithmetic import ArithmeticDataset
 
     if split in ("id", "ood"):
-        return ArithmeticTask(seed=seed).problems("test" if split == "id" else "ood")[:limit]
+        return ArithmeticDataset(seed=seed).problems("test" if split == "id" else "ood")[:limit]
     path = Path(split)
     if not path.is_file():
         raise ValueError(f"--split {split!r} is neither 'id', 'ood' nor an existing data file")

@@ -29,9 +29,9 @@ from launcher.pipeline import pipeline_stats, worker_busy_seconds
 from launcher.report import AccuracyPoint, RunReport, print_summary, read_metrics, write_report
 from services.learner.algorithm import AlgorithmName
 from shared.data import load_problems
+from shared.datasets.arithmetic import ArithmeticDataset
 from shared.modeling import load_tokenizer
 from shared.problems import Problem
-from shared.tasks.arithmetic import ArithmeticTask
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def _resolve_model(options: RunOptions, console: Console) -> Path:
 
 def _eval_splits(options: RunOptions) -> dict[str, list[Problem]]:
     if options.data is None:
-        task = ArithmeticTask(seed=0)
+        task = ArithmeticDataset(seed=0)
         return {
             "id": task.problems("test")[: options.eval_problems],
             "ood": task.problems("ood")[: options.eval_problems],

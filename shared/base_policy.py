@@ -8,6 +8,7 @@ The result is cached on disk, keyed by everything that determines it.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import random
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from shared.datasets.arithmetic import ArithmeticDataset
 from shared.modeling import (
     DefaultModelSpec,
     build_default_model,
@@ -27,7 +29,6 @@ from shared.modeling import (
     response_token_ids,
     save_model,
 )
-from shared.tasks.arithmetic import ArithmeticTask
 
 log = logging.getLogger(__name__)
 
@@ -49,26 +50,29 @@ class DefaultPolicySpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: DefaultModelSpec = DefaultModelSpec()
-    task: ArithmeticTask = ArithmeticTask()
+    dataset: ArithmeticDataset = ArithmeticDataset()
     warmup: WarmupSpec = WarmupSpec()
 
-    @field_validator("task")
+    @field_validator("dataset")
     @classmethod
-    def _own_style(cls, task: ArithmeticTask) -> ArithmeticTask:
+    def _own_style(cls, dataset: ArithmeticDataset) -> ArithmeticDataset:
         # The base policy is what the column style is the own distribution of: its tokenizer and
         # warm-up are built from column demonstrations. Teacher demonstrations are for training runs.
-        if task.demonstrations != "column":
-            raise ValueError(f"the base policy is built from column demonstrations, not {task.demonstrations!r}")
-        return task
+        if dataset.demonstrations != "column":
+            raise ValueError(f"the base policy is built from column demonstrations, not {dataset.demonstrations!r}")
+        return dataset
 
     def cache_name(self, stage: str) -> str:
         # The random init does not depend on the warm-up, so changing the warm-up keeps it. The
         # demonstration style is always "column" here; leaving it out keeps the keys of caches built
         # before the field existed.
-        excluded: dict = {"task": {"demonstrations"}}
+        excluded: dict = {"dataset": {"demonstrations"}}
         if stage == "init":
             excluded["warmup"] = True
-        determined_by = self.model_dump_json(exclude=excluded)
+        # Under its former name "task", so caches built before the rename keep their keys.
+        fields = self.model_dump(mode="json", exclude=excluded)
+        fields = {("task" if key == "dataset" else key): value for key, value in fields.items()}
+        determined_by = json.dumps(fields, separators=(",", ":"))
         digest = hashlib.sha256(f"{BUILD_REVISION}:{stage}:{determined_by}".encode()).hexdigest()[:12]
         return f"default-{stage}-{digest}"
 
@@ -78,8 +82,8 @@ def default_init_model(spec: DefaultPolicySpec = DefaultPolicySpec(), cache_dir:
     cache_dir = cache_dir or default_cache_dir()
 
     def build(out: Path) -> None:
-        corpus = [p.prompt + "\n" + d for p in spec.task.problems("warmup")[:5000] for d in p.demonstrations]
-        corpus += [p.prompt + "\n" + d for p in spec.task.problems("ood")[:500] for d in p.demonstrations]
+        corpus = [p.prompt + "\n" + d for p in spec.dataset.problems("warmup")[:5000] for d in p.demonstrations]
+        corpus += [p.prompt + "\n" + d for p in spec.dataset.problems("ood")[:500] for d in p.demonstrations]
         build_default_model(spec.model, corpus, out)
 
     return cached_build(cache_dir, spec.cache_name("init"), build)
@@ -97,7 +101,7 @@ def warm_up(init_dir: Path, spec: DefaultPolicySpec, out_dir: Path) -> None:
     tokenizer = load_tokenizer(init_dir)
     model = load_model(init_dir)
     examples = [
-        _sft_example(tokenizer, p.prompt, d) for p in spec.task.problems("warmup") for d in p.demonstrations
+        _sft_example(tokenizer, p.prompt, d) for p in spec.dataset.problems("warmup") for d in p.demonstrations
     ]
     rng = random.Random(spec.warmup.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.warmup.lr, weight_decay=0.0)

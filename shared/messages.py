@@ -131,7 +131,7 @@ class RolloutKind(str, Enum):
     demonstration = "demonstration"  # the whole demonstration, no generation (LUFFY, SFT)
 
 
-class Task(Message):
+class RolloutTask(Message):
     """One prompt group to generate: issued by the learner, consumed by a rollout worker."""
 
     id: str = Field(min_length=1)

@@ -20,7 +20,7 @@ from services.learner.intake import GroupIntake
 from services.learner.metrics import JsonlLog, StepMetrics, batch_stats
 from services.learner.settings import LearnerSettings
 from services.learner.weights import Publisher, WeightStore
-from shared.messages import Task, TrajectoryGroup
+from shared.messages import RolloutTask, TrajectoryGroup
 from shared.modeling import prompt_token_ids
 from shared.problems import Problem
 from shared.streams import TASKS_GROUP, TRAJECTORIES_GROUP, Keys, StreamQueue, connect
@@ -52,7 +52,7 @@ class Timings:
 
 def load_problems_for(settings: LearnerSettings) -> list[Problem]:
     if settings.data is None:
-        return settings.task.problems("train")
+        return settings.dataset.problems("train")
     from shared.data import load_problems
 
     return load_problems(settings.data)
@@ -81,7 +81,7 @@ class Coordinator:
         self.phase = "starting"
         self.keys = Keys(settings.redis.namespace)
         self.client = connect(settings.redis.url)
-        self.tasks = StreamQueue(self.client, self.keys.tasks, TASKS_GROUP, Task)
+        self.tasks = StreamQueue(self.client, self.keys.tasks, TASKS_GROUP, RolloutTask)
         self.tasks.ensure_group()
         self.trajectories = StreamQueue(self.client, self.keys.trajectories, TRAJECTORIES_GROUP, TrajectoryGroup)
         self.trajectories.ensure_group()

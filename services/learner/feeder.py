@@ -18,7 +18,7 @@ import redis
 
 from services.learner.algorithm import AlgorithmSettings
 from shared.codec import CodecError, decode, encode
-from shared.messages import SamplingParams, Task
+from shared.messages import RolloutTask, SamplingParams
 from shared.modeling import prompt_token_ids, response_token_ids
 from shared.prefix import PrefixSchedule
 from shared.problems import Problem
@@ -78,7 +78,7 @@ class TaskFactory:
         ids = response_token_ids(self.tokenizer, text)
         return (text, ids) if len(ids) >= 2 else None
 
-    def make(self, task_id: str, problem: Problem, position: int, step: int, version: int) -> Task:
+    def make(self, task_id: str, problem: Problem, position: int, step: int, version: int) -> RolloutTask:
         algo = self.algorithm
         demo = self.demonstration(problem)
         hybrid_prefixes: list[list[int]] = []
@@ -94,7 +94,7 @@ class TaskFactory:
             demonstrations = [ids] * algo.n_demonstration
             demonstration_texts = [text] * algo.n_demonstration
             n_on_policy = algo.n_on_policy
-        return Task(
+        return RolloutTask(
             id=task_id,
             prompt_id=problem.id,
             issued_at_version=version,
@@ -173,7 +173,7 @@ class Feeder:
         for entry_id, fields in self.client.xrange(self.keys.dead_letters(self.keys.tasks), min=start):
             self._dead_cursor = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
             try:
-                task_id = decode(Task, fields).id
+                task_id = decode(RolloutTask, fields).id
             except (CodecError, ValueError):
                 continue  # not a task (kept there for inspection): no place in the window to give back
             if self.owns(task_id) and task_id not in self.dead_ids:

@@ -21,7 +21,7 @@ from services.learner.coordinator import Coordinator, Plan
 from services.learner.engine import DistInfo, build_engine, init_distributed
 from services.learner.metrics import JsonlLog, StepMetrics
 from services.learner.settings import LearnerSettings
-from services.learner.status import BackgroundServer, make_app
+from services.learner.app import BackgroundServer, create_app
 from services.learner.trainer import Trainer
 from services.learner.weights import WeightStore, digest, full_state_dict
 
@@ -53,7 +53,7 @@ def serve(settings: LearnerSettings, resume: bool) -> None:
     server = None
     if is_main:
         # Up before the slow engine start, so a supervisor sees the process is alive.
-        app = make_app(lambda: holder["c"].status() if "c" in holder else {"phase": "starting"}, store, metrics)
+        app = create_app(lambda: holder["c"].status() if "c" in holder else {"phase": "starting"}, store, metrics)
         server = BackgroundServer(app, settings.host, settings.port)
         server.start()
     try:

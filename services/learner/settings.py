@@ -9,9 +9,9 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from services.learner.algorithm import AlgorithmSettings
+from shared.datasets.arithmetic import ArithmeticDataset
 from shared.messages import SamplingParams
 from shared.settings import ServiceSettings, StrictModel
-from shared.tasks.arithmetic import ArithmeticTask
 
 PAPER_LR = 1e-6
 # The built-in model has about a million parameters: at the paper's 1e-6 it would not move in a
@@ -44,7 +44,7 @@ class LearnerSettings(ServiceSettings):
     model: str | None = None
     # None: the built-in arithmetic task's train split; else a file for shared.data.load_problems.
     data: str | None = None
-    task: ArithmeticTask = ArithmeticTask()
+    dataset: ArithmeticDataset = ArithmeticDataset()
     # Given as a mapping, ``name`` selects the preset and the other keys override its fields.
     algorithm: AlgorithmSettings = AlgorithmSettings()
     sampling: SamplingParams = SamplingParams(temperature=1.0, max_tokens=256)

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from services.rollout.engine import EngineRequest
 from shared.messages import (
     RolloutKind,
+    RolloutTask,
     Sample,
     ScoreItem,
     ScoreResult,
-    Task,
     TokenIds,
     Trajectory,
     TrajectoryGroup,
@@ -30,7 +30,7 @@ class GroupPlan:
     hybrid_slots: list[tuple[int, int]]  # per hybrid prefix: (request index, sample index)
 
 
-def plan_group(task: Task) -> GroupPlan:
+def plan_group(task: RolloutTask) -> GroupPlan:
     requests: list[EngineRequest] = []
     on_policy = None
     if task.n_on_policy:
@@ -62,7 +62,7 @@ class Draft:
 
 
 def drafts(
-    task: Task, plan: GroupPlan, version: int, results: list[list[Sample]], decode: Callable[[TokenIds], str]
+    task: RolloutTask, plan: GroupPlan, version: int, results: list[list[Sample]], decode: Callable[[TokenIds], str]
 ) -> list[Draft]:
     out: list[Draft] = []
     if plan.on_policy_request is not None:
@@ -88,14 +88,14 @@ def drafts(
     return out
 
 
-def score_items(task: Task, group: list[Draft]) -> list[ScoreItem]:
+def score_items(task: RolloutTask, group: list[Draft]) -> list[ScoreItem]:
     return [
         ScoreItem(id=f"{task.id}:{i}", response=d.text, reference=task.reference, verifier=task.verifier)
         for i, d in enumerate(group)
     ]
 
 
-def assemble(task: Task, worker_id: str, group: list[Draft], scores: list[ScoreResult]) -> TrajectoryGroup:
+def assemble(task: RolloutTask, worker_id: str, group: list[Draft], scores: list[ScoreResult]) -> TrajectoryGroup:
     if len(scores) != len(group):
         raise ValueError(f"{len(scores)} scores for {len(group)} trajectories")
     trajectories = [

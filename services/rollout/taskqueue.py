@@ -11,7 +11,7 @@ import time
 import redis
 
 from shared.codec import CodecError, decode_value, encode, encode_value
-from shared.messages import Task, TrajectoryGroup, WeightsRecord, WorkerInfo
+from shared.messages import RolloutTask, TrajectoryGroup, WeightsRecord, WorkerInfo
 from shared.streams import TASKS_GROUP, Entry, Keys, StreamQueue
 
 # SADD and XADD in one step: a group is appended once, whichever worker finishes the task first,
@@ -32,7 +32,7 @@ class TaskQueue:
         self.client = client
         self.keys = keys
         self.consumer = consumer
-        self.queue: StreamQueue[Task] = StreamQueue(client, keys.tasks, TASKS_GROUP, Task)
+        self.queue: StreamQueue[RolloutTask] = StreamQueue(client, keys.tasks, TASKS_GROUP, RolloutTask)
         self.produced_key = keys.seen("produced")
         self._append_once = client.register_script(_APPEND_ONCE)
         self._reclaim_cursor = "0-0"
@@ -40,16 +40,16 @@ class TaskQueue:
     def ensure_group(self) -> None:
         self.queue.ensure_group()
 
-    def read_new(self, count: int, block_ms: int) -> list[Entry[Task]]:
+    def read_new(self, count: int, block_ms: int) -> list[Entry[RolloutTask]]:
         return self.queue.read(self.consumer, count=count, block_ms=block_ms)
 
-    def read_own_pending(self, count: int) -> list[Entry[Task]]:
+    def read_own_pending(self, count: int) -> list[Entry[RolloutTask]]:
         """Entries still pending on this consumer name (a worker restarted under the same id)."""
         reply = self.client.xreadgroup(TASKS_GROUP, self.consumer, {self.keys.tasks: "0"}, count=count)
         raw = [item for _, items in (reply or []) for item in items if item[1]]
         return self.queue._decode_all(raw)
 
-    def reclaim(self, min_idle_ms: int, count: int) -> list[Entry[Task]]:
+    def reclaim(self, min_idle_ms: int, count: int) -> list[Entry[RolloutTask]]:
         """Take over up to ``count`` entries idle longer than ``min_idle_ms`` (their worker stopped refreshing)."""
         reply = self.client.xautoclaim(
             self.keys.tasks, TASKS_GROUP, self.consumer, min_idle_time=min_idle_ms,
@@ -87,7 +87,7 @@ class TaskQueue:
     def ack(self, entry_id: str) -> None:
         self.queue.ack(entry_id)
 
-    def dead_letter(self, entry: Entry[Task], reason: str) -> None:
+    def dead_letter(self, entry: Entry[RolloutTask], reason: str) -> None:
         """Keep a task that can never produce a group for inspection, and stop its redelivery."""
         fields = {**encode(entry.message), b"error": reason.encode(), b"entry_id": entry.entry_id.encode()}
         self.client.xadd(self.keys.dead_letters(self.keys.tasks), fields)

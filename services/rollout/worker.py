@@ -23,7 +23,7 @@ from services.rollout.rewards import RewardClient, RewardRefused, RewardUnavaila
 from services.rollout.settings import RolloutSettings
 from services.rollout.taskqueue import TaskQueue
 from services.rollout.updates import StaleVersion, WeightUpdater
-from shared.messages import Task, WeightUpdate
+from shared.messages import RolloutTask, WeightUpdate
 from shared.streams import Entry, Keys, connect
 
 log = logging.getLogger(__name__)
@@ -33,8 +33,8 @@ READ_BLOCK_MS = 500
 
 @dataclass
 class InFlight:
-    entry: Entry[Task]
-    task: asyncio.Task
+    entry: Entry[RolloutTask]
+    runner: asyncio.Task
 
 
 class TaskWorker:
@@ -124,14 +124,14 @@ class TaskWorker:
         if self._consuming is not None:
             # Not cancelled: a read running on a thread would still take entries nobody then tracks.
             await asyncio.gather(self._consuming, return_exceptions=True)
-        pending = [f.task for f in self.inflight.values()]
+        pending = [f.runner for f in self.inflight.values()]
         if pending:
             log.info("finishing %d tasks in flight (up to %.0f s)", len(pending), self.settings.drain_timeout_s)
             await asyncio.wait(pending, timeout=self.settings.drain_timeout_s)
         left = list(self.inflight.values())
         for flight in left:
-            flight.task.cancel()
-        await asyncio.gather(*(f.task for f in left), return_exceptions=True)
+            flight.runner.cancel()
+        await asyncio.gather(*(f.runner for f in left), return_exceptions=True)
         self._drained.set()
         for task in (self._housekeeping_task, self._pull):
             if task is not None:
@@ -236,7 +236,7 @@ class TaskWorker:
 
     # ------------------------------------------------------------------ one task
 
-    async def _admit(self, entry: Entry[Task], check_deliveries: bool) -> None:
+    async def _admit(self, entry: Entry[RolloutTask], check_deliveries: bool) -> None:
         if self._stopping.is_set():
             await asyncio.to_thread(self.queue.release, [entry.entry_id])
             return
@@ -249,13 +249,13 @@ class TaskWorker:
                 await asyncio.to_thread(self.queue.dead_letter, entry, f"delivered {deliveries} times")
                 self.metrics.tasks.labels("dead_letter").inc()
                 return
-        task = asyncio.create_task(self._run(entry), name=f"task-{entry.message.id}")
+        runner = asyncio.create_task(self._run(entry), name=f"rollout-task-{entry.message.id}")
         if not self.inflight:
             self._busy_since = time.monotonic()
-        self.inflight[entry.entry_id] = InFlight(entry, task)
+        self.inflight[entry.entry_id] = InFlight(entry, runner)
         self.metrics.inflight_tasks.set(len(self.inflight))
 
-    async def _run(self, entry: Entry[Task]) -> None:
+    async def _run(self, entry: Entry[RolloutTask]) -> None:
         task = entry.message
         started = time.monotonic()
         try:
@@ -293,7 +293,7 @@ class TaskWorker:
             self.metrics.busy_seconds.inc(now - self._busy_since)
             self._busy_since = now
 
-    async def _produce(self, entry: Entry[Task]) -> str:
+    async def _produce(self, entry: Entry[RolloutTask]) -> str:
         task = entry.message
         if await asyncio.to_thread(self.queue.already_produced, task.id):
             await asyncio.to_thread(self.queue.ack, entry.entry_id)
@@ -330,7 +330,7 @@ class TaskWorker:
         await asyncio.to_thread(self.queue.ack, entry.entry_id)
         return "produced" if appended else "duplicate"
 
-    async def _score(self, task: Task, items: list, score) -> list:
+    async def _score(self, task: RolloutTask, items: list, score) -> list:
         """Score until the reward service answers: while it is down the task stays in flight (kept alive,
         so not redelivered and not counted against max_deliveries) and the worker takes no more work
         than its free slots; on SIGTERM the drain hands it back."""
@@ -341,7 +341,7 @@ class TaskWorker:
                 self.metrics.tasks.labels("reward_unavailable").inc()
                 log.error("task %s: %s; still trying", task.id, exc)
 
-    async def _release_quietly(self, entry: Entry[Task]) -> None:
+    async def _release_quietly(self, entry: Entry[RolloutTask]) -> None:
         try:
             await asyncio.to_thread(self.queue.release, [entry.entry_id])
         except redis.RedisError as exc:

@@ -25,7 +25,7 @@ import yaml
 
 from launcher.deployment import LocalDeployment
 from shared.codec import decode
-from shared.messages import Task, TrajectoryGroup
+from shared.messages import RolloutTask, TrajectoryGroup
 from shared.streams import Keys
 from tests.faults.conftest import learner_step, metric, read_jsonl, reconciled, wait_for, wait_for_step
 
@@ -77,7 +77,7 @@ def _job(token: str, namespace: str, model: Path, run_dir: Path) -> dict:
         },
         "learner": {
             "model": str(model),
-            "task": {"train_size": 200},
+            "dataset": {"train_size": 200},
             "algorithm": {"name": "prefix-rft", "n_rollouts": 4},
             "sampling": {"temperature": 1.0, "max_tokens": 32},
             "batch_prompts": 2,
@@ -237,7 +237,7 @@ def test_no_group_was_scored_twice_as_different_values(run):
     copy. A response the service refuses must have been stored as an error scoring 0."""
     keys = Keys(run.namespace)
     with _redis(run) as client:
-        tasks = {t.id: t for t in (decode(Task, f) for _, f in client.xrange(keys.tasks))}
+        tasks = {t.id: t for t in (decode(RolloutTask, f) for _, f in client.xrange(keys.tasks))}
         groups = [decode(TrajectoryGroup, f) for _, f in client.xrange(keys.trajectories)]
     assert len({g.id for g in groups}) == len(groups)
     refused = 0

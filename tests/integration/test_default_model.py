@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from shared.base_policy import DefaultPolicySpec, default_init_model
+from shared.datasets.arithmetic import ArithmeticDataset
 from shared.modeling import load_model, load_tokenizer, prompt_token_ids, response_token_ids
-from shared.tasks.arithmetic import ArithmeticTask
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +45,7 @@ def test_a_different_seed_gives_different_weights(tmp_path):
 def test_the_base_policy_refuses_teacher_demonstrations():
     # Its tokenizer and warm-up are built from the column style; teacher traces are for training runs.
     with pytest.raises(ValueError, match="column"):
-        DefaultPolicySpec(task=ArithmeticTask(demonstrations="teacher"))
+        DefaultPolicySpec(dataset=ArithmeticDataset(demonstrations="teacher"))
 
 
 def test_loads_as_a_qwen2_causal_lm_with_digits_as_single_tokens(default_init_dir):
@@ -87,7 +87,7 @@ def _greedy_accuracy(model_dir, problems) -> float:
 
 
 def test_base_policy_is_weak_but_not_hopeless(default_base_dir):
-    task = ArithmeticTask()
+    task = ArithmeticDataset()
     warmup = _greedy_accuracy(default_base_dir, task.problems("warmup")[:24])
     test = task.problems("test")[:48]
     accuracy = _greedy_accuracy(default_base_dir, test)

@@ -1,7 +1,7 @@
 """The learner as a real process against a real redis-server.
 
 Trajectory groups come from :class:`DemoProducer`, a stand-in for the rollout workers that turns
-every issued Task into a scored TrajectoryGroup without a model (the continuations are random
+every issued RolloutTask into a scored TrajectoryGroup without a model (the continuations are random
 tokens, the rewards hand-made); a few groups are tagged with old weight versions so that some are
 dropped as stale. Weight pushes go to a real HTTP endpoint registered as a worker.
 """
@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 
 from launcher.processes import free_port, start_process, wait_http_ready
 from shared.codec import decode_value
-from shared.messages import RolloutKind, Task, Trajectory, TrajectoryGroup, WeightsRecord
+from shared.messages import RolloutKind, RolloutTask, Trajectory, TrajectoryGroup, WeightsRecord
 from shared.modeling import load_tokenizer
 from shared.streams import TASKS_GROUP, TRAJECTORIES_GROUP, Keys, StreamQueue
 from tests.integration.test_learner_weights import register, served_version, weight_swaps
@@ -51,7 +51,7 @@ class DemoProducer(threading.Thread):
 
     def run(self) -> None:
         try:
-            tasks = StreamQueue(self.client, self.keys.tasks, TASKS_GROUP, Task)
+            tasks = StreamQueue(self.client, self.keys.tasks, TASKS_GROUP, RolloutTask)
             tasks.ensure_group()
             out = StreamQueue(self.client, self.keys.trajectories, TRAJECTORIES_GROUP, TrajectoryGroup)
             while not self.stopping.is_set():
@@ -66,7 +66,7 @@ class DemoProducer(threading.Thread):
         except BaseException as exc:  # reported by the test
             self.error = exc
 
-    def make(self, task: Task) -> TrajectoryGroup:
+    def make(self, task: RolloutTask) -> TrajectoryGroup:
         raw = self.client.get(self.keys.weights)
         current = decode_value(WeightsRecord, raw).version if raw else 0
         # Every few groups pretend a worker lagged three versions behind.
@@ -103,7 +103,7 @@ class DemoProducer(threading.Thread):
 def write_config(tmp_path: Path, redis_url: str, namespace: str, model_dir: Path, **learner) -> Path:
     section = {
         "model": str(model_dir),
-        "task": {"train_size": 200},
+        "dataset": {"train_size": 200},
         "algorithm": {"name": "prefix-rft", "n_rollouts": 4},
         "sampling": {"max_tokens": 32},
         "batch_prompts": 4,

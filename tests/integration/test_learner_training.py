@@ -17,9 +17,9 @@ from services.learner.batching import collate, sft_batch
 from services.learner.engine import build_engine, init_distributed
 from services.learner.settings import LearnerSettings
 from services.learner.trainer import Trainer
+from shared.datasets.arithmetic import ArithmeticDataset
 from shared.messages import RolloutKind, Trajectory, TrajectoryGroup
 from shared.modeling import load_model, load_tokenizer, prompt_token_ids, response_token_ids
-from shared.tasks.arithmetic import ArithmeticTask
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +36,7 @@ def continuation_logprobs(model, prompt: list[int], response: list[int], prefix_
 def fixed_groups(model_dir, n_prompts: int) -> list[TrajectoryGroup]:
     tokenizer = load_tokenizer(model_dir)
     model = load_model(model_dir).eval()
-    problems = ArithmeticTask(train_size=n_prompts).problems("train")
+    problems = ArithmeticDataset(train_size=n_prompts).problems("train")
     groups = []
     for index, problem in enumerate(problems):
         prompt = prompt_token_ids(tokenizer, problem.prompt)

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from launcher.processes import free_port
 from services.learner.metrics import JsonlLog, StepMetrics
-from services.learner.status import BackgroundServer, make_app
+from services.learner.app import BackgroundServer, create_app
 from services.learner.weights import Publisher, WeightStore, live_workers
 from shared.codec import decode_value, encode_value
 from shared.messages import WeightsRecord, WorkerInfo
@@ -51,7 +51,7 @@ def test_store_serves_and_prunes_versions(tmp_path, default_init_dir):
     metrics = StepMetrics(JsonlLog(tmp_path / "m.jsonl"))
     metrics.record({"step": 1, "loss": 0.5, "staleness_hist": {"0": 3}})
     port = free_port()
-    server = BackgroundServer(make_app(lambda: {"step": 1}, store, metrics), "127.0.0.1", port)
+    server = BackgroundServer(create_app(lambda: {"step": 1}, store, metrics), "127.0.0.1", port)
     server.start()
     try:
         base = f"http://127.0.0.1:{port}"
@@ -77,7 +77,7 @@ def test_push_reaches_live_workers_and_survives_dead_ones(
     store = WeightStore(tmp_path / "weights", keep=2)
     store.save(model, model.state_dict(), 5)
     port = free_port()
-    app = make_app(lambda: {}, store, StepMetrics(JsonlLog(tmp_path / "m.jsonl")))
+    app = create_app(lambda: {}, store, StepMetrics(JsonlLog(tmp_path / "m.jsonl")))
     server = BackgroundServer(app, "127.0.0.1", port)
     server.start()
     uri = f"http://127.0.0.1:{port}/v1/weights/5"

@@ -9,14 +9,14 @@ import pytest
 
 from launcher.ledger import reconcile
 from shared.codec import encode
-from shared.messages import SamplingParams, Task, Trajectory, TrajectoryGroup
+from shared.messages import RolloutTask, SamplingParams, Trajectory, TrajectoryGroup
 from shared.streams import TASKS_GROUP, TRAJECTORIES_GROUP, Keys, StreamQueue
 
 pytestmark = pytest.mark.integration
 
 
-def _task(i: int) -> Task:
-    return Task(
+def _task(i: int) -> RolloutTask:
+    return RolloutTask(
         id=f"run-{i:08d}",
         prompt_id=str(i),
         issued_at_version=0,
@@ -51,7 +51,7 @@ def _group(i: int) -> TrajectoryGroup:
 
 def _books(client, namespace: str, learner: Path, tasks: int, produced: int, events: list[dict]) -> Keys:
     keys = Keys(namespace)
-    task_queue = StreamQueue(client, keys.tasks, TASKS_GROUP, Task)
+    task_queue = StreamQueue(client, keys.tasks, TASKS_GROUP, RolloutTask)
     task_queue.ensure_group()
     trajectories = StreamQueue(client, keys.trajectories, TRAJECTORIES_GROUP, TrajectoryGroup)
     trajectories.ensure_group()

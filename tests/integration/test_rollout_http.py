@@ -18,8 +18,8 @@ import torch
 from safetensors.torch import save_file
 
 from launcher.processes import free_port, start_process, wait_http_ready
+from shared.datasets.arithmetic import ArithmeticDataset
 from shared.modeling import load_model, load_tokenizer, prompt_token_ids, response_token_ids
-from shared.tasks.arithmetic import ArithmeticTask
 
 pytestmark = pytest.mark.integration
 
@@ -272,7 +272,7 @@ def test_weight_push_swaps_the_served_model(client, tokenizer, default_init_dir,
     assert after["model_version"] == start + 1
     assert after["samples"][0]["token_ids"] == hf_greedy(default_base_dir, prompt, 40, eos)
     # A problem like those of its warm-up: the base policy answers it and ends with EOS.
-    short = prompt_token_ids(tokenizer, ArithmeticTask().problems("warmup")[0].prompt)
+    short = prompt_token_ids(tokenizer, ArithmeticDataset().problems("warmup")[0].prompt)
     answer = generate(client, prompt_token_ids=short, sampling={"temperature": 0.0, "max_tokens": 200})
     assert answer["samples"][0]["token_ids"] == hf_greedy(default_base_dir, short, 200, eos)
     # The warmed-up policy ends its answers: a stop on EOS keeps the EOS id as the last token.

@@ -10,7 +10,7 @@ from services.rollout.taskqueue import TaskQueue
 from shared.codec import decode, decode_value, encode_value
 from shared.messages import (
     RolloutKind,
-    Task,
+    RolloutTask,
     Trajectory,
     TrajectoryGroup,
     WeightsRecord,
@@ -21,8 +21,8 @@ from shared.streams import TASKS_GROUP, Keys, StreamQueue
 pytestmark = pytest.mark.integration
 
 
-def task(task_id: str) -> Task:
-    return Task(id=task_id, prompt_id="p", issued_at_version=0, step=0, prompt_token_ids=[2, 3], reference="1",
+def task(task_id: str) -> RolloutTask:
+    return RolloutTask(id=task_id, prompt_id="p", issued_at_version=0, step=0, prompt_token_ids=[2, 3], reference="1",
                 n_on_policy=1)
 
 
@@ -38,7 +38,7 @@ def queues(redis_client, namespace):
     keys = Keys(namespace)
     a, b = TaskQueue(redis_client, keys, "a"), TaskQueue(redis_client, keys, "b")
     a.ensure_group()
-    producer = StreamQueue(redis_client, keys.tasks, TASKS_GROUP, Task)
+    producer = StreamQueue(redis_client, keys.tasks, TASKS_GROUP, RolloutTask)
     return keys, producer, a, b
 
 
@@ -77,7 +77,7 @@ def test_dead_letters_keep_the_task_and_stop_redelivery(redis_client, queues):
     assert producer.pending() == 0
     (dead,) = redis_client.xrange(keys.dead_letters(keys.tasks))
     assert dead[1][b"error"] == b"prompt too long"
-    assert decode(Task, dead[1]).id == "bad"
+    assert decode(RolloutTask, dead[1]).id == "bad"
 
 
 def test_registry_and_weights_record(redis_client, queues):

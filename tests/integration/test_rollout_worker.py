@@ -14,10 +14,10 @@ import pytest
 
 from launcher.processes import free_port, start_process, wait_http_ready
 from shared.codec import decode, decode_value, encode_value
-from shared.messages import RolloutKind, SamplingParams, Task, TrajectoryGroup, WeightsRecord, WorkerInfo
+from shared.datasets.arithmetic import ArithmeticDataset
+from shared.messages import RolloutKind, RolloutTask, SamplingParams, TrajectoryGroup, WeightsRecord, WorkerInfo
 from shared.modeling import load_tokenizer, prompt_token_ids, response_token_ids
 from shared.streams import TASKS_GROUP, Keys, StreamQueue
-from shared.tasks.arithmetic import ArithmeticTask
 
 pytestmark = pytest.mark.integration
 
@@ -54,14 +54,14 @@ def start_worker(tmp: Path, name: str, model: Path, redis_url: str, namespace: s
     return process, f"http://127.0.0.1:{port}"
 
 
-def make_tasks(tokenizer, count: int, offset: int = 0, max_tokens: int = 64) -> list[Task]:
-    problems = ArithmeticTask().problems("warmup")[offset : offset + count]
+def make_tasks(tokenizer, count: int, offset: int = 0, max_tokens: int = 64) -> list[RolloutTask]:
+    problems = ArithmeticDataset().problems("warmup")[offset : offset + count]
     tasks = []
     for i, problem in enumerate(problems):
         demo_text = problem.demonstrations[0]
         demo = response_token_ids(tokenizer, demo_text)
         tasks.append(
-            Task(
+            RolloutTask(
                 id=f"task-{offset + i}",
                 prompt_id=problem.id,
                 issued_at_version=RECORDED_VERSION,
@@ -98,7 +98,7 @@ def wait_for(condition, timeout: float, what: str, processes=()):
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def check_group(group: TrajectoryGroup, task: Task, eos: int) -> None:
+def check_group(group: TrajectoryGroup, task: RolloutTask, eos: int) -> None:
     kinds = [t.kind for t in group.trajectories]
     assert kinds == [RolloutKind.on_policy] * N_ON_POLICY + [RolloutKind.hybrid, RolloutKind.demonstration]
     assert group.prompt_token_ids == task.prompt_token_ids and group.prompt_id == task.prompt_id
@@ -147,7 +147,7 @@ def test_workers_share_tasks_and_finish_the_work_of_a_killed_one(
         assert httpx.get(f"{url_a}/v1/weights").json() == {"version": RECORDED_VERSION}
 
         first = make_tasks(tokenizer, 4)
-        producer = StreamQueue(redis_client, keys.tasks, TASKS_GROUP, Task)
+        producer = StreamQueue(redis_client, keys.tasks, TASKS_GROUP, RolloutTask)
         for task in first:
             producer.append(task)
 
@@ -214,6 +214,6 @@ def test_workers_share_tasks_and_finish_the_work_of_a_killed_one(
 
 
 def _entries(redis_client, keys: Keys, entry_ids: list[str]):
-    queue = StreamQueue(redis_client, keys.tasks, TASKS_GROUP, Task)
+    queue = StreamQueue(redis_client, keys.tasks, TASKS_GROUP, RolloutTask)
     raw = [redis_client.xrange(keys.tasks, entry_id, entry_id)[0] for entry_id in entry_ids]
     return queue._decode_all(raw)

@@ -9,6 +9,7 @@ from shared.messages import (
     GenerateRequest,
     GenerateResponse,
     RolloutKind,
+    RolloutTask,
     Sample,
     SamplingParams,
     ScoreItem,
@@ -16,7 +17,6 @@ from shared.messages import (
     ScoreResponse,
     ScoreResult,
     ScoreStatus,
-    Task,
     Trajectory,
     TrajectoryGroup,
     WeightsRecord,
@@ -65,7 +65,7 @@ EVERY_MESSAGE = [
     WeightUpdate(version=3, uri="file:///tmp/w/model.safetensors"),
     ScoreRequest(items=[ScoreItem(id="a", response="\\boxed{2}", reference="2")]),
     ScoreResponse(results=[ScoreResult(id="a", reward=1.0, correct=True, extracted="2")]),
-    Task(
+    RolloutTask(
         id="t-1", prompt_id="p-1", issued_at_version=0, step=0, prompt_token_ids=[1, 2, 3],
         reference="5", n_on_policy=7, hybrid_prefixes=[[4, 5]], demonstrations=[[4, 5, 6]],
         demonstration_texts=["x"], sampling=SamplingParams(temperature=0.7, max_tokens=64),
@@ -103,8 +103,8 @@ def test_derived_fields_survive_the_round_trip(redis_client, namespace):
 
 
 def test_a_decoded_message_of_the_wrong_type_is_refused():
-    with pytest.raises(codec.CodecError, match="expected a Task"):
-        codec.decode(Task, codec.encode(WeightsRecord(version=1, uri="file:///x")))
+    with pytest.raises(codec.CodecError, match="expected a RolloutTask"):
+        codec.decode(RolloutTask, codec.encode(WeightsRecord(version=1, uri="file:///x")))
     fields = codec.encode(WeightsRecord(version=1, uri="file:///x"))
     fields[b"v"] = b"99"
     with pytest.raises(codec.CodecError, match="schema version 99"):
@@ -113,7 +113,7 @@ def test_a_decoded_message_of_the_wrong_type_is_refused():
 
 def test_unreadable_entries_go_to_dead_letters_not_lost(redis_client, namespace):
     stream = f"{namespace}:tasks"
-    queue = StreamQueue(redis_client, stream, "rollout", Task)
+    queue = StreamQueue(redis_client, stream, "rollout", RolloutTask)
     queue.ensure_group()
     redis_client.xadd(stream, {b"garbage": b"1"})
     assert queue.read("c", count=5) == []

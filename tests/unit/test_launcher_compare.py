@@ -73,17 +73,17 @@ def test_teacher_demonstrations_reach_the_learners_task_settings(tmp_path):
     options = CompareOptions(demonstrations="teacher", out=tmp_path)
     run = _run_options(options, "sft", seed=0, run_dir=tmp_path / "sft" / "seed-0", first=True)
     written = yaml.safe_load(run.config.read_text())
-    assert written["learner"]["task"] == {"demonstrations": "teacher"}
+    assert written["learner"]["dataset"] == {"demonstrations": "teacher"}
     assert demonstration_style(options) == "teacher"
 
 
 def test_the_demonstration_style_comes_from_the_config_when_not_given(tmp_path):
     user = tmp_path / "user.yaml"
-    user.write_text("learner:\n  task:\n    demonstrations: teacher\n")
+    user.write_text("learner:\n  dataset:\n    demonstrations: teacher\n")
     assert demonstration_style(CompareOptions(config=user)) == "teacher"
     assert demonstration_style(CompareOptions()) == "column"
     run = _run_options(CompareOptions(config=user), "rft", seed=0, run_dir=tmp_path / "rft", first=False)
-    assert yaml.safe_load(run.config.read_text())["learner"]["task"] == {"demonstrations": "teacher"}
+    assert yaml.safe_load(run.config.read_text())["learner"]["dataset"] == {"demonstrations": "teacher"}
 
 
 def test_an_unknown_demonstration_style_is_refused():

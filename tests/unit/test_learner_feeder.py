@@ -1,4 +1,4 @@
-"""Task composition: prefix cuts from the shared schedule, the baselines' groups, demo_fraction."""
+"""RolloutTask composition: prefix cuts from the shared schedule, the baselines' groups, demo_fraction."""
 
 import random
 
@@ -6,9 +6,9 @@ import pytest
 
 from services.learner.algorithm import AlgorithmSettings
 from services.learner.feeder import DataOrder, TaskFactory, keeps_demonstration
+from shared.datasets.arithmetic import ArithmeticDataset
 from shared.messages import SamplingParams
 from shared.modeling import load_tokenizer, prompt_token_ids, response_token_ids
-from shared.tasks.arithmetic import ArithmeticTask
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,7 @@ def tokenizer(default_init_dir):
 
 @pytest.fixture(scope="module")
 def problems():
-    return ArithmeticTask(train_size=50).problems("train")
+    return ArithmeticDataset(train_size=50).problems("train")
 
 
 def factory(tokenizer, algorithm: AlgorithmSettings) -> TaskFactory:

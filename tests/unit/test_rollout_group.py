@@ -3,19 +3,19 @@
 import pytest
 
 from services.rollout.group import assemble, drafts, plan_group, score_items
-from shared.messages import RolloutKind, Sample, SamplingParams, ScoreResult, ScoreStatus, Task
+from shared.messages import RolloutKind, RolloutTask, Sample, SamplingParams, ScoreResult, ScoreStatus
 
 EOS = 1
 
 
-def make_task(**kwargs) -> Task:
+def make_task(**kwargs) -> RolloutTask:
     fields = dict(
         id="t1", prompt_id="p1", issued_at_version=4, step=9, prompt_token_ids=[2, 10, 11, 3], reference="7",
         n_on_policy=2, hybrid_prefixes=[[20, 21], [30], [20, 21]], demonstrations=[[20, 21, 22, EOS]],
         demonstration_texts=["demo"], sampling=SamplingParams(temperature=1.0, max_tokens=8, seed=3),
     )
     fields.update(kwargs)
-    return Task(**fields)
+    return RolloutTask(**fields)
 
 
 def sample(tokens, finish="stop"):

@@ -62,7 +62,7 @@ class Difficulty(BaseModel):
         return rng.randint(self.min_ops, self.max_ops - 1)
 
 
-class ArithmeticTask(BaseModel):
+class ArithmeticDataset(BaseModel):
     """Sizes and difficulties of each split; ``seed`` makes every problem reproducible."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -3,14 +3,14 @@ import re
 import pytest
 from math_verify import parse, verify
 
-from shared.tasks.arithmetic import ArithmeticTask, Difficulty, Story, column_step
+from shared.datasets.arithmetic import ArithmeticDataset, Difficulty, Story, column_step
 
-SMALL = ArithmeticTask(train_size=300, test_size=100, ood_size=100, warmup_size=100)
+SMALL = ArithmeticDataset(train_size=300, test_size=100, ood_size=100, warmup_size=100)
 
 
 def test_problems_are_deterministic_from_the_seed():
-    assert SMALL.problems("train") == ArithmeticTask(**SMALL.model_dump()).problems("train")
-    other = ArithmeticTask(**{**SMALL.model_dump(), "seed": 1})
+    assert SMALL.problems("train") == ArithmeticDataset(**SMALL.model_dump()).problems("train")
+    other = ArithmeticDataset(**{**SMALL.model_dump(), "seed": 1})
     assert [p.prompt for p in other.problems("test")] != [p.prompt for p in SMALL.problems("test")]
 
 
@@ -34,7 +34,7 @@ def test_demonstration_arithmetic_is_right_line_by_line():
             assert int(result) == (int(a) + int(b) if op == "+" else int(a) - int(b)), line
 
 
-TEACHER = ArithmeticTask(**{**SMALL.model_dump(), "demonstrations": "teacher"})
+TEACHER = ArithmeticDataset(**{**SMALL.model_dump(), "demonstrations": "teacher"})
 
 
 @pytest.mark.parametrize("split", ["train", "test", "ood"])
@@ -64,7 +64,7 @@ def test_split_difficulty_is_the_number_of_operations(split, lo, hi):
 
 
 def test_the_warmup_is_one_and_two_steps_with_a_few_three_step_stories():
-    counts = [p.prompt.count("Then ") for p in ArithmeticTask(warmup_size=4000).problems("warmup")]
+    counts = [p.prompt.count("Then ") for p in ArithmeticDataset(warmup_size=4000).problems("warmup")]
     assert set(counts) == {1, 2, 3}
     assert 0.04 < counts.count(3) / len(counts) < 0.06
     assert abs(counts.count(1) - counts.count(2)) < 0.1 * len(counts)

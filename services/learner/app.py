@@ -19,7 +19,7 @@ from services.learner.weights import WeightStore
 log = logging.getLogger(__name__)
 
 
-def make_app(status: Callable[[], dict[str, Any]], store: WeightStore, metrics: StepMetrics) -> FastAPI:
+def create_app(status: Callable[[], dict[str, Any]], store: WeightStore, metrics: StepMetrics) -> FastAPI:
     app = FastAPI(title="Prefix-RFT learner")
 
     @app.get("/healthz")
