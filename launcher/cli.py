@@ -214,7 +214,7 @@ def compare_command(
     eval_k: int = typer.Option(4, min=0, help="Samples per problem for avg@k after training (0: greedy only)."),
     config: Path = typer.Option(None, help="YAML settings merged into every run."),
     demonstrations: str = typer.Option(
-        None, help="Demonstration style of the built-in dataset: column (the base policy's own) or teacher (off-policy)."
+        None, help="Built-in dataset demonstration style: column (the base policy's own) or teacher (off-policy)."
     ),
     out: Path = typer.Option(Path("runs/compare"), help="Where the runs and figures go (reused when re-run)."),
     results: Path = typer.Option(Path("docs/results.md"), help="The markdown report to write."),

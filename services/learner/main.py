@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from services.learner.app import BackgroundServer, create_app
 from services.learner.checkpoint import Checkpointer, LearnerState
 from services.learner.coordinator import Coordinator, Plan
 from services.learner.engine import DistInfo, build_engine, init_distributed
 from services.learner.metrics import JsonlLog, StepMetrics
 from services.learner.settings import LearnerSettings
-from services.learner.app import BackgroundServer, create_app
 from services.learner.trainer import Trainer
 from services.learner.weights import WeightStore, digest, full_state_dict
 

@@ -11,8 +11,8 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from launcher.processes import free_port
-from services.learner.metrics import JsonlLog, StepMetrics
 from services.learner.app import BackgroundServer, create_app
+from services.learner.metrics import JsonlLog, StepMetrics
 from services.learner.weights import Publisher, WeightStore, live_workers
 from shared.codec import decode_value, encode_value
 from shared.messages import WeightsRecord, WorkerInfo
