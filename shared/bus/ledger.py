@@ -37,6 +37,10 @@ class LedgerQueries:
     def dead_task_ids(self) -> EntryIds:
         return self._ids(self.keys.dead_tasks)
 
+    def dead_task_count(self) -> int:
+        """Every dead letter of the tasks stream, unreadable entries included."""
+        return int(self.client.xlen(self.keys.dead_tasks))
+
     def tasks(self) -> list[RolloutTask]:
         return [decode(RolloutTask, fields) for _, fields in self.client.xrange(self.keys.tasks)]
 
