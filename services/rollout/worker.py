@@ -108,7 +108,7 @@ class TaskWorker:
             try:
                 await asyncio.to_thread(self.tasks.ensure_group)
                 if await self._load_recorded_weights(force=True):
-                    await asyncio.to_thread(self._heartbeat)
+                    await asyncio.to_thread(self.registry.register, self._registry_entry())
                     self.registered = True
                     own = await asyncio.to_thread(
                         self.tasks.read_own_pending, self.worker_id, self.settings.max_inflight_tasks * 4
@@ -163,10 +163,8 @@ class TaskWorker:
         await self.rewards.close()
         self.client.close()
 
-    def _heartbeat(self) -> None:
-        self.registry.register(
-            WorkerInfo(worker_id=self.worker_id, url=self.url, version=self.engine.version, heartbeat_at=time.time())
-        )
+    def _registry_entry(self) -> WorkerInfo:
+        return WorkerInfo(worker_id=self.worker_id, url=self.url, version=self.engine.version, heartbeat_at=time.time())
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but wake up at once when the worker stops."""
@@ -222,7 +220,7 @@ class TaskWorker:
     async def _tick(self) -> None:
         ids = [f.entry.entry_id for f in self.inflight.values()]
         await asyncio.to_thread(self.tasks.keepalive, self.worker_id, ids)
-        await asyncio.to_thread(self._heartbeat)
+        await asyncio.to_thread(self.registry.register, self._registry_entry())
         self.metrics.inflight_tasks.set(len(self.inflight))
         if (self._pull is None or self._pull.done()) and not self._stopping.is_set():
             self._pull = asyncio.create_task(self._pull_weights())
