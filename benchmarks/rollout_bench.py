@@ -219,15 +219,13 @@ def build_135m(out: Path) -> None:
 
 def measure_startup(model_dir: Path, tmp: Path, redis_url: str, name: str) -> tuple[float, float]:
     """Seconds from spawn to /readyz 200, and to the worker's registry entry in Redis."""
-    import redis
+    from shared.bus import Keys, WorkerRegistry, connect
 
-    from shared.streams import Keys
-
-    client = redis.Redis.from_url(redis_url)
+    client = connect(redis_url)
     worker = Worker(model_dir, tmp, name, redis_url=redis_url)
     try:
-        key = Keys(f"bench-{name}").workers
-        while not client.hexists(key, name):
+        registry = WorkerRegistry(client, Keys(f"bench-{name}"))
+        while registry.get(name) is None:
             worker.process.check_alive()
             time.sleep(0.02)
         registered_s = time.perf_counter() - worker.started

@@ -19,11 +19,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import redis
 import yaml
 
 from launcher.processes import start_redis_server
-from shared.streams import TASKS_GROUP, TRAJECTORIES_GROUP, Keys
+from shared.bus import Keys, LedgerQueries, connect
 
 
 @dataclass
@@ -78,9 +77,9 @@ def reconcile_run(run_dir: Path, redis_url: str | None = None) -> Ledger:
     url = redis_url or config.get("redis", {}).get("url")
     if not url:
         raise ValueError(f"{run_dir}/job.yaml names no redis url")
-    client = redis.Redis.from_url(url)
+    client = connect(url, reconnect=False)
     try:
-        return reconcile(client, Keys(config["redis"]["namespace"]), run_dir / "learner")
+        return reconcile(LedgerQueries(client, Keys(config["redis"]["namespace"])), run_dir / "learner")
     finally:
         client.close()
 
@@ -100,7 +99,7 @@ def reconcile_stopped_run(run_dir: Path) -> Ledger:
             process.stop()
 
 
-def reconcile(client: redis.Redis, keys: Keys, learner_dir: Path) -> Ledger:
+def reconcile(bus: LedgerQueries, learner_dir: Path) -> Ledger:
     ledger = Ledger()
     _read_ledger(ledger, learner_dir / "ledger.jsonl")
     if (learner_dir / "final.json").is_file():
@@ -108,9 +107,9 @@ def reconcile(client: redis.Redis, keys: Keys, learner_dir: Path) -> Ledger:
         # a run, or after a crash, the lines of the steps since the last checkpoint are ahead of it.
         _read_metrics(ledger, learner_dir / "metrics.jsonl")
 
-    groups = _stream_ids(client, keys.trajectories)
+    groups = bus.trajectory_ids()
     ledger.stream_copies = len(groups)
-    ledger.produced = {_text(m) for m in client.smembers(keys.seen("produced"))}
+    ledger.produced = bus.produced_ids()
     copies = Counter(group_id for _, group_id in groups)
     if twice := sorted(i for i, n in copies.items() if n > 1):
         ledger.problems.append(f"groups appended more than once: {twice[:5]}")
@@ -128,7 +127,7 @@ def reconcile(client: redis.Redis, keys: Keys, learner_dir: Path) -> Ledger:
         ledger.problems.append(f"decided but never produced: {never[:5]}")
     ledger.queued = ledger.produced - decided
     # A group counted as queued must really still be in the learner's hands: undelivered, or pending.
-    undecided = _undecided_entries(client, keys.trajectories, TRAJECTORIES_GROUP, groups)
+    undecided = bus.undecided_trajectories(groups)
     if lost := sorted(ledger.queued - undecided):
         ledger.problems.append(f"produced, acknowledged, but neither trained nor dropped (lost): {lost[:5]}")
 
@@ -137,18 +136,17 @@ def reconcile(client: redis.Redis, keys: Keys, learner_dir: Path) -> Ledger:
         if got is not None and got != expected:
             ledger.problems.append(f"metrics.jsonl says {name} = {got}, the ledger {expected}")
 
-    _reconcile_tasks(ledger, client, keys)
+    _reconcile_tasks(ledger, bus)
     return ledger
 
 
-def _reconcile_tasks(ledger: Ledger, client: redis.Redis, keys: Keys) -> None:
-    feeder_keys = list(client.scan_iter(f"{keys.namespace}:learner:*:feeder"))
-    ledger.issued = sum(int(client.hget(k, "issued") or 0) for k in feeder_keys)
-    tasks = _stream_ids(client, keys.tasks)
-    dead = {gid for _, gid in _stream_ids(client, keys.dead_letters(keys.tasks))}
+def _reconcile_tasks(ledger: Ledger, bus: LedgerQueries) -> None:
+    ledger.issued = bus.issued_total()
+    tasks = bus.task_ids()
+    dead = {gid for _, gid in bus.dead_task_ids()}
     ledger.tasks_dead = len(dead)
     issued_ids = {gid for _, gid in tasks}
-    waiting = _undecided_entries(client, keys.tasks, TASKS_GROUP, tasks) - ledger.produced - dead
+    waiting = bus.undecided_tasks(tasks) - ledger.produced - dead
     ledger.tasks_waiting = len(waiting)
     if len(issued_ids) != ledger.issued:
         ledger.problems.append(
@@ -183,34 +181,3 @@ def _read_metrics(ledger: Ledger, path: Path) -> None:
         ledger.metrics_totals = {
             k: int(last[k]) for k in ("trained_groups_total", "dropped_stale_total") if last.get(k) is not None
         }
-
-
-def _stream_ids(client: redis.Redis, stream: str) -> list[tuple[str, str]]:
-    """(entry id, message id) of every entry; only the ``id`` of each JSON body is read."""
-    out = []
-    for entry_id, fields in client.xrange(stream):
-        body = fields.get(b"d")
-        if body is not None:
-            out.append((_text(entry_id), json.loads(body)["id"]))
-    return out
-
-
-def _undecided_entries(client: redis.Redis, stream: str, group: str, entries: list[tuple[str, str]]) -> set[str]:
-    """Message ids of entries not yet delivered to ``group``, or delivered and still pending."""
-    if not client.exists(stream):
-        return set()
-    info = next((g for g in client.xinfo_groups(stream) if _text(g["name"]) == group), None)
-    if info is None:
-        return {gid for _, gid in entries}
-    last = _entry_key(_text(info["last-delivered-id"]))
-    pending = {_text(p["message_id"]) for p in client.xpending_range(stream, group, "-", "+", count=1_000_000)}
-    return {gid for eid, gid in entries if _entry_key(eid) > last or eid in pending}
-
-
-def _entry_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -1,6 +1,6 @@
 """Pydantic models for every contract between services (HTTP bodies and Redis entries).
 
-The HTTP shapes follow docs/architecture.md; Redis entries go through :mod:`shared.codec`.
+The HTTP shapes follow docs/architecture.md; Redis entries go through :mod:`shared.bus.codec`.
 """
 
 from __future__ import annotations

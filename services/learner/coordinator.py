@@ -20,10 +20,10 @@ from services.learner.intake import GroupIntake
 from services.learner.metrics import JsonlLog, StepMetrics, batch_stats
 from services.learner.settings import LearnerSettings
 from services.learner.weights import Publisher, WeightStore
-from shared.messages import RolloutTask, TrajectoryGroup
+from shared.bus import Keys, TaskStream, TrajectoryStream, WeightsRecordStore, WorkerRegistry, connect
+from shared.messages import TrajectoryGroup
 from shared.modeling import prompt_token_ids
 from shared.problems import Problem
-from shared.streams import TASKS_GROUP, TRAJECTORIES_GROUP, Keys, StreamQueue, connect
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +81,12 @@ class Coordinator:
         self.phase = "starting"
         self.keys = Keys(settings.redis.namespace)
         self.client = connect(settings.redis.url)
-        self.tasks = StreamQueue(self.client, self.keys.tasks, TASKS_GROUP, RolloutTask)
+        self.tasks = TaskStream(self.client, self.keys)
         self.tasks.ensure_group()
-        self.trajectories = StreamQueue(self.client, self.keys.trajectories, TRAJECTORIES_GROUP, TrajectoryGroup)
+        self.trajectories = TrajectoryStream(self.client, self.keys)
         self.trajectories.ensure_group()
         self.feeder = Feeder(
-            self.client,
-            self.keys,
+            self.tasks,
             state.run_id,
             DataOrder(load_problems_for(settings), settings.seed),
             TaskFactory(tokenizer, settings.algorithm, settings.sampling, settings.seed),
@@ -104,8 +103,8 @@ class Coordinator:
         )
         self.intake.counts.update({k: int(v) for k, v in state.totals.items()})
         self.publisher = Publisher(
-            self.client,
-            self.keys,
+            WeightsRecordStore(self.client, self.keys),
+            WorkerRegistry(self.client, self.keys),
             settings.auth.token.get_secret_value(),
             settings.worker_ttl_s,
             settings.push_retries,

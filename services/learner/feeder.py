@@ -14,15 +14,12 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import redis
-
 from services.learner.algorithm import AlgorithmSettings
-from shared.codec import CodecError, decode, encode
+from shared.bus import FeederState, TaskStream
 from shared.messages import RolloutTask, SamplingParams
 from shared.modeling import prompt_token_ids, response_token_ids
 from shared.prefix import PrefixSchedule
 from shared.problems import Problem
-from shared.streams import Keys
 
 log = logging.getLogger(__name__)
 
@@ -109,19 +106,12 @@ class TaskFactory:
         )
 
 
-@dataclass
-class FeederState:
-    position: int = 0  # problems drawn from the data so far (tasks and SFT examples)
-    issued: int = 0  # tasks appended to the tasks stream
-
-
 class Feeder:
     """Appends tasks to the tasks stream inside the staleness window; draws SFT examples."""
 
     def __init__(
         self,
-        client: redis.Redis,
-        keys: Keys,
+        tasks: TaskStream,
         run_id: str,
         order: DataOrder,
         factory: TaskFactory,
@@ -129,8 +119,7 @@ class Feeder:
         batch_prompts: int,
         state: FeederState | None = None,
     ):
-        self.client = client
-        self.keys = keys
+        self.tasks = tasks
         self.run_id = run_id
         self.order = order
         self.factory = factory
@@ -140,11 +129,7 @@ class Feeder:
         # Own tasks a worker moved to the dead letters: they never produce a group, so each gives its
         # place in the window back (else enough of them would stall the learner for good).
         self.dead_ids: set[str] = set()
-        self._dead_cursor = "-"
-
-    @property
-    def state_key(self) -> str:
-        return f"{self.keys.namespace}:learner:{self.run_id}:feeder"
+        self._dead_cursor: str | None = None  # the last dead letter taken in
 
     def task_prefix(self) -> str:
         return f"{self.run_id}-"
@@ -154,9 +139,9 @@ class Feeder:
 
     def catch_up(self) -> None:
         """After a restore: continue after tasks issued since the checkpoint (they are still queued)."""
-        raw = self.client.hgetall(self.state_key)
-        if raw:
-            position, issued = int(raw[b"position"]), int(raw[b"issued"])
+        stored = self.tasks.feeder_state(self.run_id)
+        if stored is not None:
+            position, issued = stored.position, stored.issued
             if issued > self.state.issued:
                 log.info("%d tasks were issued after the checkpoint; continuing after them", issued - self.state.issued)
             self.state.position = max(self.state.position, position)
@@ -168,14 +153,12 @@ class Feeder:
 
     def read_dead_letters(self) -> int:
         """Take in the dead letters appended since the last call; returns how many were this run's."""
-        start = "-" if self._dead_cursor == "-" else f"({self._dead_cursor}"
         new = 0
-        for entry_id, fields in self.client.xrange(self.keys.dead_letters(self.keys.tasks), min=start):
-            self._dead_cursor = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-            try:
-                task_id = decode(RolloutTask, fields).id
-            except (CodecError, ValueError):
+        for letter in self.tasks.read_dead_letters(after=self._dead_cursor):
+            self._dead_cursor = letter.entry_id
+            if letter.task is None:
                 continue  # not a task (kept there for inspection): no place in the window to give back
+            task_id = letter.task.id
             if self.owns(task_id) and task_id not in self.dead_ids:
                 self.dead_ids.add(task_id)
                 new += 1
@@ -192,10 +175,7 @@ class Feeder:
             position = self.state.position
             problem = self.order.at(position)
             task = self.factory.make(f"{self.task_prefix()}{position:08d}", problem, position, target_step, version)
-            pipe = self.client.pipeline(transaction=True)
-            pipe.xadd(self.keys.tasks, encode(task))
-            pipe.hset(self.state_key, mapping={"position": position + 1, "issued": self.state.issued + 1})
-            pipe.execute()
+            self.tasks.issue(task, self.run_id, FeederState(position=position + 1, issued=self.state.issued + 1))
             self.state.position += 1
             self.state.issued += 1
             issued += 1

@@ -14,8 +14,8 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from shared.bus import Entry, TrajectoryStream
 from shared.messages import TrajectoryGroup
-from shared.streams import Entry, StreamQueue
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class Decisions:
 class GroupIntake:
     def __init__(
         self,
-        queue: StreamQueue[TrajectoryGroup],
+        queue: TrajectoryStream,
         consumer: str,
         max_staleness: int,
         owns: Callable[[str], bool],

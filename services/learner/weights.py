@@ -19,12 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import redis
 import torch
 
-from shared.codec import CodecError, decode_value, encode_value
+from shared.bus import WeightsRecordStore, WorkerRegistry
 from shared.messages import WeightsRecord, WeightUpdate, WorkerInfo
-from shared.streams import Keys
 
 log = logging.getLogger(__name__)
 
@@ -91,20 +89,6 @@ class WeightStore:
                 shutil.rmtree(self.directory(version), ignore_errors=True)
 
 
-def live_workers(client: redis.Redis, keys: Keys, ttl_s: float, now: float | None = None) -> list[WorkerInfo]:
-    now = time.time() if now is None else now
-    workers = []
-    for worker_id, raw in client.hgetall(keys.workers).items():
-        try:
-            info = decode_value(WorkerInfo, raw)
-        except (CodecError, ValueError) as exc:
-            log.warning("registry entry %r is unreadable: %s", worker_id, exc)
-            continue
-        if now - info.heartbeat_at <= ttl_s:
-            workers.append(info)
-    return workers
-
-
 def push_to_worker(
     http: httpx.Client, worker: WorkerInfo, update: WeightUpdate, token: str, retries: int, timeout_s: float
 ) -> bool:
@@ -145,15 +129,15 @@ class Publisher:
 
     def __init__(
         self,
-        client: redis.Redis,
-        keys: Keys,
+        records: WeightsRecordStore,
+        registry: WorkerRegistry,
         token: str,
         worker_ttl_s: float,
         retries: int,
         timeout_s: float,
     ):
-        self.client = client
-        self.keys = keys
+        self.records = records
+        self.registry = registry
         self.token = token
         self.worker_ttl_s = worker_ttl_s
         self.retries = retries
@@ -165,11 +149,11 @@ class Publisher:
         self._thread.start()
 
     def published_version(self) -> int | None:
-        raw = self.client.get(self.keys.weights)
-        return decode_value(WeightsRecord, raw).version if raw else None
+        record = self.records.get()
+        return record.version if record else None
 
     def publish(self, version: int, uri: str) -> None:
-        self.client.set(self.keys.weights, encode_value(WeightsRecord(version=version, uri=uri)))
+        self.records.set(WeightsRecord(version=version, uri=uri))
         self._pending.put(WeightUpdate(version=version, uri=uri))
 
     def close(self, timeout: float = 10.0) -> None:
@@ -198,7 +182,7 @@ class Publisher:
     def _push(self, update: WeightUpdate) -> PushReport:
         start = time.monotonic()
         report = PushReport(version=update.version, seconds=0.0)
-        for worker in live_workers(self.client, self.keys, self.worker_ttl_s):
+        for worker in self.registry.live(self.worker_ttl_s):
             if worker.version >= update.version:
                 continue
             ok = push_to_worker(self._http, worker, update, self.token, self.retries, self.timeout_s)

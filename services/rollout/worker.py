@@ -14,17 +14,24 @@ import logging
 import time
 from dataclasses import dataclass
 
-import redis
-
 from services.rollout.engine import EngineFailed, RequestRejected, RolloutEngine
 from services.rollout.group import assemble, drafts, plan_group, score_items
 from services.rollout.metrics import RolloutMetrics
 from services.rollout.rewards import RewardClient, RewardRefused, RewardUnavailable
 from services.rollout.settings import RolloutSettings
-from services.rollout.taskqueue import TaskQueue
 from services.rollout.updates import StaleVersion, WeightUpdater
-from shared.messages import RolloutTask, WeightUpdate
-from shared.streams import Entry, Keys, connect
+from shared.bus import (
+    Entry,
+    Keys,
+    RedisError,
+    TaskStream,
+    TrajectoryStream,
+    Unreachable,
+    WeightsRecordStore,
+    WorkerRegistry,
+    connect,
+)
+from shared.messages import RolloutTask, WeightUpdate, WorkerInfo
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +61,11 @@ class TaskWorker:
         self.worker_id = settings.resolved_worker_id()
         self.url = settings.resolved_public_url()
         self.client = connect(settings.redis.url)
-        self.queue = TaskQueue(self.client, Keys(settings.redis.namespace), self.worker_id)
+        keys = Keys(settings.redis.namespace)
+        self.tasks = TaskStream(self.client, keys)
+        self.trajectories = TrajectoryStream(self.client, keys)
+        self.registry = WorkerRegistry(self.client, keys)
+        self.weights = WeightsRecordStore(self.client, keys)
         self.rewards = RewardClient(
             settings.reward_url, settings.reward_timeout_s, settings.reward_retries, settings.reward_backoff_s
         )
@@ -95,19 +106,21 @@ class TaskWorker:
         delay = 0.5
         while not self._stopping.is_set():
             try:
-                await asyncio.to_thread(self.queue.ensure_group)
+                await asyncio.to_thread(self.tasks.ensure_group)
                 if await self._load_recorded_weights(force=True):
-                    await asyncio.to_thread(self.queue.heartbeat, self.worker_id, self.url, self.engine.version)
+                    await asyncio.to_thread(self.registry.register, self._registry_entry())
                     self.registered = True
-                    own = await asyncio.to_thread(self.queue.read_own_pending, self.settings.max_inflight_tasks * 4)
+                    own = await asyncio.to_thread(
+                        self.tasks.read_own_pending, self.worker_id, self.settings.max_inflight_tasks * 4
+                    )
                     break
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except Unreachable as exc:
                 log.warning("redis at %s not reachable (%s); retrying in %.1f s", self.settings.redis.url, exc, delay)
             await self._sleep(delay)
             delay = min(delay * 2, 10.0)
         else:
             return
-        log.info("worker %s joined %s (url %s, weights v%d)", self.worker_id, self.queue.keys.tasks, self.url,
+        log.info("worker %s joined %s (url %s, weights v%d)", self.worker_id, self.tasks.stream, self.url,
                  self.engine.version)
         for entry in own:
             await self._admit(entry, check_deliveries=True)
@@ -138,17 +151,20 @@ class TaskWorker:
                 await asyncio.gather(task, return_exceptions=True)
         try:
             if left:
-                await asyncio.to_thread(self.queue.release, [f.entry.entry_id for f in left])
+                await asyncio.to_thread(self.tasks.release, self.worker_id, [f.entry.entry_id for f in left])
                 log.info("handed back %d unfinished tasks", len(left))
                 self.metrics.tasks.labels("released").inc(len(left))
             if self.registered:
-                await asyncio.to_thread(self.queue.deregister, self.worker_id)
-                await asyncio.to_thread(self.queue.leave_group)
-        except redis.RedisError as exc:
+                await asyncio.to_thread(self.registry.deregister, self.worker_id)
+                await asyncio.to_thread(self.tasks.leave_group, self.worker_id)
+        except RedisError as exc:
             log.warning("could not hand back tasks or deregister (%s); they will be reclaimed after %d ms",
                         exc, self.settings.reclaim_idle_ms)
         await self.rewards.close()
         self.client.close()
+
+    def _registry_entry(self) -> WorkerInfo:
+        return WorkerInfo(worker_id=self.worker_id, url=self.url, version=self.engine.version, heartbeat_at=time.time())
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but wake up at once when the worker stops."""
@@ -171,8 +187,8 @@ class TaskWorker:
                 # worker that keeps taking new tasks would otherwise never get to them.
                 if await self._reclaim(free):
                     continue
-                entries = await asyncio.to_thread(self.queue.read_new, free, READ_BLOCK_MS)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                entries = await asyncio.to_thread(self.tasks.read, self.worker_id, free, READ_BLOCK_MS)
+            except Unreachable as exc:
                 log.warning("reading tasks failed (%s); retrying", exc)
                 await self._sleep(1.0)
                 continue
@@ -181,7 +197,7 @@ class TaskWorker:
 
     async def _reclaim(self, free: int) -> int:
         """Take over up to ``free`` tasks idle past ``reclaim_idle_ms``; how many were taken."""
-        entries = await asyncio.to_thread(self.queue.reclaim, self.settings.reclaim_idle_ms, free)
+        entries = await asyncio.to_thread(self.tasks.reclaim, self.worker_id, self.settings.reclaim_idle_ms, free)
         for entry in entries:
             log.info("reclaimed task %s (entry %s)", entry.message.id, entry.entry_id)
             self.metrics.tasks.labels("reclaimed").inc()
@@ -194,7 +210,7 @@ class TaskWorker:
         while not self._drained.is_set():
             try:
                 await self._tick()
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except Unreachable as exc:
                 log.warning("housekeeping: redis unreachable (%s)", exc)
             try:
                 await asyncio.wait_for(self._drained.wait(), timeout=period)
@@ -203,8 +219,8 @@ class TaskWorker:
 
     async def _tick(self) -> None:
         ids = [f.entry.entry_id for f in self.inflight.values()]
-        await asyncio.to_thread(self.queue.keepalive, ids)
-        await asyncio.to_thread(self.queue.heartbeat, self.worker_id, self.url, self.engine.version)
+        await asyncio.to_thread(self.tasks.keepalive, self.worker_id, ids)
+        await asyncio.to_thread(self.registry.register, self._registry_entry())
         self.metrics.inflight_tasks.set(len(self.inflight))
         if (self._pull is None or self._pull.done()) and not self._stopping.is_set():
             self._pull = asyncio.create_task(self._pull_weights())
@@ -212,21 +228,21 @@ class TaskWorker:
     async def _pull_weights(self) -> None:
         try:
             await self._load_recorded_weights(force=False)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except Unreachable as exc:
             log.warning("reading the weights record failed (%s)", exc)
 
     async def _load_recorded_weights(self, force: bool) -> bool:
         """Load the weights recorded in Redis if newer than those served (or always, when forced).
         True when the engine now serves the recorded version (or there is no record)."""
         try:
-            record = await asyncio.to_thread(self.queue.weights_record)
+            record = await asyncio.to_thread(self.weights.get)
             if record is None or (record.version <= self.engine.version and not force):
                 return True
             await self.updater.update(WeightUpdate(version=record.version, uri=record.uri), force=force)
             return True
         except StaleVersion:
             return True
-        except (redis.ConnectionError, redis.TimeoutError):
+        except Unreachable:
             raise
         except EngineFailed as exc:
             self.on_fatal(str(exc))
@@ -238,15 +254,15 @@ class TaskWorker:
 
     async def _admit(self, entry: Entry[RolloutTask], check_deliveries: bool) -> None:
         if self._stopping.is_set():
-            await asyncio.to_thread(self.queue.release, [entry.entry_id])
+            await asyncio.to_thread(self.tasks.release, self.worker_id, [entry.entry_id])
             return
         if entry.entry_id in self.inflight:
             return
         if check_deliveries:
-            deliveries = await asyncio.to_thread(self.queue.deliveries, entry.entry_id)
+            deliveries = await asyncio.to_thread(self.tasks.deliveries, entry.entry_id)
             if deliveries > self.settings.max_deliveries:
                 log.error("task %s delivered %d times without a group: dead letter", entry.message.id, deliveries)
-                await asyncio.to_thread(self.queue.dead_letter, entry, f"delivered {deliveries} times")
+                await asyncio.to_thread(self.tasks.dead_letter, entry, f"delivered {deliveries} times")
                 self.metrics.tasks.labels("dead_letter").inc()
                 return
         runner = asyncio.create_task(self._run(entry), name=f"rollout-task-{entry.message.id}")
@@ -270,7 +286,7 @@ class TaskWorker:
             await self._release_quietly(entry)
             if not self.engine.ready:
                 self.on_fatal(str(exc))
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except Unreachable as exc:
             # Not acknowledged: it stays pending and is reclaimed once it goes idle.
             log.error("task %s: redis failed (%s); left pending", task.id, exc)
             self.metrics.tasks.labels("redis_failed").inc()
@@ -295,8 +311,8 @@ class TaskWorker:
 
     async def _produce(self, entry: Entry[RolloutTask]) -> str:
         task = entry.message
-        if await asyncio.to_thread(self.queue.already_produced, task.id):
-            await asyncio.to_thread(self.queue.ack, entry.entry_id)
+        if await asyncio.to_thread(self.trajectories.already_produced, task.id):
+            await asyncio.to_thread(self.tasks.ack, entry.entry_id)
             return "duplicate"
         if task.issued_at_version > self.engine.version:
             # The learner issued this task after publishing newer weights than the engine serves (its
@@ -311,11 +327,11 @@ class TaskWorker:
                 version, results = await self.engine.generate(plan.requests, source="worker")
             except RequestRejected as exc:
                 log.error("task %s cannot be generated: %s; dead letter", task.id, exc)
-                await asyncio.to_thread(self.queue.dead_letter, entry, str(exc))
+                await asyncio.to_thread(self.tasks.dead_letter, entry, str(exc))
                 return "dead_letter"
         group_drafts = drafts(task, plan, version, results, self.engine.decode)
         if not group_drafts:
-            await asyncio.to_thread(self.queue.dead_letter, entry, "the task asks for no trajectory")
+            await asyncio.to_thread(self.tasks.dead_letter, entry, "the task asks for no trajectory")
             return "dead_letter"
         items = score_items(task, group_drafts)
         try:
@@ -326,8 +342,8 @@ class TaskWorker:
             self.metrics.tasks.labels("reward_refused").inc()
             scores = await self._score(task, items, self.rewards.score_alone)
         group = assemble(task, self.worker_id, group_drafts, scores)
-        appended = await asyncio.to_thread(self.queue.append_once, group)
-        await asyncio.to_thread(self.queue.ack, entry.entry_id)
+        appended = await asyncio.to_thread(self.trajectories.append_once, group)
+        await asyncio.to_thread(self.tasks.ack, entry.entry_id)
         return "produced" if appended else "duplicate"
 
     async def _score(self, task: RolloutTask, items: list, score) -> list:
@@ -343,6 +359,6 @@ class TaskWorker:
 
     async def _release_quietly(self, entry: Entry[RolloutTask]) -> None:
         try:
-            await asyncio.to_thread(self.queue.release, [entry.entry_id])
-        except redis.RedisError as exc:
+            await asyncio.to_thread(self.tasks.release, self.worker_id, [entry.entry_id])
+        except RedisError as exc:
             log.warning("could not hand back %s (%s); it is reclaimed when idle", entry.entry_id, exc)

@@ -20,13 +20,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 import yaml
 
 from launcher.deployment import LocalDeployment
-from shared.codec import decode
-from shared.messages import RolloutTask, TrajectoryGroup
-from shared.streams import Keys
+from shared.bus import Keys, LedgerQueries, Redis, connect
 from tests.faults.conftest import learner_step, metric, read_jsonl, reconciled, wait_for, wait_for_step
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
@@ -112,8 +109,8 @@ def run(tmp_path_factory, default_base_dir) -> Run:
         deployment.stop()
 
 
-def _redis(run: Run) -> redis.Redis:
-    return redis.Redis.from_url(run.redis_url)
+def _redis(run: Run) -> Redis:
+    return connect(run.redis_url, reconnect=False)
 
 
 def _task_in_flight(run: Run) -> bool:
@@ -139,7 +136,7 @@ def test_rollout_workers_killed_mid_task_twice_and_a_new_one_later(run):
     wait_for(lambda: learner_step(run.deployment) >= step + 1, 240, run.deployment, "training to go on", ALLOWED)
     assert _reclaimed(run) > 0, "no worker reclaimed the tasks of the killed ones"
     with _redis(run) as client:
-        assert client.xlen(Keys(run.namespace).dead_letters(Keys(run.namespace).tasks)) == 0
+        assert LedgerQueries(client, Keys(run.namespace)).dead_task_count() == 0
     assert reconciled(run.run_dir, run.redis_url, "two workers killed mid-task").ok
 
 
@@ -186,10 +183,10 @@ def test_reward_service_restarted_during_the_run(run):
 def test_redis_server_restarted_with_aof_during_the_run(run):
     step = learner_step(run.deployment)
     with _redis(run) as client:
-        produced_before = client.scard(Keys(run.namespace).seen("produced"))
+        produced_before = len(LedgerQueries(client, Keys(run.namespace)).produced_ids())
     run.deployment.restart_redis()
     with _redis(run) as client:
-        assert client.scard(Keys(run.namespace).seen("produced")) >= produced_before, "the AOF lost groups"
+        assert len(LedgerQueries(client, Keys(run.namespace)).produced_ids()) >= produced_before, "the AOF lost groups"
     wait_for(
         lambda: learner_step(run.deployment) >= step + 1, 240, run.deployment, "training after redis restarted", ALLOWED
     )
@@ -237,8 +234,9 @@ def test_no_group_was_scored_twice_as_different_values(run):
     copy. A response the service refuses must have been stored as an error scoring 0."""
     keys = Keys(run.namespace)
     with _redis(run) as client:
-        tasks = {t.id: t for t in (decode(RolloutTask, f) for _, f in client.xrange(keys.tasks))}
-        groups = [decode(TrajectoryGroup, f) for _, f in client.xrange(keys.trajectories)]
+        queries = LedgerQueries(client, keys)
+        tasks = {t.id: t for t in queries.tasks()}
+        groups = queries.groups()
     assert len({g.id for g in groups}) == len(groups)
     refused = 0
     with httpx.Client(timeout=60) as http:

@@ -21,9 +21,7 @@ import redis
 import yaml
 
 from launcher.processes import ManagedProcess, free_port, redis_server_binary, start_process, wait_http_ready
-from shared.codec import decode_value
-from shared.messages import WorkerInfo
-from shared.streams import Keys
+from shared.bus import Keys, WorkerRegistry
 from tests.unit.test_deploy_tools import load_compose, prepared_checkout
 
 pytestmark = pytest.mark.integration
@@ -153,8 +151,11 @@ def registered_urls(stack: ComposeOnLoopback) -> set[str]:
     """The addresses in the workers registry: where the learner will push weights."""
     config = yaml.safe_load((stack.compose_dir / "../k8s/base/config.yaml").read_text())
     keys = Keys(config["redis"]["namespace"])
-    raw = redis.Redis.from_url(stack.redis_url).hvals(keys.workers)
-    return {decode_value(WorkerInfo, value).url for value in raw}
+    client = redis.Redis.from_url(stack.redis_url)
+    try:
+        return {info.url for info in WorkerRegistry(client, keys).all().values()}
+    finally:
+        client.close()
 
 
 def worker_version(url: str) -> int:

@@ -7,24 +7,27 @@ import pytest
 
 from services.learner.algorithm import AlgorithmSettings
 from services.learner.feeder import DataOrder, Feeder, TaskFactory
-from shared.codec import decode, encode
+from shared.bus import Keys, TaskStream
 from shared.datasets.arithmetic import ArithmeticDataset
-from shared.messages import RolloutTask, SamplingParams
+from shared.messages import SamplingParams
 from shared.modeling import load_tokenizer
-from shared.streams import Keys
 
 pytestmark = pytest.mark.integration
 
 
 def _feeder(redis_client, namespace, tokenizer, run_id="run") -> Feeder:
+    tasks = TaskStream(redis_client, Keys(namespace))
+    tasks.ensure_group()  # as the learner does before its feeder issues a task
     factory = TaskFactory(tokenizer, AlgorithmSettings.preset("prefix-rft"), SamplingParams(max_tokens=16), seed=0)
     problems = ArithmeticDataset(train_size=20).problems("train")
-    return Feeder(redis_client, Keys(namespace), run_id, DataOrder(problems, 0), factory, window=4, batch_prompts=2)
+    return Feeder(tasks, run_id, DataOrder(problems, 0), factory, window=4, batch_prompts=2)
 
 
-def _dead_letter(redis_client, keys: Keys, task: RolloutTask) -> None:
-    # What a rollout worker does (services/rollout/taskqueue.py): the task, the reason, its entry id.
-    redis_client.xadd(keys.dead_letters(keys.tasks), {**encode(task), b"error": b"refused", b"entry_id": b"1-0"})
+def _dead_letter_the_next_task(tasks: TaskStream):
+    # What a rollout worker does with a task that can never produce a group.
+    (entry,) = tasks.read("worker", count=1)
+    tasks.dead_letter(entry, "refused")
+    return entry.message
 
 
 def test_a_dead_lettered_task_frees_its_place_in_the_window(redis_client, namespace, default_init_dir):
@@ -32,9 +35,9 @@ def test_a_dead_lettered_task_frees_its_place_in_the_window(redis_client, namesp
     keys = Keys(namespace)
     assert feeder.fill(step=0, version=0, consumed_ids=set()) == 4
     assert feeder.fill(step=0, version=0, consumed_ids=set()) == 0  # the window is full
-    first = decode(RolloutTask, redis_client.xrange(keys.tasks, count=1)[0][1])
-    _dead_letter(redis_client, keys, first)
-    redis_client.xadd(keys.dead_letters(keys.tasks), {b"junk": b"1"})  # unreadable: ignored
+    first = _dead_letter_the_next_task(feeder.tasks)
+    assert first.id == "run-00000000"
+    redis_client.xadd(keys.dead_tasks, {b"junk": b"1"})  # unreadable (no code of the project writes it): ignored
     assert feeder.fill(step=0, version=0, consumed_ids=set()) == 1
     assert feeder.outstanding(set()) == 4
     # The same task both dead-lettered and consumed (a second copy produced it) frees one place only.
@@ -49,7 +52,6 @@ def test_another_runs_dead_letters_free_nothing(redis_client, namespace, default
     tokenizer = load_tokenizer(default_init_dir)
     other = _feeder(redis_client, namespace, tokenizer, run_id="other")
     other.fill(step=0, version=0, consumed_ids=set())
-    keys = Keys(namespace)
-    _dead_letter(redis_client, keys, decode(RolloutTask, redis_client.xrange(keys.tasks, count=1)[0][1]))
+    _dead_letter_the_next_task(other.tasks)
     mine = _feeder(redis_client, namespace, tokenizer)
     assert mine.fill(step=0, version=0, consumed_ids=set()) == 4 and mine.dead_ids == set()

@@ -4,8 +4,8 @@ only after the checkpoint, and redelivery of unacknowledged entries after a cras
 import pytest
 
 from services.learner.intake import GroupIntake
+from shared.bus import Keys, TrajectoryStream
 from shared.messages import RolloutKind, Trajectory, TrajectoryGroup
-from shared.streams import TRAJECTORIES_GROUP, Keys, StreamQueue
 
 pytestmark = pytest.mark.integration
 
@@ -22,7 +22,7 @@ def group(group_id: str, version: int) -> TrajectoryGroup:
 
 
 def make_intake(redis_client, namespace, consumed=None):
-    queue = StreamQueue(redis_client, Keys(namespace).trajectories, TRAJECTORIES_GROUP, TrajectoryGroup)
+    queue = TrajectoryStream(redis_client, Keys(namespace))
     queue.ensure_group()
     intake = GroupIntake(queue, "learner-0", max_staleness=1, owns=lambda i: i.startswith("run-"),
                          consumed_ids=set(consumed or ()))

@@ -18,16 +18,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 import torch
 import yaml
 from safetensors.torch import load_file
 
 from launcher.processes import free_port, start_process, wait_http_ready
-from shared.codec import decode_value
-from shared.messages import RolloutKind, RolloutTask, Trajectory, TrajectoryGroup, WeightsRecord
+from shared.bus import Keys, LedgerQueries, TaskStream, TrajectoryStream, WeightsRecordStore, connect
+from shared.messages import RolloutKind, RolloutTask, Trajectory, TrajectoryGroup
 from shared.modeling import load_tokenizer
-from shared.streams import TASKS_GROUP, TRAJECTORIES_GROUP, Keys, StreamQueue
 from tests.integration.test_learner_weights import register, served_version, weight_swaps
 from tests.integration.test_rollout_http import TOKEN
 
@@ -39,7 +37,7 @@ REPO = Path(__file__).resolve().parents[2]
 class DemoProducer(threading.Thread):
     def __init__(self, redis_url: str, namespace: str, eos_id: int, lagged_every: int = 5):
         super().__init__(daemon=True)
-        self.client = redis.Redis.from_url(redis_url)
+        self.client = connect(redis_url)
         self.keys = Keys(namespace)
         self.eos_id = eos_id
         self.lagged_every = lagged_every
@@ -51,9 +49,9 @@ class DemoProducer(threading.Thread):
 
     def run(self) -> None:
         try:
-            tasks = StreamQueue(self.client, self.keys.tasks, TASKS_GROUP, RolloutTask)
+            tasks = TaskStream(self.client, self.keys)
             tasks.ensure_group()
-            out = StreamQueue(self.client, self.keys.trajectories, TRAJECTORIES_GROUP, TrajectoryGroup)
+            out = TrajectoryStream(self.client, self.keys)
             while not self.stopping.is_set():
                 if not self.gate.is_set():
                     time.sleep(0.05)
@@ -67,8 +65,8 @@ class DemoProducer(threading.Thread):
             self.error = exc
 
     def make(self, task: RolloutTask) -> TrajectoryGroup:
-        raw = self.client.get(self.keys.weights)
-        current = decode_value(WeightsRecord, raw).version if raw else 0
+        record = WeightsRecordStore(self.client, self.keys).get()
+        current = record.version if record else 0
         # Every few groups pretend a worker lagged three versions behind.
         version = max(0, current - 3) if len(self.produced) % self.lagged_every == 0 else current
         rng = random.Random(task.id)
@@ -157,11 +155,6 @@ def wait_exit(process, timeout: float) -> int:
     return process.popen.returncode
 
 
-def stream_position(entry_id: str) -> tuple[int, int]:
-    ms, seq = entry_id.split("-")
-    return int(ms), int(seq)
-
-
 def test_sigkill_between_checkpoints_then_resume_trains_every_group_once(
     tmp_path, redis_url, redis_client, namespace, default_init_dir, rollout_worker
 ):
@@ -235,15 +228,10 @@ def test_sigkill_between_checkpoints_then_resume_trains_every_group_once(
     # What was produced but neither trained nor dropped is still in the stream for a later run:
     # read and pending on the learner, or never delivered.
     leftover = produced - set(trained) - set(stale)
-    entries = {TrajectoryGroup.model_validate_json(fields[b"d"]).id: entry_id.decode()
-               for entry_id, fields in redis_client.xrange(keys.trajectories)}
-    pending = {p["message_id"].decode() for p in redis_client.xpending_range(
-        keys.trajectories, TRAJECTORIES_GROUP, "-", "+", 10_000)}
-    group_info = next(g for g in redis_client.xinfo_groups(keys.trajectories) if g["name"] == b"learner")
-    last_delivered = stream_position(group_info["last-delivered-id"].decode())
+    queries = LedgerQueries(redis_client, keys)
+    still_queued = queries.undecided_trajectories(queries.trajectory_ids())
     for group_id in leftover:
-        entry_id = entries[group_id]
-        assert entry_id in pending or stream_position(entry_id) > last_delivered, group_id
+        assert group_id in still_queued, group_id
     print(
         f"\nkilled at step {killed_at} (checkpoint at 4), SIGTERM at step {stopped_at}; "
         f"produced {len(produced)} groups: trained once {len(trained)}, dropped as stale {len(stale)}, "

@@ -13,11 +13,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from launcher.processes import free_port
 from services.learner.app import BackgroundServer, create_app
 from services.learner.metrics import JsonlLog, StepMetrics
-from services.learner.weights import Publisher, WeightStore, live_workers
-from shared.codec import decode_value, encode_value
-from shared.messages import WeightsRecord, WorkerInfo
+from services.learner.weights import Publisher, WeightStore
+from shared.bus import Keys, WeightsRecordStore, WorkerRegistry
+from shared.messages import WorkerInfo
 from shared.modeling import load_model
-from shared.streams import Keys
 from tests.integration.test_rollout_http import TOKEN
 
 pytestmark = pytest.mark.integration
@@ -39,7 +38,7 @@ def weight_swaps(url: str) -> float:
 
 def register(client, keys, worker_id, url, version=0, age_s=0.0):
     info = WorkerInfo(worker_id=worker_id, url=url, version=version, heartbeat_at=time.time() - age_s)
-    client.hset(keys.workers, worker_id, encode_value(info))
+    WorkerRegistry(client, keys).register(info)
 
 
 def test_store_serves_and_prunes_versions(tmp_path, default_init_dir):
@@ -82,14 +81,16 @@ def test_push_reaches_live_workers_and_survives_dead_ones(
     server.start()
     uri = f"http://127.0.0.1:{port}/v1/weights/5"
 
+    registry = WorkerRegistry(redis_client, keys)
     register(redis_client, keys, "live", rollout_worker)
     register(redis_client, keys, "dead", f"http://127.0.0.1:{free_port()}")  # nothing listens there
     register(redis_client, keys, "expired", rollout_worker, age_s=120)  # heartbeat too old: not pushed to
     register(redis_client, keys, "current", rollout_worker, version=5)  # already has the version
-    assert sorted(w.worker_id for w in live_workers(redis_client, keys, ttl_s=30)) == ["current", "dead", "live"]
+    assert sorted(w.worker_id for w in registry.live(ttl_s=30)) == ["current", "dead", "live"]
     swaps_before = weight_swaps(rollout_worker)
 
-    publisher = Publisher(redis_client, keys, TOKEN, worker_ttl_s=30, retries=2, timeout_s=120)
+    records = WeightsRecordStore(redis_client, keys)
+    publisher = Publisher(records, registry, TOKEN, worker_ttl_s=30, retries=2, timeout_s=120)
     publisher.publish(5, uri)
     deadline = time.monotonic() + 180
     while publisher.last_report is None and time.monotonic() < deadline:
@@ -99,13 +100,15 @@ def test_push_reaches_live_workers_and_survives_dead_ones(
     # The worker fetched the file from the learner's server and serves version 5: one swap, not three.
     assert served_version(rollout_worker) == 5
     assert weight_swaps(rollout_worker) == swaps_before + 1
-    assert decode_value(WeightsRecord, redis_client.get(keys.weights)).version == 5
+    assert records.get().version == 5
     assert "push of v5 to dead failed (attempt 3/3)" in caplog.text
 
     # A wrong token is refused by the worker and not retried.
     caplog.clear()
-    other = Publisher(redis_client, Keys(namespace + "-b"), "wrong", worker_ttl_s=30, retries=3, timeout_s=30)
-    register(redis_client, Keys(namespace + "-b"), "w", rollout_worker)
+    keys_b = Keys(namespace + "-b")
+    other = Publisher(WeightsRecordStore(redis_client, keys_b), WorkerRegistry(redis_client, keys_b), "wrong",
+                      worker_ttl_s=30, retries=3, timeout_s=30)
+    register(redis_client, keys_b, "w", rollout_worker)
     other.publish(6, uri.replace("/5", "/6"))
     other.close(timeout=60)
     assert other.last_report.failed == ["w"]

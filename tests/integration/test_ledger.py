@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 
 from launcher.ledger import reconcile
-from shared.codec import encode
+from shared.bus import FeederState, Keys, LedgerQueries, TaskStream, TrajectoryStream
 from shared.messages import RolloutTask, SamplingParams, Trajectory, TrajectoryGroup
-from shared.streams import TASKS_GROUP, TRAJECTORIES_GROUP, Keys, StreamQueue
 
 pytestmark = pytest.mark.integration
 
@@ -51,17 +50,15 @@ def _group(i: int) -> TrajectoryGroup:
 
 def _books(client, namespace: str, learner: Path, tasks: int, produced: int, events: list[dict]) -> Keys:
     keys = Keys(namespace)
-    task_queue = StreamQueue(client, keys.tasks, TASKS_GROUP, RolloutTask)
+    task_queue = TaskStream(client, keys)
     task_queue.ensure_group()
-    trajectories = StreamQueue(client, keys.trajectories, TRAJECTORIES_GROUP, TrajectoryGroup)
+    trajectories = TrajectoryStream(client, keys)
     trajectories.ensure_group()
     for i in range(tasks):
-        task_queue.append(_task(i))
-    client.hset(f"{namespace}:learner:run:feeder", mapping={"position": tasks, "issued": tasks})
+        task_queue.issue(_task(i), "run", FeederState(position=i + 1, issued=i + 1))
     delivered = task_queue.read("w", count=produced)
     for i in range(produced):
-        client.sadd(keys.seen("produced"), _group(i).id)
-        client.xadd(keys.trajectories, encode(_group(i)))
+        assert trajectories.append_once(_group(i))
     task_queue.ack(*[e.entry_id for e in delivered])
     decided = {gid for e in events for gid in e["ids"]}
     for entry in trajectories.read("learner-0", count=100):
@@ -78,7 +75,7 @@ def test_books_that_balance_reconcile(redis_client, namespace, tmp_path):
         {"event": "stale", "ids": ["run-00000002"]},
     ]
     keys = _books(redis_client, namespace, tmp_path, tasks=6, produced=4, events=events)
-    ledger = reconcile(redis_client, keys, tmp_path)
+    ledger = reconcile(LedgerQueries(redis_client, keys), tmp_path)
     assert ledger.ok, ledger.problems
     assert (ledger.issued, len(ledger.produced), len(ledger.trained), len(ledger.stale), len(ledger.queued)) == (
         6,
@@ -94,13 +91,13 @@ def test_books_that_balance_reconcile(redis_client, namespace, tmp_path):
 def test_a_group_trained_twice_is_reported(redis_client, namespace, tmp_path):
     events = [{"event": "trained", "ids": ["run-00000000"]}, {"event": "trained", "ids": ["run-00000000"]}]
     keys = _books(redis_client, namespace, tmp_path, tasks=1, produced=1, events=events)
-    ledger = reconcile(redis_client, keys, tmp_path)
+    ledger = reconcile(LedgerQueries(redis_client, keys), tmp_path)
     assert not ledger.ok and "trained more than once" in ledger.problems[0]
 
 
 def test_a_group_acknowledged_but_never_decided_is_reported_lost(redis_client, namespace, tmp_path):
     keys = _books(redis_client, namespace, tmp_path, tasks=2, produced=2, events=[])
-    first_id, _ = redis_client.xrange(keys.trajectories, count=1)[0]  # read by the learner, then acknowledged
-    redis_client.xack(keys.trajectories, TRAJECTORIES_GROUP, first_id)
-    ledger = reconcile(redis_client, keys, tmp_path)
+    first_id, _ = LedgerQueries(redis_client, keys).trajectory_ids()[0]  # read by the learner, then acknowledged
+    TrajectoryStream(redis_client, keys).ack(first_id)
+    ledger = reconcile(LedgerQueries(redis_client, keys), tmp_path)
     assert any("lost" in p for p in ledger.problems), ledger.problems

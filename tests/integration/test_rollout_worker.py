@@ -13,11 +13,10 @@ import httpx
 import pytest
 
 from launcher.processes import free_port, start_process, wait_http_ready
-from shared.codec import decode, decode_value, encode_value
+from shared.bus import Keys, LedgerQueries, TaskStream, WeightsRecordStore, WorkerRegistry
 from shared.datasets.arithmetic import ArithmeticDataset
 from shared.messages import RolloutKind, RolloutTask, SamplingParams, TrajectoryGroup, WeightsRecord, WorkerInfo
 from shared.modeling import load_tokenizer, prompt_token_ids, response_token_ids
-from shared.streams import TASKS_GROUP, Keys, StreamQueue
 
 pytestmark = pytest.mark.integration
 
@@ -79,12 +78,11 @@ def make_tasks(tokenizer, count: int, offset: int = 0, max_tokens: int = 64) -> 
 
 
 def groups_in(redis_client, keys: Keys) -> list[TrajectoryGroup]:
-    return [decode(TrajectoryGroup, fields) for _, fields in redis_client.xrange(keys.trajectories)]
+    return LedgerQueries(redis_client, keys).groups()
 
 
 def pending_on(redis_client, keys: Keys, consumer: str) -> list[str]:
-    rows = redis_client.xpending_range(keys.tasks, TASKS_GROUP, "-", "+", 1000, consumername=consumer)
-    return [row["message_id"].decode() for row in rows]
+    return [p.entry_id for p in TaskStream(redis_client, keys).pending_entries(consumer, count=1000)]
 
 
 def wait_for(condition, timeout: float, what: str, processes=()):
@@ -130,7 +128,7 @@ def test_workers_share_tasks_and_finish_the_work_of_a_killed_one(
     reward = None
     tokenizer = load_tokenizer(default_init_dir)
     # Published weights: the workers must load them (and tag samples with their version) on start.
-    redis_client.set(keys.weights, encode_value(WeightsRecord(version=RECORDED_VERSION, uri=default_init_dir.as_uri())))
+    WeightsRecordStore(redis_client, keys).set(WeightsRecord(version=RECORDED_VERSION, uri=default_init_dir.as_uri()))
     a, url_a = start_worker(tmp_path, "worker-a", default_init_dir, redis_url, namespace, reward_url)
     b, url_b = start_worker(tmp_path, "worker-b", default_init_dir, redis_url, namespace, reward_url)
     try:
@@ -138,8 +136,7 @@ def test_workers_share_tasks_and_finish_the_work_of_a_killed_one(
             wait_http_ready(process, f"{url}/readyz", timeout=240)
 
         def registered() -> dict[str, WorkerInfo]:
-            raw = redis_client.hgetall(keys.workers)
-            return {k.decode(): decode_value(WorkerInfo, v) for k, v in raw.items()}
+            return WorkerRegistry(redis_client, keys).all()
 
         wait_for(lambda: set(registered()) == {"worker-a", "worker-b"}, 60, "both workers to register", (a, b))
         assert {info.version for info in registered().values()} == {RECORDED_VERSION}
@@ -147,7 +144,7 @@ def test_workers_share_tasks_and_finish_the_work_of_a_killed_one(
         assert httpx.get(f"{url_a}/v1/weights").json() == {"version": RECORDED_VERSION}
 
         first = make_tasks(tokenizer, 4)
-        producer = StreamQueue(redis_client, keys.tasks, TASKS_GROUP, RolloutTask)
+        producer = TaskStream(redis_client, keys)
         for task in first:
             producer.append(task)
 
@@ -182,7 +179,8 @@ def test_workers_share_tasks_and_finish_the_work_of_a_killed_one(
             check_group(group, by_id[group.id], tokenizer.eos_token_id)
         workers = {g.worker_id for g in groups}
         assert workers == {"worker-a", "worker-b"}, f"tasks were not shared: {workers}"
-        orphaned_ids = {e.message.id for e in _entries(redis_client, keys, orphaned)}
+        task_of = dict(LedgerQueries(redis_client, keys).task_ids())
+        orphaned_ids = {task_of[entry_id] for entry_id in orphaned}
         assert all(g.worker_id == "worker-b" for g in groups if g.id in orphaned_ids)
 
         # worker-a left a stale registry entry (the learner ignores it once its heartbeat is old).
@@ -201,8 +199,8 @@ def test_workers_share_tasks_and_finish_the_work_of_a_killed_one(
         # Every new task was finished (those in flight, within the drain timeout), handed back (read
         # as the worker stopped: pending, but idle enough for any worker's next reclaim), or never
         # delivered. None was acknowledged without its group.
-        rows = redis_client.xpending_range(keys.tasks, TASKS_GROUP, "-", "+", 100)
-        assert all(row["time_since_delivered"] > 10**9 for row in rows), rows
+        rows = producer.pending_entries(count=100)
+        assert all(row.idle_ms > 10**9 for row in rows), rows
         left = [t.id for t in more if t.id not in finished]
         assert len(rows) + producer.backlog() == len(left)
         assert "worker-b" not in registered()
@@ -211,9 +209,3 @@ def test_workers_share_tasks_and_finish_the_work_of_a_killed_one(
         b.stop()
         if reward is not None:
             reward.stop()
-
-
-def _entries(redis_client, keys: Keys, entry_ids: list[str]):
-    queue = StreamQueue(redis_client, keys.tasks, TASKS_GROUP, RolloutTask)
-    raw = [redis_client.xrange(keys.tasks, entry_id, entry_id)[0] for entry_id in entry_ids]
-    return queue._decode_all(raw)

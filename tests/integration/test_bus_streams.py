@@ -1,10 +1,10 @@
-"""Redis stream helpers against a real redis-server."""
+"""The bus's codec and the delivery rules every stream shares (shared/bus/stream.py), on a real redis-server."""
 
 import time
 
 import pytest
 
-from shared import codec
+from shared.bus import Keys, LedgerQueries, MessageStream, codec
 from shared.messages import (
     GenerateRequest,
     GenerateResponse,
@@ -23,7 +23,6 @@ from shared.messages import (
     WeightUpdate,
     WorkerInfo,
 )
-from shared.streams import Keys, SeenIds, StreamQueue
 
 pytestmark = pytest.mark.integration
 
@@ -78,7 +77,7 @@ EVERY_MESSAGE = [
 
 @pytest.mark.parametrize("message", EVERY_MESSAGE, ids=lambda m: type(m).__name__)
 def test_every_message_round_trips_through_a_stream(message, redis_client, namespace):
-    queue = StreamQueue(redis_client, f"{namespace}:roundtrip", "g", type(message))
+    queue = MessageStream(redis_client, f"{namespace}:roundtrip", "g", type(message))
     queue.ensure_group()
     queue.append(message)
     (entry,) = queue.read("c1", count=10)
@@ -93,7 +92,7 @@ def test_every_message_round_trips_as_a_plain_value(message, redis_client, names
 
 
 def test_derived_fields_survive_the_round_trip(redis_client, namespace):
-    queue = StreamQueue(redis_client, f"{namespace}:t", "g", TrajectoryGroup)
+    queue = MessageStream(redis_client, f"{namespace}:t", "g", TrajectoryGroup)
     queue.ensure_group()
     queue.append(_trajectory_group())
     group = queue.read("c", count=1)[0].message
@@ -112,17 +111,17 @@ def test_a_decoded_message_of_the_wrong_type_is_refused():
 
 
 def test_unreadable_entries_go_to_dead_letters_not_lost(redis_client, namespace):
-    stream = f"{namespace}:tasks"
-    queue = StreamQueue(redis_client, stream, "rollout", RolloutTask)
+    keys = Keys(namespace)
+    queue = MessageStream(redis_client, keys.tasks, "rollout", RolloutTask)
     queue.ensure_group()
-    redis_client.xadd(stream, {b"garbage": b"1"})
+    redis_client.xadd(keys.tasks, {b"garbage": b"1"})  # what no code of the project writes
     assert queue.read("c", count=5) == []
-    assert redis_client.xlen(f"{stream}:dead") == 1
+    assert LedgerQueries(redis_client, keys).dead_task_count() == 1
     assert queue.pending() == 0
 
 
 def test_consumers_of_one_group_share_entries(redis_client, namespace):
-    queue = StreamQueue(redis_client, Keys(namespace).tasks, "rollout", WeightsRecord)
+    queue = MessageStream(redis_client, Keys(namespace).tasks, "rollout", WeightsRecord)
     queue.ensure_group()
     for version in range(6):
         queue.append(WeightsRecord(version=version, uri="file:///x"))
@@ -134,7 +133,7 @@ def test_consumers_of_one_group_share_entries(redis_client, namespace):
 
 
 def test_pending_entries_of_a_dead_consumer_are_reclaimed(redis_client, namespace):
-    queue = StreamQueue(redis_client, Keys(namespace).tasks, "rollout", WeightsRecord)
+    queue = MessageStream(redis_client, Keys(namespace).tasks, "rollout", WeightsRecord)
     queue.ensure_group()
     ids = [queue.append(WeightsRecord(version=v, uri="file:///x")) for v in range(3)]
     taken = queue.read("dead-consumer", count=3)
@@ -148,29 +147,3 @@ def test_pending_entries_of_a_dead_consumer_are_reclaimed(redis_client, namespac
     assert [e.message.version for e in reclaimed] == [1, 2]
     assert queue.ack(*ids[1:]) == 2
     assert queue.pending() == 0
-
-
-def test_duplicate_detection_by_id(redis_client, namespace):
-    seen = SeenIds(redis_client, Keys(namespace).seen("trained"))
-    assert seen.first_time("g-1") is True
-    assert seen.first_time("g-2") is True
-    assert seen.first_time("g-1") is False
-    assert "g-1" in seen and "g-3" not in seen
-    assert len(seen) == 2
-
-
-def test_at_least_once_delivery_trains_each_group_once(redis_client, namespace):
-    """A redelivered entry (consumer died after using it, before acking) is detected as a duplicate."""
-    keys = Keys(namespace)
-    queue = StreamQueue(redis_client, keys.trajectories, "learner", TrajectoryGroup)
-    queue.ensure_group()
-    queue.append(_trajectory_group())
-    seen = SeenIds(redis_client, keys.seen("trained"))
-
-    first = queue.read("learner-1", count=1)
-    assert seen.first_time(first[0].message.id)
-    time.sleep(0.05)  # learner-1 dies without acking
-    again = queue.reclaim("learner-2", min_idle_ms=10)
-    assert [e.message.id for e in again] == [first[0].message.id]
-    assert not seen.first_time(again[0].message.id)
-    assert queue.backlog() == 0
