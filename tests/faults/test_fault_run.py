@@ -27,7 +27,7 @@ from launcher.deployment import LocalDeployment
 from shared.codec import decode
 from shared.messages import RolloutTask, TrajectoryGroup
 from shared.streams import Keys
-from tests.faults.conftest import learner_step, metric, read_jsonl, reconciled, wait_for, wait_for_step
+from tests.helpers.faults import learner_step, metric, read_jsonl, reconciled, wait_for, wait_for_step
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 INCREMENTAL = True

@@ -24,7 +24,7 @@ from launcher.processes import ManagedProcess, free_port, redis_server_binary, s
 from shared.codec import decode_value
 from shared.messages import WorkerInfo
 from shared.streams import Keys
-from tests.unit.test_deploy_tools import load_compose, prepared_checkout
+from tests.helpers.deploy import load_compose, prepared_checkout
 
 pytestmark = pytest.mark.integration
 

@@ -28,8 +28,8 @@ from shared.codec import decode_value
 from shared.messages import RolloutKind, RolloutTask, Trajectory, TrajectoryGroup, WeightsRecord
 from shared.modeling import load_tokenizer
 from shared.streams import TASKS_GROUP, TRAJECTORIES_GROUP, Keys, StreamQueue
-from tests.integration.test_learner_weights import register, served_version, weight_swaps
-from tests.integration.test_rollout_http import TOKEN
+from tests.helpers.rollout import TOKEN
+from tests.helpers.workers import register, served_version, weight_swaps
 
 pytestmark = pytest.mark.integration
 
