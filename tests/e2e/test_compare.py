@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.e2e.test_run_job import SMALL_JOB
+from tests.helpers.jobs import SMALL_JOB
 
 pytestmark = pytest.mark.integration
 

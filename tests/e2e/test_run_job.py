@@ -12,16 +12,9 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.integration
+from tests.helpers.jobs import SMALL_JOB
 
-SMALL_JOB = """
-learner:
-  batch_prompts: 4
-  mini_batch_prompts: 4
-  micro_batch: 16
-  checkpoint_every: 2
-  sampling: {temperature: 1.0, max_tokens: 96}
-"""
+pytestmark = pytest.mark.integration
 
 
 def _prefix_rft(*args: str, cwd: Path) -> list[str]:

@@ -1,61 +1,7 @@
-"""Shared by the fault-injection suite: waiting on a live deployment, reading its metrics and ledger."""
+"""The fault-injection suite's pytest hooks; what its tests use to wait on a deployment and read its
+metrics and ledger is in tests/helpers/faults.py."""
 
 from __future__ import annotations
-
-import json
-import time
-from pathlib import Path
-
-import httpx
-
-from launcher.deployment import LocalDeployment
-from launcher.ledger import Ledger, reconcile_run
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-
-
-def learner_step(deployment: LocalDeployment) -> int:
-    rows = read_jsonl(deployment.run_dir / "learner" / "metrics.jsonl")
-    return rows[-1]["step"] if rows else 0
-
-
-def wait_for(predicate, timeout: float, deployment: LocalDeployment, what: str, allow_exited=()) -> None:
-    """Poll ``predicate``; fail at once, naming it, if a process of the deployment died."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        deployment.check(allow_exited=allow_exited)
-        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
-        time.sleep(0.3)
-
-
-def wait_for_step(deployment: LocalDeployment, step: int, timeout: float = 240.0) -> None:
-    wait_for(lambda: learner_step(deployment) >= step, timeout, deployment, f"learner step {step}")
-
-
-def metric(url: str, name: str) -> float:
-    """Sum of every sample of ``name`` in a Prometheus exposition (0 when absent)."""
-    total = 0.0
-    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
-        if line.startswith(name) and not line.startswith("#"):
-            head, _, value = line.rpartition(" ")
-            if head.split("{")[0] == name:
-                total += float(value)
-    return total
-
-
-def reconciled(run_dir: Path, redis_url: str, label: str, attempts: int = 10) -> Ledger:
-    """The run's ledger, printed. While the run goes on the snapshot of Redis and of ledger.jsonl may be
-    taken either side of a checkpoint; a real loss persists over every attempt, such a race does not."""
-    for _ in range(attempts):
-        ledger = reconcile_run(run_dir, redis_url)
-        if ledger.ok:
-            break
-        time.sleep(1.0)
-    print(f"\n--- ledger after {label} ---\n{ledger.render()}")
-    return ledger
-
 
 # pytest's "incremental" recipe, for modules that set INCREMENTAL = True: the scenarios of one deployment
 # run in order, each on the state the one before left; after a failure the rest are skipped rather than

@@ -24,7 +24,7 @@ import yaml
 
 from launcher.deployment import LocalDeployment
 from shared.bus import Keys, LedgerQueries, Redis, connect
-from tests.faults.conftest import learner_step, metric, read_jsonl, reconciled, wait_for, wait_for_step
+from tests.helpers.faults import learner_step, metric, read_jsonl, reconciled, wait_for, wait_for_step
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 INCREMENTAL = True

@@ -22,7 +22,7 @@ import yaml
 
 from launcher.processes import ManagedProcess, free_port, redis_server_binary, start_process, wait_http_ready
 from shared.bus import Keys, WorkerRegistry
-from tests.unit.test_deploy_tools import load_compose, prepared_checkout
+from tests.helpers.deploy import load_compose, prepared_checkout
 
 pytestmark = pytest.mark.integration
 

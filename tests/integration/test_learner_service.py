@@ -26,8 +26,8 @@ from launcher.processes import free_port, start_process, wait_http_ready
 from shared.bus import Keys, LedgerQueries, TaskStream, TrajectoryStream, WeightsRecordStore, connect
 from shared.messages import RolloutKind, RolloutTask, Trajectory, TrajectoryGroup
 from shared.modeling import load_tokenizer
-from tests.integration.test_learner_weights import register, served_version, weight_swaps
-from tests.integration.test_rollout_http import TOKEN
+from tests.helpers.rollout import TOKEN
+from tests.helpers.workers import register, served_version, weight_swaps
 
 pytestmark = pytest.mark.integration
 

@@ -8,37 +8,17 @@ import time
 import httpx
 import pytest
 import torch
-from prometheus_client.parser import text_string_to_metric_families
 
 from launcher.processes import free_port
 from services.learner.app import BackgroundServer, create_app
 from services.learner.metrics import JsonlLog, StepMetrics
 from services.learner.weights import Publisher, WeightStore
 from shared.bus import Keys, WeightsRecordStore, WorkerRegistry
-from shared.messages import WorkerInfo
 from shared.modeling import load_model
-from tests.integration.test_rollout_http import TOKEN
+from tests.helpers.rollout import TOKEN
+from tests.helpers.workers import register, served_version, weight_swaps
 
 pytestmark = pytest.mark.integration
-
-
-def served_version(url: str) -> int:
-    return httpx.get(f"{url}/v1/weights", timeout=10).json()["version"]
-
-
-def weight_swaps(url: str) -> float:
-    """The worker's count of weight swaps that succeeded (its Prometheus counter)."""
-    families = text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10).text)
-    return next(
-        (s.value for f in families for s in f.samples if s.name == "rollout_weight_swaps_total" and
-         s.labels.get("outcome") == "ok"),
-        0.0,
-    )
-
-
-def register(client, keys, worker_id, url, version=0, age_s=0.0):
-    info = WorkerInfo(worker_id=worker_id, url=url, version=version, heartbeat_at=time.time() - age_s)
-    WorkerRegistry(client, keys).register(info)
 
 
 def test_store_serves_and_prunes_versions(tmp_path, default_init_dir):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import http.server
 import shutil
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,38 +16,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from launcher.processes import free_port, start_process, wait_http_ready
+from launcher.processes import free_port
 from shared.datasets.arithmetic import ArithmeticDataset
 from shared.modeling import load_model, load_tokenizer, prompt_token_ids, response_token_ids
+from tests.helpers.rollout import MAX_N, MAX_TOKENS, TOKEN, start_rollout
 
 pytestmark = pytest.mark.integration
 
-TOKEN = "rollout-test-token"
-MAX_N = 16
-MAX_TOKENS = 256
 TIE_TOLERANCE = 1e-4  # greedy may pick either of two tokens whose log-probs differ by less than this
-
-
-def start_rollout(tmp: Path, model: Path, extra_env: dict[str, str] | None = None, name: str = "rollout"):
-    port = free_port()
-    env = {
-        "PRFT_AUTH__TOKEN": TOKEN,
-        "PRFT_ROLLOUT__MAX_N": str(MAX_N),
-        "PRFT_ROLLOUT__MAX_TOKENS": str(MAX_TOKENS),
-        "VLLM_RPC_BASE_PATH": str(tmp / "rpc"),
-        "VLLM_CACHE_ROOT": str(tmp / "vllm-cache"),
-        "PYTHONUNBUFFERED": "1",
-        **(extra_env or {}),
-    }
-    argv = [sys.executable, "-m", "services.rollout", "--model", str(model), "--port", str(port)]
-    process = start_process(name, argv + ["--no-worker"], tmp / f"{name}.log", env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http_ready(process, f"{url}/readyz", timeout=240)
-    except BaseException:
-        process.kill()
-        raise
-    return process, url
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     tomllib = pytest.importorskip("tomli")
 
-from tests.unit.test_deploy_tools import DEPLOY, REPO, run, tool
+from tests.helpers.deploy import DEPLOY, REPO, run, settings_class, tool
 
 DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
 
@@ -72,7 +72,6 @@ def test_image_runs_as_a_non_root_user_with_a_health_check():
 def test_exposed_ports_are_the_services_default_ports():
     from services.learner.settings import LearnerSettings
     from services.reward.settings import RewardSettings
-    from tests.unit.test_deploy_settings import settings_class
 
     exposed = {int(p) for name, args in instructions(DOCKERFILE.read_text()) if name == "EXPOSE" for p in args.split()}
     defaults = {settings_class(s).model_fields["port"].default for s in ("reward", "rollout", "learner")}

@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.unit.test_deploy_tools import (
+from tests.helpers.deploy import (
     COMPOSE_VARIANTS,
     DEPLOY,
     IMAGE,

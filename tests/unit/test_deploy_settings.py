@@ -8,7 +8,6 @@ option breaks this test, not a deployment.
 from __future__ import annotations
 
 import functools
-import importlib
 import math
 import re
 import typing
@@ -22,7 +21,7 @@ import yaml
 from pydantic import BaseModel
 
 from shared.settings import CONFIG_ENV_VAR, ENV_PREFIX, load_settings
-from tests.unit.test_deploy_tools import (
+from tests.helpers.deploy import (
     COMPOSE_VARIANTS,
     DEPLOY,
     IMAGE,
@@ -34,31 +33,14 @@ from tests.unit.test_deploy_tools import (
     find,
     k8s_manifests,
     secret_data,
+    settings_class,
 )
 
-SETTINGS_CLASSES = {
-    "reward": ("services.reward.settings", "RewardSettings"),
-    "rollout": ("services.rollout.settings", "RolloutSettings"),
-    "learner": ("services.learner.settings", "LearnerSettings"),
-}
 COMMON_SECTIONS = ("redis", "auth")
 CONFIG_FILES = (REPO / "configs" / "paper-gpu.yaml", DEPLOY / "k8s" / "base" / "config.yaml")
 # Stand-ins for what only a running cluster knows.
 POD_IP = "10.1.2.3"
 HOSTNAME = "prefix-rft-rollout-3"
-
-
-def settings_class(service: str) -> type:
-    module_name, class_name = SETTINGS_CLASSES[service]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        pytest.fail(f"{module_name} cannot be imported ({exc}): the {service} manifests cannot be checked")
-    cls = getattr(module, class_name, None)
-    if cls is None:
-        pytest.fail(f"{module_name} has no {class_name}: the {service} manifests cannot be checked")
-    assert cls.yaml_section == service
-    return cls
 
 
 def cli_commands() -> dict:
