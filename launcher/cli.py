@@ -43,16 +43,6 @@ def build_default_model_command(
     typer.echo(str(path))
 
 
-def load_or_fail(settings_cls, config: Path | None, **overrides):
-    """Settings for a sub-command; a bad value stops with a message naming it."""
-    from shared.settings import load_settings
-
-    try:
-        return load_settings(settings_cls, config, **overrides)
-    except SettingsError as exc:
-        fail(str(exc))
-
-
 @contextmanager
 def failing_cleanly(died: str, interrupted: str):
     """A job that stopped its processes (a service died, Ctrl-C or SIGTERM) ends with a message, not a trace."""
@@ -66,85 +56,33 @@ def failing_cleanly(died: str, interrupted: str):
         fail(interrupted)
 
 
-def _overrides(**values) -> dict:
-    """Flags that were given; the others leave the config file and env vars in charge."""
-    return {key: value for key, value in values.items() if value is not None}
+# Each service parses its own command line (services/<svc>/entry.py), so `prefix-rft reward ...` and
+# `python -m services.reward ...` are one program; these commands hand it everything after their name.
+_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 
 
-@app.command("reward")
-def reward_command(
-    config: Path = typer.Option(None, help="Job YAML file (default: $PRFT_CONFIG)."),
-    host: str = typer.Option(None, help="Interface to bind (default 127.0.0.1)."),
-    port: int = typer.Option(None, help="Port (default 8001)."),
-    workers: int = typer.Option(None, help="Verifier processes."),
-    item_timeout_s: float = typer.Option(None, help="Hard deadline per item, in seconds."),
-    log_level: str = typer.Option(None),
-) -> None:
-    """Serve the reward service: POST /v1/score verifies math answers."""
-    from services.reward.main import serve
-    from services.reward.settings import RewardSettings
+@app.command("reward", context_settings=_PASS_THROUGH, add_help_option=False)
+def reward_command(ctx: typer.Context) -> None:
+    """Serve the reward service: POST /v1/score verifies math answers (--help: its options)."""
+    from services.reward.entry import main as reward_main
 
-    serve(
-        load_or_fail(
-            RewardSettings,
-            config,
-            **_overrides(host=host, port=port, workers=workers, item_timeout_s=item_timeout_s, log_level=log_level),
-        )
-    )
+    reward_main(ctx.args)
 
 
-@app.command("rollout")
-def rollout_command(
-    config: Path = typer.Option(None, help="Job YAML file (default: $PRFT_CONFIG)."),
-    model: str = typer.Option(None, help="Local Hugging Face model directory (default: the built-in base policy)."),
-    host: str = typer.Option(None, help="Interface to bind (default 127.0.0.1)."),
-    port: int = typer.Option(None, help="Port (default 8000)."),
-    public_url: str = typer.Option(None, help="URL registered for weight pushes (default: http://host:port)."),
-    worker_id: str = typer.Option(None, help="Consumer name and registry key (default: hostname-pid)."),
-    reward_url: str = typer.Option(None, help="Reward service base URL."),
-    worker: bool = typer.Option(None, "--worker/--no-worker", help="Consume tasks from Redis (default on)."),
-    log_level: str = typer.Option(None),
-) -> None:
-    """Serve a rollout worker: a vLLM engine behind POST /v1/generate, consuming tasks from Redis."""
-    from services.rollout.main import serve
-    from services.rollout.settings import RolloutSettings
+@app.command("rollout", context_settings=_PASS_THROUGH, add_help_option=False)
+def rollout_command(ctx: typer.Context) -> None:
+    """Serve a rollout worker: a vLLM engine behind POST /v1/generate, consuming tasks from Redis (--help: its options)."""
+    from services.rollout.entry import main as rollout_main
 
-    serve(
-        load_or_fail(
-            RolloutSettings,
-            config,
-            **_overrides(
-                model=model,
-                host=host,
-                port=port,
-                public_url=public_url,
-                worker_id=worker_id,
-                reward_url=reward_url,
-                worker_enabled=worker,
-                log_level=log_level,
-            ),
-        )
-    )
+    rollout_main(ctx.args)
 
 
-@app.command("learner", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def learner_command(
-    config: Path = typer.Option(None, help="Job YAML file (default: $PRFT_CONFIG)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the run directory's last checkpoint."),
-    local_rank: int = typer.Option(None, "--local_rank", "--local-rank", hidden=True),
-) -> None:
-    """Run the DeepSpeed learner (also under torchrun or the deepspeed launcher)."""
-    import os
+@app.command("learner", context_settings=_PASS_THROUGH, add_help_option=False)
+def learner_command(ctx: typer.Context) -> None:
+    """Run the DeepSpeed learner, also under torchrun or the deepspeed launcher (--help: its options)."""
+    from services.learner.entry import main as learner_main
 
-    from services.learner.main import serve
-    from services.learner.settings import LearnerSettings
-
-    rank = os.environ.get("RANK", "0")
-    logging.basicConfig(
-        level=os.environ.get("PRFT_LOG_LEVEL", "INFO"),
-        format=f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s",
-    )
-    serve(load_or_fail(LearnerSettings, config), resume=resume)
+    learner_main(ctx.args)
 
 
 @app.command("run")

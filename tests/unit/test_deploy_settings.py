@@ -428,7 +428,7 @@ def test_learner_serves_weights_under_its_service_name_and_keeps_runs_on_a_volum
     learner = plan.containers["learner"]
     settings = load_as_container(learner, tmp_path, monkeypatch)
     assert (
-        url_target(settings.weights_base_url())
+        url_target(settings.public_base_url())
         == ("learner", settings.port)
         == ("learner", plan.service_ports["learner"])
     )
