@@ -253,7 +253,7 @@ def _for_service(cls: type[ServiceSettings], document: Mapping[str, Any], what: 
 def format_validation_error(
     exc: ValidationError, source: str | Path | None = None, section: str | None = None
 ) -> str:
-    where = f" (config file {source}, env vars {ENV_PREFIX}*)" if source else f" (env vars {ENV_PREFIX}*)"
+    where = f" (--set, config file {source}, env vars {ENV_PREFIX}*)" if source else f" (--set, env vars {ENV_PREFIX}*)"
     lines = [f"invalid settings{where}:"]
     for err in exc.errors():
         loc = [str(p) for p in err["loc"]]

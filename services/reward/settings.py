@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+
 from pydantic import Field
 
 from shared.settings import ServiceSettings

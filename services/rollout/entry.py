@@ -10,7 +10,8 @@ from shared.service_cli import load_or_exit, service_parser
 
 def build_parser() -> argparse.ArgumentParser:
     parser = service_parser(
-        "prefix-rft rollout", "Serve a rollout worker: a vLLM engine behind POST /v1/generate, consuming tasks from Redis."
+        "prefix-rft rollout",
+        "Serve a rollout worker: a vLLM engine behind POST /v1/generate, consuming tasks from Redis.",
     )
     parser.add_argument("--model", help="Local Hugging Face model directory (default: the built-in base policy).")
     parser.add_argument("--host", help="Interface to bind (default 127.0.0.1).")
