@@ -67,13 +67,13 @@ def _interrupt(signum, frame) -> None:
 
 
 def run_job(options: RunOptions, console: Console) -> RunReport:
+    started = time.monotonic()
+    run_dir = _run_dir(options)
+    job = build_job_config(options, run_dir)  # a bad setting stops the run here, before anything starts
     # SIGTERM (kill, a scheduler ending the job) stops the run as Ctrl-C does, so the processes it
     # started are stopped too: each runs in a session of its own and would outlive it.
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)
-    started = time.monotonic()
-    run_dir = _run_dir(options)
-    job = build_job_config(options, run_dir)  # a bad setting stops the run here, before anything starts
     run_dir.mkdir(parents=True, exist_ok=True)
     model_path = _resolve_model(options, console)
     splits = _eval_splits(options)
