@@ -109,3 +109,20 @@ def test_the_shipped_configs_load_as_a_job():
     repo = Path(__file__).resolve().parents[2]
     for path in (repo / "configs").glob("*.yaml"):
         JobConfig.load(path)
+
+
+def test_a_local_deployment_starts_each_service_on_the_job_file_with_its_own_overrides(tmp_path):
+    from launcher.deployment import LocalDeployment
+    from services.rollout.entry import build_parser
+    from shared.service_cli import load_or_exit
+
+    config = build_job_config(RunOptions(), tmp_path).dump(tmp_path / "job.yaml")
+    deployment = LocalDeployment(run_dir=tmp_path, config_path=config, redis_url="redis://127.0.0.1:7002/0")
+    model = tmp_path / "a model: v2"  # YAML would read an unquoted "a: b" as a mapping
+    argv = deployment.service_argv("rollout", {"rollout.model": str(model), "rollout.worker_enabled": False})
+    assert argv[:2] == ["-m", "services.rollout"]
+    parser = build_parser()
+    settings = load_or_exit(parser, RolloutSettings, parser.parse_args(argv[2:]))
+    assert settings.model == model and settings.worker_enabled is False
+    assert settings.redis.url == "redis://127.0.0.1:7002/0"
+    assert settings.auth.token.get_secret_value() == yaml.safe_load(config.read_text())["auth"]["token"]
