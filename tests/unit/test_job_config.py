@@ -107,8 +107,28 @@ def test_a_misspelt_section_in_the_file_is_refused(tmp_path):
 
 def test_the_shipped_configs_load_as_a_job():
     repo = Path(__file__).resolve().parents[2]
-    for path in (repo / "configs").glob("*.yaml"):
+    paths = [*(repo / "configs").glob("*.yaml"), repo / "deploy" / "k8s" / "base" / "config.yaml"]
+    assert len(paths) > 1
+    for path in paths:
         JobConfig.load(path)
+
+
+def test_a_service_module_starts_without_the_launcher():
+    import subprocess
+    import sys
+
+    code = (
+        "import runpy, sys\n"
+        "sys.argv = ['x', '--set', 'redis.nope=1']  # stops once the service's modules are imported\n"
+        "for service in ('reward', 'rollout', 'learner'):\n"
+        "    try:\n"
+        "        runpy.run_module(f'services.{service}', run_name='__main__')\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'launcher'))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_a_local_deployment_starts_each_service_on_the_job_file_with_its_own_overrides(tmp_path):
