@@ -20,20 +20,19 @@ import json
 import sys
 from pathlib import Path
 
-import yaml
 from rich.console import Console
 from rich.table import Table
 
 from launcher.pipeline import PipelineStats
 from launcher.run import RunOptions, run_job
+from shared.settings import dotted
 
 
 def run_one(out: Path, staleness: int, steps: int, seed: int, pin_cores: bool) -> PipelineStats:
     out.mkdir(parents=True, exist_ok=True)
-    config = out / "config.yaml"
-    config.write_text(yaml.safe_dump({"learner": {"max_staleness": staleness}}))
     options = RunOptions(
-        steps=steps, seed=seed, config=config, out=out / "run", evaluate=False, pin_cores=pin_cores
+        steps=steps, seed=seed, sets=dotted({"learner.max_staleness": staleness}), out=out / "run", evaluate=False,
+        pin_cores=pin_cores,
     )
     report = run_job(options, Console(stderr=True))
     if report.pipeline is None:

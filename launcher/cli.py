@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from shared.service_cli import SET_HELP
 from shared.settings import SettingsError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Prefix-RFT: blend SFT and RFT by prefix sampling.")
@@ -25,8 +26,32 @@ def setup_logging(level: str = "INFO") -> None:
 
 
 def fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}")
+    from rich.markup import escape
+
+    console.print(f"[red]error:[/red] {escape(message)}", highlight=False)
     raise typer.Exit(2)
+
+
+def parsed_sets(sets: list[str] | None) -> dict:
+    """The --set options as a job document; a malformed one stops with a message."""
+    from shared.settings import parse_sets
+
+    try:
+        return parse_sets(sets or [])
+    except SettingsError as exc:
+        fail(str(exc))
+
+
+def checked_job(config: Path | None, sets: dict):
+    """The job's settings from --config and --set, checked before anything starts (a bad one: a message)."""
+    from launcher.config import JobConfig
+
+    if config is not None and not config.exists():
+        fail(f"--config {config}: no such file or directory")
+    try:
+        return JobConfig.load(config, sets=sets)
+    except SettingsError as exc:
+        fail(str(exc))
 
 
 @app.command("build-default-model")
@@ -43,16 +68,6 @@ def build_default_model_command(
     typer.echo(str(path))
 
 
-def load_or_fail(settings_cls, config: Path | None, **overrides):
-    """Settings for a sub-command; a bad value stops with a message naming it."""
-    from shared.settings import load_settings
-
-    try:
-        return load_settings(settings_cls, config, **overrides)
-    except SettingsError as exc:
-        fail(str(exc))
-
-
 @contextmanager
 def failing_cleanly(died: str, interrupted: str):
     """A job that stopped its processes (a service died, Ctrl-C or SIGTERM) ends with a message, not a trace."""
@@ -66,85 +81,33 @@ def failing_cleanly(died: str, interrupted: str):
         fail(interrupted)
 
 
-def _overrides(**values) -> dict:
-    """Flags that were given; the others leave the config file and env vars in charge."""
-    return {key: value for key, value in values.items() if value is not None}
+# Each service parses its own command line (services/<svc>/entry.py), so `prefix-rft reward ...` and
+# `python -m services.reward ...` are one program; these commands hand it everything after their name.
+_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 
 
-@app.command("reward")
-def reward_command(
-    config: Path = typer.Option(None, help="Job YAML file (default: $PRFT_CONFIG)."),
-    host: str = typer.Option(None, help="Interface to bind (default 127.0.0.1)."),
-    port: int = typer.Option(None, help="Port (default 8001)."),
-    workers: int = typer.Option(None, help="Verifier processes."),
-    item_timeout_s: float = typer.Option(None, help="Hard deadline per item, in seconds."),
-    log_level: str = typer.Option(None),
-) -> None:
-    """Serve the reward service: POST /v1/score verifies math answers."""
-    from services.reward.main import serve
-    from services.reward.settings import RewardSettings
+@app.command("reward", context_settings=_PASS_THROUGH, add_help_option=False)
+def reward_command(ctx: typer.Context) -> None:
+    """Serve the reward service: POST /v1/score verifies math answers (--help: its options)."""
+    from services.reward.entry import main as reward_main
 
-    serve(
-        load_or_fail(
-            RewardSettings,
-            config,
-            **_overrides(host=host, port=port, workers=workers, item_timeout_s=item_timeout_s, log_level=log_level),
-        )
-    )
+    reward_main(ctx.args)
 
 
-@app.command("rollout")
-def rollout_command(
-    config: Path = typer.Option(None, help="Job YAML file (default: $PRFT_CONFIG)."),
-    model: str = typer.Option(None, help="Local Hugging Face model directory (default: the built-in base policy)."),
-    host: str = typer.Option(None, help="Interface to bind (default 127.0.0.1)."),
-    port: int = typer.Option(None, help="Port (default 8000)."),
-    public_url: str = typer.Option(None, help="URL registered for weight pushes (default: http://host:port)."),
-    worker_id: str = typer.Option(None, help="Consumer name and registry key (default: hostname-pid)."),
-    reward_url: str = typer.Option(None, help="Reward service base URL."),
-    worker: bool = typer.Option(None, "--worker/--no-worker", help="Consume tasks from Redis (default on)."),
-    log_level: str = typer.Option(None),
-) -> None:
-    """Serve a rollout worker: a vLLM engine behind POST /v1/generate, consuming tasks from Redis."""
-    from services.rollout.main import serve
-    from services.rollout.settings import RolloutSettings
+@app.command("rollout", context_settings=_PASS_THROUGH, add_help_option=False)
+def rollout_command(ctx: typer.Context) -> None:
+    """Serve a rollout worker: a vLLM engine behind POST /v1/generate, taking tasks from Redis (--help: its options)."""
+    from services.rollout.entry import main as rollout_main
 
-    serve(
-        load_or_fail(
-            RolloutSettings,
-            config,
-            **_overrides(
-                model=model,
-                host=host,
-                port=port,
-                public_url=public_url,
-                worker_id=worker_id,
-                reward_url=reward_url,
-                worker_enabled=worker,
-                log_level=log_level,
-            ),
-        )
-    )
+    rollout_main(ctx.args)
 
 
-@app.command("learner", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def learner_command(
-    config: Path = typer.Option(None, help="Job YAML file (default: $PRFT_CONFIG)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the run directory's last checkpoint."),
-    local_rank: int = typer.Option(None, "--local_rank", "--local-rank", hidden=True),
-) -> None:
-    """Run the DeepSpeed learner (also under torchrun or the deepspeed launcher)."""
-    import os
+@app.command("learner", context_settings=_PASS_THROUGH, add_help_option=False)
+def learner_command(ctx: typer.Context) -> None:
+    """Run the DeepSpeed learner, also under torchrun or the deepspeed launcher (--help: its options)."""
+    from services.learner.entry import main as learner_main
 
-    from services.learner.main import serve
-    from services.learner.settings import LearnerSettings
-
-    rank = os.environ.get("RANK", "0")
-    logging.basicConfig(
-        level=os.environ.get("PRFT_LOG_LEVEL", "INFO"),
-        format=f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s",
-    )
-    serve(load_or_fail(LearnerSettings, config), resume=resume)
+    learner_main(ctx.args)
 
 
 @app.command("run")
@@ -162,6 +125,7 @@ def run_command(
     eval_problems: int = typer.Option(128, min=1, help="Problems per evaluation split."),
     eval_every: int = typer.Option(20, min=0, help="Evaluate during training every N steps (0: never)."),
     pin_cores: bool = typer.Option(True, help="Give the learner and the workers disjoint CPU cores."),
+    sets: list[str] = typer.Option(None, "--set", metavar="SECTION.KEY=VALUE", help=SET_HELP),
 ) -> None:
     """Run a whole Prefix-RFT training job locally: redis, reward, rollout workers, learner, evaluation, report."""
     from pydantic import ValidationError
@@ -191,6 +155,7 @@ def run_command(
             eval_problems=eval_problems,
             eval_every=eval_every,
             pin_cores=pin_cores,
+            sets=parsed_sets(sets),
         )
     except ValidationError as exc:
         fail(str(exc))
@@ -198,7 +163,10 @@ def run_command(
         died="a service died, so the run was stopped",
         interrupted="interrupted; every process this run started has been stopped",
     ):
-        run_job(options, console)
+        try:
+            run_job(options, console)
+        except SettingsError as exc:  # the job's settings are checked before any process starts
+            fail(str(exc))
 
 
 @app.command("compare")
@@ -218,6 +186,7 @@ def compare_command(
     ),
     out: Path = typer.Option(Path("runs/compare"), help="Where the runs and figures go (reused when re-run)."),
     results: Path = typer.Option(Path("docs/results.md"), help="The markdown report to write."),
+    sets: list[str] = typer.Option(None, "--set", metavar="SECTION.KEY=VALUE", help=SET_HELP + " Every run."),
 ) -> None:
     """Train every algorithm, ablation and demonstration quantity from the same base policy over several
     seeds, and write the comparison (table, curves, raw metrics, docs/results.md)."""
@@ -234,13 +203,13 @@ def compare_command(
         seed_list = [int(s) for s in seeds.split(",")]
     except ValueError:
         fail(f"--seeds {seeds!r}: expected comma-separated integers")
-    if config is not None and not config.exists():
-        fail(f"--config {config}: no such file or directory")
+    overrides = parsed_sets(sets)
+    checked_job(config, overrides)
     try:
         options = CompareOptions(
             variants=names, seeds=seed_list, steps=steps, eval_problems=eval_problems, eval_every=eval_every,
             eval_k=eval_k, config=config, demonstrations=demonstrations, out=out, results=results,
-            command=command_line(),
+            command=command_line(), sets=overrides,
         )
     except ValidationError as exc:
         fail(str(exc))
@@ -262,6 +231,8 @@ def eval_command(
     rollout_url: str = typer.Option(None, help="Use a running rollout worker instead of starting one."),
     reward_url: str = typer.Option(None, help="Use a running reward service instead of starting one."),
     out: Path = typer.Option(None, help="Also write the result as JSON here."),
+    config: Path = typer.Option(None, help="YAML settings (sections reward, rollout, ...) for the services it starts."),
+    sets: list[str] = typer.Option(None, "--set", metavar="SECTION.KEY=VALUE", help=SET_HELP),
 ) -> None:
     """Greedy and sampled accuracy (pass@1, avg@k, pass@k) through a rollout worker and the reward service."""
     import asyncio
@@ -272,6 +243,7 @@ def eval_command(
     from shared.modeling import load_tokenizer
 
     setup_logging("WARNING")
+    job = checked_job(config, parsed_sets(sets))
     if model is not None and not (model / "config.json").is_file():
         fail(f"--model {model}: not a Hugging Face model directory (no config.json)")
     try:
@@ -287,9 +259,8 @@ def eval_command(
     try:
         if rollout_url is None or reward_url is None:
             run_dir = Path(tempfile.mkdtemp(prefix="prft-eval-"))
-            config = run_dir / "eval.yaml"
-            config.write_text("{}\n")
-            deployment = LocalDeployment(run_dir=run_dir, config_path=config, redis_url=None)
+            config_path = job.dump(run_dir / "job.yaml")
+            deployment = LocalDeployment(run_dir=run_dir, config_path=config_path, redis_url=None)
             with console.status("starting the reward service and a rollout worker"):
                 reward_url = reward_url or deployment.start_reward(1)
                 deployment.reward_url = reward_url

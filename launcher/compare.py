@@ -17,17 +17,19 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.table import Table
 
+from launcher.config import JobConfig
 from launcher.evaluate import EvalSettings
 from launcher.report import RunReport, read_metrics
 from launcher.run import RunOptions, run_job
 from services.learner.algorithm import AlgorithmName
 from shared.datasets.arithmetic import DemoStyle
+from shared.settings import deep_merge, dotted
 
 
 class Variant(BaseModel):
@@ -67,6 +69,7 @@ class CompareOptions(BaseModel):
     eval_every: int = Field(10, ge=0)
     eval_k: int = Field(4, ge=0)  # samples per problem for avg@k after training (0: greedy only)
     config: Path | None = None  # YAML merged into every run's settings (the same for all variants)
+    sets: dict[str, Any] = Field(default_factory=dict)  # --set overrides of every run, a job document
     # The built-in task's demonstration style (None: what the config says, else "column", the base
     # policy's own); "teacher" makes the demonstrations off-policy, as the paper's are.
     demonstrations: DemoStyle | None = None
@@ -152,19 +155,15 @@ def _existing_report(run_dir: Path, steps: int) -> RunReport | None:
 
 def _run_options(options: CompareOptions, name: str, seed: int, run_dir: Path, first: bool) -> RunOptions:
     variant = VARIANTS[name]
-    document = _config_document(options)
-    algorithm = document.setdefault("learner", {}).setdefault("algorithm", {})
-    algorithm.update(variant.overrides)
+    overrides = {f"learner.algorithm.{key}": value for key, value in variant.overrides.items()}
     if options.demonstrations is not None:
-        document["learner"].setdefault("dataset", {})["demonstrations"] = options.demonstrations
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config = run_dir / "compare.yaml"
-    config.write_text(yaml.safe_dump(document, sort_keys=False))
+        overrides["learner.dataset.demonstrations"] = options.demonstrations
     return RunOptions(
         algorithm=variant.algorithm,
         steps=options.steps,
         seed=seed,
-        config=config,
+        config=options.config,
+        sets=deep_merge(options.sets, dotted(overrides)),
         out=run_dir,
         eval_problems=options.eval_problems,
         eval_every=options.eval_every,
@@ -173,16 +172,10 @@ def _run_options(options: CompareOptions, name: str, seed: int, run_dir: Path, f
     )
 
 
-def _config_document(options: CompareOptions) -> dict:
-    """The user's YAML (``--config``), read afresh: callers change their copy."""
-    return (yaml.safe_load(options.config.read_text()) if options.config else None) or {}
-
-
 def demonstration_style(options: CompareOptions) -> str:
     if options.demonstrations is not None:
         return options.demonstrations
-    document = _config_document(options)
-    return ((document.get("learner") or {}).get("dataset") or {}).get("demonstrations", "column")
+    return JobConfig.load(options.config, sets=options.sets).learner.dataset.demonstrations
 
 
 DEMO_STYLE_WORDS = {

@@ -10,6 +10,7 @@ import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from launcher.cpus import CorePlan, pin, thread_env
 from launcher.processes import (
@@ -36,11 +37,15 @@ class LocalDeployment:
     # Disjoint cores for the learner and each worker (None: every process may use every core).
     cores: CorePlan | None = None
 
-    def env(self) -> dict[str, str]:
-        env = {"PRFT_CONFIG": str(self.config_path), "PYTHONUNBUFFERED": "1"}
+    def service_argv(self, service: str, sets: dict[str, Any], *flags: str) -> list[str]:
+        """``python -m services.<service>`` on the job's file, with what this process alone has (its port,
+        its worker id) as --set overrides, the same as a user would give them."""
         if self.redis_url:
-            env["PRFT_REDIS__URL"] = self.redis_url
-        return env
+            sets = {"redis.url": self.redis_url, **sets}
+        argv = ["-m", f"services.{service}", "--config", str(self.config_path), *flags]
+        for key, value in sets.items():
+            argv += ["--set", f"{key}={json.dumps(value)}"]  # JSON is YAML: a path stays a string
+        return argv
 
     def start_redis(self) -> str:
         if self.redis_url is None:
@@ -60,9 +65,7 @@ class LocalDeployment:
     def start_reward(self, workers: int, port: int | None = None) -> str:
         """``port``: the port of a reward service that stopped (the workers know its URL)."""
         port = port or free_port()
-        process = self._start(
-            "reward", ["-m", "services.reward"], {"PRFT_REWARD__PORT": str(port), "PRFT_REWARD__WORKERS": str(workers)}
-        )
+        process = self._start("reward", self.service_argv("reward", {"reward.port": port, "reward.workers": workers}))
         self.reward_url = f"http://127.0.0.1:{port}"
         wait_http_ready(process, f"{self.reward_url}/healthz", timeout=120)
         return self.reward_url
@@ -71,30 +74,29 @@ class LocalDeployment:
         """``consume_tasks=False`` serves HTTP only (evaluation without Redis)."""
         port = free_port()
         url = f"http://127.0.0.1:{port}"
+        sets = {
+            "rollout.port": port,
+            "rollout.model": str(model),
+            "rollout.public_url": url,
+            "rollout.reward_url": self.reward_url,
+            "rollout.worker_id": f"rollout-{index}",
+            "rollout.worker_enabled": consume_tasks,
+        }
+        # Each engine needs its own RPC and cache paths when several share a machine.
         env = {
-            "PRFT_ROLLOUT__PORT": str(port),
-            "PRFT_ROLLOUT__MODEL": str(model),
-            "PRFT_ROLLOUT__PUBLIC_URL": url,
-            "PRFT_ROLLOUT__REWARD_URL": self.reward_url,
-            "PRFT_ROLLOUT__WORKER_ID": f"rollout-{index}",
-            # Each engine needs its own RPC and cache paths when several share a machine.
             "VLLM_RPC_BASE_PATH": str(self.run_dir / f"vllm-rpc-{index}"),
             "VLLM_CACHE_ROOT": str(self.run_dir / f"vllm-cache-{index}"),
         }
-        if not consume_tasks:
-            env["PRFT_ROLLOUT__WORKER_ENABLED"] = "false"
         cores = self.cores.workers[index % len(self.cores.workers)] if self.cores else None
-        process = self._start(f"rollout-{index}", ["-m", "services.rollout"], env, cores)
+        process = self._start(f"rollout-{index}", self.service_argv("rollout", sets), env, cores)
         wait_http_ready(process, f"{url}/readyz", timeout=300)
         self.rollout_urls.append(url)
         return url
 
     def start_learner(self, resume: bool = False) -> str:
         port = free_port()
-        argv = ["-m", "services.learner"] + (["--resume"] if resume else [])
-        process = self._start(
-            "learner", argv, {"PRFT_LEARNER__PORT": str(port)}, self.cores.learner if self.cores else None
-        )
+        argv = self.service_argv("learner", {"learner.port": port}, *(["--resume"] if resume else []))
+        process = self._start("learner", argv, cores=self.cores.learner if self.cores else None)
         self.learner_url = f"http://127.0.0.1:{port}"
         wait_http_ready(process, f"{self.learner_url}/v1/status", timeout=300)
         return self.learner_url
@@ -117,13 +119,12 @@ class LocalDeployment:
             log.info("stopped %s (pid %d, exit code %s)", process.name, process.pid, code)
 
     def _start(
-        self, name: str, module_argv: list[str], env: dict[str, str], cores: tuple[int, ...] | None = None
+        self, name: str, module_argv: list[str], env: dict[str, str] | None = None, cores: tuple[int, ...] | None = None
     ) -> ManagedProcess:
+        env = {"PYTHONUNBUFFERED": "1", **(env or {})}
         if cores is not None:
             env = {**env, **thread_env(cores)}
-        process = start_process(
-            name, [sys.executable, *module_argv], self.run_dir / "logs" / f"{name}.log", env={**self.env(), **env}
-        )
+        process = start_process(name, [sys.executable, *module_argv], self.run_dir / "logs" / f"{name}.log", env=env)
         if cores is not None:
             pin(process.pid, cores)
         self._register(process)

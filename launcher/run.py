@@ -15,13 +15,14 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from launcher.config import LOCAL_JOB_DEFAULTS, JobConfig
 from launcher.cpus import available_cores, plan_cores
 from launcher.deployment import LocalDeployment
 from launcher.evaluate import EvalResult, EvalSettings, evaluate
@@ -32,19 +33,9 @@ from shared.data import load_problems
 from shared.datasets.arithmetic import ArithmeticDataset
 from shared.modeling import load_tokenizer
 from shared.problems import Problem
+from shared.settings import deep_merge, dotted
 
 log = logging.getLogger(__name__)
-
-
-# Sized so that the default job (the built-in model and task) finishes in about 15 minutes on 2 cores.
-DEFAULT_JOB = {
-    "batch_prompts": 16,
-    "mini_batch_prompts": 16,
-    "micro_batch": 32,
-    "max_staleness": 1,
-    "checkpoint_every": 25,
-    "sampling": {"temperature": 1.0, "max_tokens": 160},
-}
 
 
 class RunOptions(BaseModel):
@@ -59,7 +50,8 @@ class RunOptions(BaseModel):
     rollout_workers: int = Field(1, ge=1)
     reward_workers: int = Field(1, ge=1)
     redis_url: str | None = None
-    config: Path | None = None  # user YAML merged under the job's own settings
+    config: Path | None = None  # the user's YAML: over the launcher's defaults, under the options and sets
+    sets: dict[str, Any] = Field(default_factory=dict)  # --set overrides, a job document (shared.settings.parse_sets)
     out: Path | None = None
     eval_problems: int = Field(128, ge=1)
     eval_every: int = Field(20, ge=0)  # 0: evaluate only before and after
@@ -75,22 +67,26 @@ def _interrupt(signum, frame) -> None:
 
 
 def run_job(options: RunOptions, console: Console) -> RunReport:
+    started = time.monotonic()
+    run_dir = _run_dir(options)
+    job = build_job_config(options, run_dir)  # a bad setting stops the run here, before anything starts
     # SIGTERM (kill, a scheduler ending the job) stops the run as Ctrl-C does, so the processes it
     # started are stopped too: each runs in a session of its own and would outlive it.
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)
-    started = time.monotonic()
-    run_dir = _run_dir(options)
+    run_dir.mkdir(parents=True, exist_ok=True)
     model_path = _resolve_model(options, console)
     splits = _eval_splits(options)
-    config_path, job = _write_job_config(options, run_dir, model_path)
+    config_path = job.dump(run_dir / "job.yaml")
     console.print(f"run directory: [bold]{run_dir}[/bold]")
 
     cores = plan_cores(available_cores(), options.rollout_workers) if options.pin_cores else None
     deployment = LocalDeployment(run_dir=run_dir, config_path=config_path, redis_url=options.redis_url, cores=cores)
     try:
         with console.status("starting redis-server and the reward service"):
-            deployment.start_redis()
+            # A private redis-server's address is known once it runs: job.yaml records it.
+            job = job.with_redis_url(deployment.start_redis())
+            job.dump(config_path)
             deployment.start_reward(options.reward_workers)
         with console.status(f"starting {options.rollout_workers} rollout worker(s) (vLLM)"):
             for index in range(options.rollout_workers):
@@ -130,7 +126,7 @@ def run_job(options: RunOptions, console: Console) -> RunReport:
         evaluation_before=before,
         evaluation_after=after,
         accuracy_curve=curve,
-        pipeline=pipeline_stats(metrics, busy, job["learner"]["max_staleness"]),
+        pipeline=pipeline_stats(metrics, busy, job.learner.max_staleness),
         run_dir=str(run_dir),
     )
     write_report(report, metrics, run_dir)
@@ -142,7 +138,6 @@ def _run_dir(options: RunOptions) -> Path:
     run_dir = (
         options.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{options.algorithm.value}-s{options.seed}"
     )
-    run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir.resolve()
 
 
@@ -170,31 +165,38 @@ def _eval_splits(options: RunOptions) -> dict[str, list[Problem]]:
     return {"eval": problems[-options.eval_problems :]}
 
 
-def _write_job_config(options: RunOptions, run_dir: Path, model_path: Path) -> tuple[Path, dict]:
-    """One YAML for every process of the job: the user's file, then what this command decides."""
-    document: dict = yaml.safe_load(options.config.read_text()) if options.config else {}
-    document = document or {}
-    document.setdefault("redis", {}).setdefault("namespace", f"run-{secrets.token_hex(4)}")
-    document.setdefault("auth", {}).setdefault("token", secrets.token_urlsafe(24))
-    learner = document.setdefault("learner", {})
-    learner.update(total_steps=options.steps, seed=options.seed, run_dir=str(run_dir / "learner"))
-    if options.model is not None:
-        learner["model"] = str(model_path)  # else the learner picks the built-in model and its learning rate
-    if options.data is not None:
-        learner["data"] = str(options.data)
-    for key, value in DEFAULT_JOB.items():
-        learner.setdefault(key, value)
-    algorithm = learner.setdefault("algorithm", {})
-    algorithm["name"] = options.algorithm.value
-    # The paper decays the prefix curriculum over its whole run (T_decay = 500 of ~500 steps); a
-    # short run gets the same shape over its own length unless the config says otherwise.
-    algorithm.setdefault("schedule", {}).setdefault("decay_steps", options.steps)
+def build_job_config(options: RunOptions, run_dir: Path) -> JobConfig:
+    """Every process's settings, lowest first: the launcher's defaults for a local job and for this run
+    (a private namespace and token), the user's file, env vars, what this command's options decide, and
+    the --set overrides."""
+    defaults = {
+        "redis.namespace": f"run-{secrets.token_hex(4)}",
+        "auth.token": secrets.token_urlsafe(24),
+        # The paper decays the prefix curriculum over its whole run (T_decay = 500 of ~500 steps); a
+        # short run gets the same shape over its own length unless the config says otherwise.
+        "learner.algorithm.schedule.decay_steps": options.steps,
+    }
     if options.algorithm == AlgorithmName.sft_then_rft:
-        algorithm.setdefault("sft_steps", options.steps // 2)  # half the budget each, unless configured
-    path = run_dir / "job.yaml"
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
-    path.chmod(0o600)  # it holds the bearer token
-    return path, document
+        defaults["learner.algorithm.sft_steps"] = options.steps // 2  # half the budget each, unless configured
+    decided = {
+        "learner.total_steps": options.steps,
+        "learner.seed": options.seed,
+        "learner.run_dir": str(run_dir / "learner"),
+        "learner.algorithm.name": options.algorithm.value,
+        "reward.workers": options.reward_workers,
+    }
+    if options.model is not None:
+        # Else the learner picks the built-in model and its learning rate.
+        decided["learner.model"] = str(options.model.resolve())
+    if options.data is not None:
+        decided["learner.data"] = str(options.data)
+    if options.redis_url is not None:
+        decided["redis.url"] = options.redis_url
+    return JobConfig.load(
+        options.config,
+        sets=deep_merge(dotted(decided), options.sets),
+        defaults=deep_merge(LOCAL_JOB_DEFAULTS, dotted(defaults)),
+    )
 
 
 def _evaluate_all(deployment, tokenizer, splits, options, console, label) -> dict[str, EvalResult]:

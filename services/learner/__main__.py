@@ -1,8 +1,6 @@
-"""``python -m services.learner``: the same as ``prefix-rft learner`` (see ``prefix-rft learner --help``)."""
+"""``python -m services.learner``: the same as ``prefix-rft learner`` (see ``--help``)."""
 
-import sys
-
-from launcher.cli import app
+from services.learner.entry import main
 
 if __name__ == "__main__":
-    app(["learner", *sys.argv[1:]])
+    main()

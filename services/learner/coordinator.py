@@ -262,7 +262,7 @@ class Coordinator:
         if self.settings.weights_uri == "file":
             uri = path.resolve().as_uri()
         else:
-            uri = f"{self.settings.weights_base_url()}/v1/weights/{version}"
+            uri = f"{self.settings.public_base_url()}/v1/weights/{version}"
         self.publisher.publish(version, uri)
         self.published_step = self.state.step
         return time.monotonic() - started

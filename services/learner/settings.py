@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Any, Literal
 
@@ -11,7 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from services.learner.algorithm import AlgorithmSettings
 from shared.datasets.arithmetic import ArithmeticDataset
 from shared.messages import SamplingParams
-from shared.settings import ServiceSettings, StrictModel
+from shared.settings import ServiceSettings, StrictModel, public_base_url
 
 PAPER_LR = 1e-6
 # The built-in model has about a million parameters: at the paper's 1e-6 it would not move in a
@@ -74,7 +73,8 @@ class LearnerSettings(ServiceSettings):
     run_dir: Path = Path("runs/learner")
     host: str = "127.0.0.1"
     port: int = Field(8002, ge=0, le=65535)
-    # Base URL workers use to fetch weights; None: http://{host}:{port}. "file" publishes file:// URIs.
+    # Base URL workers use to fetch weights; None: see shared.settings.public_base_url. "file" publishes
+    # file:// URIs.
     public_url: str | None = None
     weights_uri: Literal["http", "file"] = "http"
 
@@ -116,9 +116,5 @@ class LearnerSettings(ServiceSettings):
         """Groups that may be outstanding (issued, not yet consumed): AReaL's admission bound."""
         return (self.max_staleness + 1) * self.batch_prompts
 
-    def weights_base_url(self) -> str:
-        if self.public_url:
-            return self.public_url.rstrip("/")
-        # Bound to every interface: workers elsewhere reach it by this machine's name.
-        host = socket.getfqdn() if self.host in ("0.0.0.0", "::") else self.host
-        return f"http://{host}:{self.port}"
+    def public_base_url(self) -> str:
+        return public_base_url(self.host, self.port, self.public_url)

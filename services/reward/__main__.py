@@ -1,8 +1,6 @@
-"""``python -m services.reward``: the same as ``prefix-rft reward`` (see ``prefix-rft reward --help``)."""
+"""``python -m services.reward``: the same as ``prefix-rft reward`` (see ``--help``)."""
 
-import sys
-
-from launcher.cli import app
+from services.reward.entry import main
 
 if __name__ == "__main__":
-    app(["reward", *sys.argv[1:]])
+    main()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from typing import Literal
 
 from pydantic import Field
 
@@ -26,5 +25,4 @@ class RewardSettings(ServiceSettings):
     # instead of waking the kernel's OOM killer. None: no cap.
     worker_memory_mb: int | None = Field(4096, ge=256)
     worker_start_timeout_s: float = Field(60.0, gt=0.0)
-    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
     access_log: bool = False  # one log line per request costs CPU the verifiers could use

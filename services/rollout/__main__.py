@@ -1,8 +1,6 @@
-"""``python -m services.rollout``: the same as ``prefix-rft rollout`` (see ``prefix-rft rollout --help``)."""
+"""``python -m services.rollout``: the same as ``prefix-rft rollout`` (see ``--help``)."""
 
-import sys
-
-from launcher.cli import app
+from services.rollout.entry import main
 
 if __name__ == "__main__":
-    app(["rollout", *sys.argv[1:]])
+    main()

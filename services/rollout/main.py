@@ -109,7 +109,7 @@ async def _watch_engine(engine, on_fatal) -> None:
 def serve(settings: RolloutSettings) -> None:
     """Run the rollout service until SIGTERM (``prefix-rft rollout`` and ``python -m services.rollout``)."""
     logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+        level=settings.python_log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
     code = asyncio.run(run(settings))
     if code:

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from shared.settings import ServiceSettings
+from shared.settings import ServiceSettings, public_base_url
 
 
 class RolloutSettings(ServiceSettings):
@@ -19,7 +19,7 @@ class RolloutSettings(ServiceSettings):
     port: int = Field(8000, ge=1, le=65535)
     # Local Hugging Face model directory; None: the built-in base policy (built on first use).
     model: Path | None = None
-    # Where the learner reaches this worker (registered in Redis); None: http://{host}:{port}.
+    # Where the learner reaches this worker (registered in Redis); None: see shared.settings.public_base_url.
     public_url: str | None = None
     # Consumer name in the tasks stream and key in the workers registry; None: {hostname}-{pid}.
     worker_id: str | None = None
@@ -60,14 +60,10 @@ class RolloutSettings(ServiceSettings):
     weights_fetch_timeout_s: float = Field(600.0, gt=0.0)
     # Where http(s) weights are downloaded before a swap (deleted after it); None: the system temp dir.
     download_dir: Path | None = None
-    log_level: str = "info"
     access_log: bool = False
 
     def resolved_worker_id(self) -> str:
         return self.worker_id or f"{socket.gethostname()}-{os.getpid()}"
 
-    def resolved_public_url(self) -> str:
-        if self.public_url:
-            return self.public_url.rstrip("/")
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
-        return f"http://{host}:{self.port}"
+    def public_base_url(self) -> str:
+        return public_base_url(self.host, self.port, self.public_url)

@@ -59,7 +59,7 @@ class TaskWorker:
         self.metrics = metrics
         self.on_fatal = on_fatal  # called with a reason when the process must exit (the engine died)
         self.worker_id = settings.resolved_worker_id()
-        self.url = settings.resolved_public_url()
+        self.url = settings.public_base_url()
         self.client = connect(settings.redis.url)
         keys = Keys(settings.redis.namespace)
         self.tasks = TaskStream(self.client, keys)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.helpers.jobs import SMALL_JOB
 
@@ -43,9 +44,16 @@ def small_config(tmp_path) -> Path:
 def test_a_short_run_writes_its_report_and_leaves_no_process(tmp_path, small_config, default_base_dir):
     out = tmp_path / "run"
     args = ["run", "--steps", "3", "--eval-problems", "8", "--eval-every", "2", "--config", str(small_config),
-            "--out", str(out)]
+            "--out", str(out), "--set", "learner.optimizer.lr=2e-4"]
     done = subprocess.run(_prefix_rft(*args, cwd=tmp_path), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    # --set reaches the job's file, and the learner trains with it.
+    job = yaml.safe_load((out / "job.yaml").read_text())
+    assert job["learner"]["optimizer"]["lr"] == 2e-4 and job["learner"]["micro_batch"] == 16
+    assert job["redis"]["url"] != "redis://127.0.0.1:6379/0"  # the private redis-server the run started
+    steps = [json.loads(line) for line in (out / "learner" / "metrics.jsonl").read_text().splitlines()]
+    assert steps and all(step["lr"] == pytest.approx(2e-4) for step in steps)
 
     report = json.loads((out / "report.json").read_text())
     assert report["algorithm"] == "prefix-rft" and report["steps"] == 3

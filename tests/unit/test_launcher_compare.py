@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-import yaml
 
 from launcher.compare import (
     VARIANTS,
@@ -17,6 +16,7 @@ from launcher.compare import (
 )
 from launcher.evaluate import EvalResult
 from launcher.report import RunReport
+from launcher.run import build_job_config
 from services.learner.algorithm import AlgorithmName
 
 
@@ -64,16 +64,17 @@ def test_a_demonstration_quantity_variant_sets_the_fraction_in_the_run_config(tm
     run = _run_options(options, "demo-10", seed=2, run_dir=tmp_path / "demo-10" / "seed-2", first=False)
     assert run.algorithm == AlgorithmName.prefix_rft and run.seed == 2 and run.steps == 7
     assert not run.evaluate_before
-    written = yaml.safe_load(run.config.read_text())
-    assert written["learner"]["algorithm"] == {"demo_fraction": 0.1}
-    assert written["learner"]["optimizer"]["lr"] == 0.0001  # the user's settings apply to every variant
+    job = build_job_config(run, tmp_path / "demo-10" / "seed-2")
+    assert job.learner.algorithm.demo_fraction == 0.1
+    assert job.learner.optimizer.lr == 0.0001  # the user's settings apply to every variant
+    rft = _run_options(options, "rft", seed=2, run_dir=tmp_path / "rft" / "seed-2", first=False)
+    assert build_job_config(rft, tmp_path / "rft" / "seed-2").learner.algorithm.demo_fraction == 1.0
 
 
 def test_teacher_demonstrations_reach_the_learners_task_settings(tmp_path):
     options = CompareOptions(demonstrations="teacher", out=tmp_path)
     run = _run_options(options, "sft", seed=0, run_dir=tmp_path / "sft" / "seed-0", first=True)
-    written = yaml.safe_load(run.config.read_text())
-    assert written["learner"]["dataset"] == {"demonstrations": "teacher"}
+    assert build_job_config(run, tmp_path / "sft" / "seed-0").learner.dataset.demonstrations == "teacher"
     assert demonstration_style(options) == "teacher"
 
 
@@ -83,7 +84,7 @@ def test_the_demonstration_style_comes_from_the_config_when_not_given(tmp_path):
     assert demonstration_style(CompareOptions(config=user)) == "teacher"
     assert demonstration_style(CompareOptions()) == "column"
     run = _run_options(CompareOptions(config=user), "rft", seed=0, run_dir=tmp_path / "rft", first=False)
-    assert yaml.safe_load(run.config.read_text())["learner"]["dataset"] == {"demonstrations": "teacher"}
+    assert build_job_config(run, tmp_path / "rft").learner.dataset.demonstrations == "teacher"
 
 
 def test_an_unknown_demonstration_style_is_refused():

@@ -11,7 +11,7 @@ def test_defaults_bind_loopback_and_run_the_worker(monkeypatch):
     settings = load_settings(RolloutSettings)
     assert settings.host == "127.0.0.1" and settings.port == 8000
     assert settings.worker_enabled and settings.reward_url == "http://127.0.0.1:8001"
-    assert settings.resolved_public_url() == "http://127.0.0.1:8000"
+    assert settings.public_base_url() == "http://127.0.0.1:8000"
     assert settings.resolved_worker_id()
 
 
@@ -29,9 +29,9 @@ def test_yaml_env_and_overrides(tmp_path, monkeypatch):
     assert settings.engine_args == {"max_num_seqs": 64} and settings.model == tmp_path
     assert settings.resolved_worker_id() == "pod-7"
     # Bound to every interface: register a reachable address, not 0.0.0.0.
-    assert settings.resolved_public_url() == "http://127.0.0.1:9100"
+    assert settings.public_base_url() == "http://127.0.0.1:9100"
     monkeypatch.setenv("PRFT_ROLLOUT__PUBLIC_URL", "http://pod-7.rollout:9100/")
-    assert load_settings(RolloutSettings, config).resolved_public_url() == "http://pod-7.rollout:9100"
+    assert load_settings(RolloutSettings, config).public_base_url() == "http://pod-7.rollout:9100"
 
 
 def test_bad_values_are_named(tmp_path):
