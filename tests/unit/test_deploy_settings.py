@@ -8,6 +8,7 @@ option breaks this test, not a deployment.
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 import re
 import typing
