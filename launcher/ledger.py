@@ -23,6 +23,7 @@ import redis
 import yaml
 
 from launcher.processes import start_redis_server
+from shared.records import FinalRecord, ledger_file, metrics_file
 from shared.streams import TASKS_GROUP, TRAJECTORIES_GROUP, Keys
 
 
@@ -102,11 +103,11 @@ def reconcile_stopped_run(run_dir: Path) -> Ledger:
 
 def reconcile(client: redis.Redis, keys: Keys, learner_dir: Path) -> Ledger:
     ledger = Ledger()
-    _read_ledger(ledger, learner_dir / "ledger.jsonl")
-    if (learner_dir / "final.json").is_file():
+    _read_ledger(ledger, learner_dir)
+    if FinalRecord.read(learner_dir) is not None:
         # Only a finished run's last metrics line is covered by a checkpoint (so by the ledger); during
         # a run, or after a crash, the lines of the steps since the last checkpoint are ahead of it.
-        _read_metrics(ledger, learner_dir / "metrics.jsonl")
+        _read_metrics(ledger, learner_dir)
 
     groups = _stream_ids(client, keys.trajectories)
     ledger.stream_copies = len(groups)
@@ -158,30 +159,22 @@ def _reconcile_tasks(ledger: Ledger, client: redis.Redis, keys: Keys) -> None:
         ledger.problems.append(f"tasks acknowledged without a group or a dead letter (lost): {lost[:5]}")
 
 
-def _read_ledger(ledger: Ledger, path: Path) -> None:
-    if not path.is_file():
-        return
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        event = json.loads(line)
-        kind = event.get("event")
-        if kind == "trained":
-            ledger.trained.update(event["ids"])
-        elif kind == "stale":
-            ledger.stale.update(event["ids"])
-        elif kind == "duplicate":
-            ledger.duplicates += len(event["ids"])
+def _read_ledger(ledger: Ledger, learner_dir: Path) -> None:
+    for event in ledger_file(learner_dir).read():
+        if event.event == "trained":
+            ledger.trained.update(event.ids)
+        elif event.event == "stale":
+            ledger.stale.update(event.ids)
+        elif event.event == "duplicate":
+            ledger.duplicates += len(event.ids)
 
 
-def _read_metrics(ledger: Ledger, path: Path) -> None:
-    if not path.is_file():
-        return
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    if lines:
-        last = json.loads(lines[-1])
+def _read_metrics(ledger: Ledger, learner_dir: Path) -> None:
+    last = metrics_file(learner_dir).last()
+    if last is not None:
         ledger.metrics_totals = {
-            k: int(last[k]) for k in ("trained_groups_total", "dropped_stale_total") if last.get(k) is not None
+            "trained_groups_total": last.trained_groups_total,
+            "dropped_stale_total": last.dropped_stale_total,
         }
 
 

@@ -15,7 +15,6 @@ import queue
 import shutil
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -24,6 +23,7 @@ import torch
 
 from shared.codec import CodecError, decode_value, encode_value
 from shared.messages import WeightsRecord, WeightUpdate, WorkerInfo
+from shared.records import PushReport
 from shared.streams import Keys
 
 log = logging.getLogger(__name__)
@@ -130,14 +130,6 @@ def push_to_worker(
             time.sleep(delay)
             delay *= 2
     return False
-
-
-@dataclass
-class PushReport:
-    version: int
-    seconds: float
-    pushed: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
 
 
 class Publisher:
