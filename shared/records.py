@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 METRICS_FILE = "metrics.jsonl"
 LEDGER_FILE = "ledger.jsonl"
@@ -128,8 +128,8 @@ class PushReport(_Record):
 
     version: int
     seconds: float
-    pushed: list[str] = Field(default_factory=list)  # worker ids
-    failed: list[str] = Field(default_factory=list)
+    pushed: list[str]  # worker ids
+    failed: list[str]
 
 
 class QueueDepths(_Record):

@@ -189,7 +189,7 @@ class Publisher:
 
     def _push(self, update: WeightUpdate) -> PushReport:
         start = time.monotonic()
-        report = PushReport(version=update.version, seconds=0.0)
+        report = PushReport(version=update.version, seconds=0.0, pushed=[], failed=[])
         for worker in live_workers(self.client, self.keys, self.worker_ttl_s):
             if worker.version >= update.version:
                 continue

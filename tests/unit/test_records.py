@@ -8,7 +8,16 @@ from pydantic import ValidationError
 from services.learner.algorithm import AlgorithmSettings
 from services.learner.batching import TrainBatch
 from services.learner.objective import policy_loss
-from shared.records import BatchStats, FinalRecord, JsonlFile, LearnerStatus, LedgerEvent, StepRecord, TrainerMetrics
+from shared.records import (
+    BatchStats,
+    FinalRecord,
+    JsonlFile,
+    LearnerStatus,
+    LedgerEvent,
+    PushReport,
+    StepRecord,
+    TrainerMetrics,
+)
 from tests.helpers.records import step_record
 
 # What Trainer.train adds to the objective's figures.
@@ -67,3 +76,6 @@ def test_final_record_and_status(tmp_path):
     with pytest.raises(ValidationError):
         LearnerStatus(phase="sleeping")
     assert LearnerStatus(phase="starting").model_dump(exclude_unset=True) == {"phase": "starting"}
+    push = PushReport(version=3, seconds=0.5, pushed=["w1"], failed=[])
+    served = LearnerStatus(phase="waiting", last_push=push, step=None).model_dump(exclude_unset=True)
+    assert served == {"phase": "waiting", "step": None, "last_push": push.model_dump()}
