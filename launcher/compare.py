@@ -25,10 +25,11 @@ from rich.table import Table
 
 from launcher.config import JobConfig
 from launcher.evaluate import EvalSettings
-from launcher.report import RunReport, read_metrics
+from launcher.report import RunReport
 from launcher.run import RunOptions, run_job
 from services.learner.algorithm import AlgorithmName
 from shared.datasets.arithmetic import DemoStyle
+from shared.records import metrics_file
 from shared.settings import deep_merge, dotted
 
 
@@ -269,9 +270,9 @@ def plot_comparison(comparison: Comparison, path: Path) -> None:
     for name, by_seed in comparison.runs.items():
         per_step: dict[int, list[float]] = {}
         for report in by_seed.values():
-            for m in read_metrics(Path(report.run_dir) / "learner" / "metrics.jsonl"):
-                if m.get("reward_on_policy") is not None:
-                    per_step.setdefault(m["step"], []).append(m["reward_on_policy"])
+            for m in metrics_file(Path(report.run_dir) / "learner").read():
+                if m.reward_on_policy is not None:
+                    per_step.setdefault(m.step, []).append(m.reward_on_policy)
         if per_step:
             xs = sorted(per_step)
             ax.plot(xs, [statistics.fmean(per_step[x]) for x in xs], label=VARIANTS[name].label)

@@ -12,7 +12,6 @@ and, once the run has finished, the learner's running totals (metrics.jsonl) equ
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from collections import Counter
@@ -23,6 +22,7 @@ import yaml
 
 from launcher.processes import start_redis_server
 from shared.bus import Keys, LedgerQueries, connect
+from shared.records import FinalRecord, ledger_file, metrics_file
 
 
 @dataclass
@@ -101,11 +101,11 @@ def reconcile_stopped_run(run_dir: Path) -> Ledger:
 
 def reconcile(bus: LedgerQueries, learner_dir: Path) -> Ledger:
     ledger = Ledger()
-    _read_ledger(ledger, learner_dir / "ledger.jsonl")
-    if (learner_dir / "final.json").is_file():
+    _read_ledger(ledger, learner_dir)
+    if FinalRecord.read(learner_dir) is not None:
         # Only a finished run's last metrics line is covered by a checkpoint (so by the ledger); during
         # a run, or after a crash, the lines of the steps since the last checkpoint are ahead of it.
-        _read_metrics(ledger, learner_dir / "metrics.jsonl")
+        _read_metrics(ledger, learner_dir)
 
     groups = bus.trajectory_ids()
     ledger.stream_copies = len(groups)
@@ -156,28 +156,20 @@ def _reconcile_tasks(ledger: Ledger, bus: LedgerQueries) -> None:
         ledger.problems.append(f"tasks acknowledged without a group or a dead letter (lost): {lost[:5]}")
 
 
-def _read_ledger(ledger: Ledger, path: Path) -> None:
-    if not path.is_file():
-        return
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        event = json.loads(line)
-        kind = event.get("event")
-        if kind == "trained":
-            ledger.trained.update(event["ids"])
-        elif kind == "stale":
-            ledger.stale.update(event["ids"])
-        elif kind == "duplicate":
-            ledger.duplicates += len(event["ids"])
+def _read_ledger(ledger: Ledger, learner_dir: Path) -> None:
+    for event in ledger_file(learner_dir).read():
+        if event.event == "trained":
+            ledger.trained.update(event.ids)
+        elif event.event == "stale":
+            ledger.stale.update(event.ids)
+        elif event.event == "duplicate":
+            ledger.duplicates += len(event.ids)
 
 
-def _read_metrics(ledger: Ledger, path: Path) -> None:
-    if not path.is_file():
-        return
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    if lines:
-        last = json.loads(lines[-1])
+def _read_metrics(ledger: Ledger, learner_dir: Path) -> None:
+    last = metrics_file(learner_dir).last()
+    if last is not None:
         ledger.metrics_totals = {
-            k: int(last[k]) for k in ("trained_groups_total", "dropped_stale_total") if last.get(k) is not None
+            "trained_groups_total": last.trained_groups_total,
+            "dropped_stale_total": last.dropped_stale_total,
         }

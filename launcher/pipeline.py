@@ -15,6 +15,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 
+from shared.records import StepRecord
+
 BUSY_METRIC = "rollout_worker_busy_seconds"
 
 
@@ -54,15 +56,15 @@ def worker_busy_seconds(urls: list[str]) -> list[float]:
     return values
 
 
-def pipeline_stats(metrics: list[dict], busy_s: list[float], max_staleness: int) -> PipelineStats | None:
+def pipeline_stats(metrics: list[StepRecord], busy_s: list[float], max_staleness: int) -> PipelineStats | None:
     """``busy_s``: each worker's busy seconds during training. Every figure is per RL step (SFT steps
     generate nothing); None when there are fewer than two RL steps to measure."""
-    rl = [m for m in metrics if not m.get("sft")]
+    rl = [m for m in metrics if not m.sft]
     if len(rl) < 2 or not busy_s:
         return None
     steps = len(metrics)
-    step_wall = (rl[-1]["time"] - rl[0]["time"]) / (len(rl) - 1)
-    train = statistics.fmean(m["train_s"] + (m.get("publish_s") or 0.0) for m in rl)
+    step_wall = (rl[-1].time - rl[0].time) / (len(rl) - 1)
+    train = statistics.fmean(m.train_s + (m.publish_s or 0.0) for m in rl)
     busy = sum(busy_s) / len(busy_s) / len(rl)
     idle = max(0.0, step_wall - busy)
     total = busy + train
@@ -70,7 +72,7 @@ def pipeline_stats(metrics: list[dict], busy_s: list[float], max_staleness: int)
         steps=steps,
         max_staleness=max_staleness,
         step_wall_s=step_wall,
-        learner_wait_s=statistics.fmean(m["wait_s"] for m in rl),
+        learner_wait_s=statistics.fmean(m.wait_s for m in rl),
         learner_train_s=train,
         worker_busy_s=busy,
         worker_idle_s=idle,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from pydantic import BaseModel, Field
@@ -11,6 +10,7 @@ from rich.table import Table
 
 from launcher.evaluate import EvalResult
 from launcher.pipeline import PipelineStats
+from shared.records import StepRecord
 
 
 class AccuracyPoint(BaseModel):
@@ -40,32 +40,26 @@ class RunReport(BaseModel):
     run_dir: str
 
 
-def read_metrics(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def write_report(report: RunReport, metrics: list[dict], run_dir: Path) -> Path:
+def write_report(report: RunReport, metrics: list[StepRecord], run_dir: Path) -> Path:
     (run_dir / "report.json").write_text(report.model_dump_json(indent=2))
     plot_curves(metrics, report, run_dir / "curves.png")
     return run_dir / "report.json"
 
 
-def plot_curves(metrics: list[dict], report: RunReport, path: Path) -> None:
+def plot_curves(metrics: list[StepRecord], report: RunReport, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (ax_reward, ax_acc, ax_prefix) = plt.subplots(1, 3, figsize=(15, 4.2))
-    steps = [m["step"] for m in metrics]
-    for key, label in (
-        ("reward_mean", "all rollouts"),
-        ("reward_on_policy", "on-policy"),
-        ("reward_hybrid", "hybrid (prefix)"),
+    steps = [m.step for m in metrics]
+    for reward, label in (
+        (lambda m: m.reward_mean, "all rollouts"),
+        (lambda m: m.reward_on_policy, "on-policy"),
+        (lambda m: m.reward_hybrid, "hybrid (prefix)"),
     ):
-        points = [(m["step"], m[key]) for m in metrics if m.get(key) is not None]
+        points = [(m.step, reward(m)) for m in metrics if reward(m) is not None]
         if points:
             ax_reward.plot(*zip(*points), label=label, marker=".")
     ax_reward.set(title="training reward", xlabel="step", ylabel="mean reward", ylim=(-0.02, 1.02))
@@ -82,12 +76,12 @@ def plot_curves(metrics: list[dict], report: RunReport, path: Path) -> None:
     if report.accuracy_curve or report.accuracy_after:
         ax_acc.legend()
 
-    lows = [m.get("prefix_ratio_low") for m in metrics]
-    highs = [m.get("prefix_ratio_high") for m in metrics]
-    if steps and any(v is not None for v in lows):
-        ax_prefix.fill_between(steps, [v or 0 for v in lows], [v or 0 for v in highs], alpha=0.3, label="range")
-        ax_prefix.plot(steps, [v or 0 for v in lows], label="low_t")
-    shares = [(m["step"], m["prefix_token_share"]) for m in metrics if m.get("prefix_token_share") is not None]
+    lows = [m.prefix_ratio_low for m in metrics]
+    highs = [m.prefix_ratio_high for m in metrics]
+    if steps:
+        ax_prefix.fill_between(steps, lows, highs, alpha=0.3, label="range")
+        ax_prefix.plot(steps, lows, label="low_t")
+    shares = [(m.step, m.prefix_token_share) for m in metrics if m.prefix_token_share is not None]
     if shares:
         ax_prefix.plot(*zip(*shares), label="prefix-token share", linestyle="--")
     ax_prefix.set(title="prefix ratio", xlabel="step", ylim=(0, 1))

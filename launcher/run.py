@@ -8,7 +8,6 @@ stopped at the end, on Ctrl-C, or as soon as one of them dies (naming it, with i
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 import signal
@@ -27,12 +26,13 @@ from launcher.cpus import available_cores, plan_cores
 from launcher.deployment import LocalDeployment
 from launcher.evaluate import EvalResult, EvalSettings, evaluate
 from launcher.pipeline import pipeline_stats, worker_busy_seconds
-from launcher.report import AccuracyPoint, RunReport, print_summary, read_metrics, write_report
+from launcher.report import AccuracyPoint, RunReport, print_summary, write_report
 from services.learner.algorithm import AlgorithmName
 from shared.data import load_problems
 from shared.datasets.arithmetic import ArithmeticDataset
 from shared.modeling import load_tokenizer
 from shared.problems import Problem
+from shared.records import FinalRecord, StepRecord, metrics_file
 from shared.settings import deep_merge, dotted
 
 log = logging.getLogger(__name__)
@@ -107,9 +107,9 @@ def run_job(options: RunOptions, console: Console) -> RunReport:
     finally:
         deployment.stop()
 
-    metrics = read_metrics(run_dir / "learner" / "metrics.jsonl")
-    last = metrics[-1] if metrics else {}
-    generated = sum(m.get("generated_tokens", 0) for m in metrics)
+    metrics = metrics_file(run_dir / "learner").read()
+    last = metrics[-1] if metrics else None
+    generated = sum(m.generated_tokens or 0 for m in metrics)
     report = RunReport(
         algorithm=options.algorithm.value,
         seed=options.seed,
@@ -119,8 +119,8 @@ def run_job(options: RunOptions, console: Console) -> RunReport:
         wall_time_s=time.monotonic() - started,
         train_time_s=train_time,
         tokens_per_s=generated / train_time if train_time > 0 else 0.0,
-        dropped_stale_groups=int(last.get("dropped_stale_total", 0)),
-        trained_groups=int(last.get("trained_groups_total", 0)),
+        dropped_stale_groups=last.dropped_stale_total if last else 0,
+        trained_groups=last.trained_groups_total if last else 0,
         accuracy_before={s: r.greedy_accuracy for s, r in before.items()},
         accuracy_after={s: r.greedy_accuracy for s, r in after.items()},
         evaluation_before=before,
@@ -246,7 +246,7 @@ async def _guarded(deployment: LocalDeployment, work):
 
 
 def _follow_training(deployment, tokenizer, splits, options, console, run_dir) -> list[AccuracyPoint]:
-    metrics_path = run_dir / "learner" / "metrics.jsonl"
+    metrics = metrics_file(run_dir / "learner")
     learner = deployment.process("learner")
     curve: list[AccuracyPoint] = []
     next_eval = options.eval_every
@@ -261,14 +261,13 @@ def _follow_training(deployment, tokenizer, splits, options, console, run_dir) -
         task = bar.add_task("train", total=options.steps, stats="waiting for the first batch")
         while True:
             deployment.check(allow_exited=("learner",))
-            metrics = read_metrics(metrics_path)
-            if metrics:
-                last = metrics[-1]
-                bar.update(task, completed=last["step"], stats=_stats_line(last, curve))
-                due = options.evaluate and options.eval_every and last["step"] >= next_eval
-                if due and last["step"] < options.steps:
+            last = metrics.last()
+            if last is not None:
+                bar.update(task, completed=last.step, stats=_stats_line(last, curve))
+                due = options.evaluate and options.eval_every and last.step >= next_eval
+                if due and last.step < options.steps:
                     next_eval += options.eval_every
-                    curve += _curve_point(deployment, tokenizer, splits, options, last["step"])
+                    curve += _curve_point(deployment, tokenizer, splits, options, last.step)
             if not learner.alive():
                 if learner.popen.returncode != 0:
                     learner.check_alive()  # raises ProcessDied with the log tail
@@ -277,18 +276,18 @@ def _follow_training(deployment, tokenizer, splits, options, console, run_dir) -
     return curve
 
 
-def _stats_line(metrics: dict, curve: list[AccuracyPoint]) -> str:
+def _stats_line(record: StepRecord, curve: list[AccuracyPoint]) -> str:
     """Training figures of the last step, and the greedy accuracy of the last evaluation during training."""
     parts = []
-    for key, label, fmt in (
-        ("reward_mean", "reward", "{:.2f}"),
-        ("reward_on_policy", "on-policy", "{:.2f}"),
-        ("reward_hybrid", "hybrid", "{:.2f}"),
-        ("tokens_per_s", "tok/s", "{:.0f}"),
-        ("staleness_mean", "staleness", "{:.2f}"),
+    for value, label, fmt in (
+        (record.reward_mean, "reward", "{:.2f}"),
+        (record.reward_on_policy, "on-policy", "{:.2f}"),
+        (record.reward_hybrid, "hybrid", "{:.2f}"),
+        (record.tokens_per_s, "tok/s", "{:.0f}"),
+        (record.staleness_mean, "staleness", "{:.2f}"),
     ):
-        if metrics.get(key) is not None:
-            parts.append(f"{label} {fmt.format(metrics[key])}")
+        if value is not None:
+            parts.append(f"{label} {fmt.format(value)}")
     if curve:
         latest = max(point.step for point in curve)
         parts += [f"{p.split} acc {p.greedy_accuracy:.2f}" for p in curve if p.step == latest]
@@ -319,10 +318,10 @@ def _curve_point(deployment, tokenizer, splits, options, step) -> list[AccuracyP
 
 def _wait_for_final_weights(deployment: LocalDeployment, console: Console, timeout: float = 120.0) -> None:
     """The learner has exited after publishing its last version; wait until every worker serves it."""
-    status_path = Path(deployment.run_dir) / "learner" / "final.json"
-    if not status_path.is_file():
+    final = FinalRecord.read(Path(deployment.run_dir) / "learner")
+    if final is None:
         return
-    final_version = json.loads(status_path.read_text())["version"]
+    final_version = final.version
     deadline = time.monotonic() + timeout
     with console.status(f"waiting for the workers to serve weights v{final_version}"):
         for url in deployment.rollout_urls:

@@ -6,7 +6,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, HTTPException
@@ -15,19 +14,35 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from services.learner.metrics import StepMetrics
 from services.learner.weights import WeightStore
+from shared.records import LearnerStatus
 
 log = logging.getLogger(__name__)
 
 
-def create_app(status: Callable[[], dict[str, Any]], store: WeightStore, metrics: StepMetrics) -> FastAPI:
+class StatusSource:
+    """What ``/v1/status`` serves: only the phase "starting" until rank 0's loop is built (the server
+    is up before the slow engine start), then the loop's own status."""
+
+    def __init__(self) -> None:
+        self._read: Callable[[], LearnerStatus] = lambda: LearnerStatus(phase="starting")
+
+    def attach(self, read: Callable[[], LearnerStatus]) -> None:
+        self._read = read
+
+    def __call__(self) -> LearnerStatus:
+        return self._read()
+
+
+def create_app(status: Callable[[], LearnerStatus], store: WeightStore, metrics: StepMetrics) -> FastAPI:
     app = FastAPI(title="Prefix-RFT learner")
 
     @app.get("/healthz")
     def healthz() -> dict:
         return {"ok": True}
 
-    @app.get("/v1/status")
-    def get_status() -> dict:
+    # Fields not set (all but the phase while starting) are left out rather than served as null.
+    @app.get("/v1/status", response_model=LearnerStatus, response_model_exclude_unset=True)
+    def get_status() -> LearnerStatus:
         return status()
 
     @app.get("/v1/weights/{version}")

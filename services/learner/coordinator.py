@@ -1,53 +1,42 @@
-"""Rank 0's side of the learner: feeding, intake, the plan of each step, publishing, bookkeeping.
+"""The hooks of the learner loop, one class per kind of rank, with the same methods.
 
-Every rank executes the same sequence of :class:`Plan` objects, which rank 0 makes and broadcasts;
-only rank 0 talks to Redis, to the workers and to HTTP clients.
+Every rank executes the same sequence of :class:`Plan` objects, which rank 0 makes and broadcasts,
+and takes part in the same collectives (gathering the weights, checkpoints, digests). Only rank 0
+(:class:`Rank0`) talks to Redis, to the workers and to HTTP clients: it runs the staleness window,
+publishes weights and keeps the books. The others (:class:`Follower`) only follow.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+
+import torch.distributed as dist
 
 from services.learner.batching import TrainBatch, collate, sft_batch
-from services.learner.checkpoint import LearnerState, write_atomic
+from services.learner.bookkeeping import Bookkeeping, StepTimes
+from services.learner.checkpoint import Checkpointer, LearnerState
+from services.learner.engine import DistInfo
 from services.learner.feeder import DataOrder, Feeder, FeederState, TaskFactory
 from services.learner.intake import GroupIntake
-from services.learner.metrics import JsonlLog, StepMetrics, batch_stats
+from services.learner.metrics import StepMetrics
+from services.learner.plan import Plan, broadcast
 from services.learner.settings import LearnerSettings
-from services.learner.weights import Publisher, WeightStore
-from shared.bus import Keys, TaskStream, TrajectoryStream, WeightsRecordStore, WorkerRegistry, connect
+from services.learner.weights import Publisher, WeightStore, digest, full_state_dict
+from services.learner.window import StalenessWindow
+from shared.bus import Keys, Redis, TaskStream, TrajectoryStream, WeightsRecordStore, WorkerRegistry, connect
 from shared.messages import TrajectoryGroup
 from shared.modeling import prompt_token_ids
 from shared.problems import Problem
+from shared.records import LearnerStatus, QueueDepths, StalenessStatus
 
 log = logging.getLogger(__name__)
 
 # While rank 0 waits for trajectory groups it sends the other ranks a no-op this often, so their
 # collective calls never reach the process group's timeout.
 IDLE_HEARTBEAT_S = 10.0
-
-
-@dataclass
-class Plan:
-    kind: Literal["train", "idle", "publish", "stop"]
-    step: int  # optimizer steps completed before this plan
-    batch: TrainBatch | None = None
-    sft: bool = False
-    publish: bool = False  # publish a new weight version after the step
-    checkpoint: bool = False
-    save_engine: bool = True  # False: the last checkpoint is at this step already
-    final: bool = False
-
-
-@dataclass
-class Timings:
-    started: float = field(default_factory=time.monotonic)
-    wait_s: float = 0.0
 
 
 def load_problems_for(settings: LearnerSettings) -> list[Problem]:
@@ -58,101 +47,189 @@ def load_problems_for(settings: LearnerSettings) -> list[Problem]:
     return load_problems(settings.data)
 
 
-class Coordinator:
+# ---------------------------------------------------------------------- rank 0's connections
+
+
+@dataclass
+class Streams:
+    client: Redis
+    keys: Keys
+    tasks: TaskStream
+    trajectories: TrajectoryStream
+
+
+def _open_streams(settings: LearnerSettings) -> Streams:
+    keys = Keys(settings.redis.namespace)
+    client = connect(settings.redis.url)
+    tasks = TaskStream(client, keys)
+    tasks.ensure_group()
+    trajectories = TrajectoryStream(client, keys)
+    trajectories.ensure_group()
+    return Streams(client, keys, tasks, trajectories)
+
+
+def _open_window(settings: LearnerSettings, tokenizer, state: LearnerState, streams: Streams) -> StalenessWindow:
+    feeder = Feeder(
+        streams.tasks,
+        state.run_id,
+        DataOrder(load_problems_for(settings), settings.seed),
+        TaskFactory(tokenizer, settings.algorithm, settings.sampling, settings.seed),
+        window=settings.window,
+        batch_prompts=settings.batch_prompts,
+        state=FeederState(position=state.position, issued=state.issued),
+    )
+    intake = GroupIntake(
+        streams.trajectories,
+        settings.consumer,
+        settings.max_staleness,
+        owns=feeder.owns,
+        consumed_ids=set(state.consumed_ids),
+    )
+    intake.counts.update({k: int(v) for k, v in state.totals.items()})
+    return StalenessWindow(feeder, intake, settings.window)
+
+
+def _open_publisher(settings: LearnerSettings, streams: Streams) -> Publisher:
+    return Publisher(
+        WeightsRecordStore(streams.client, streams.keys),
+        WorkerRegistry(streams.client, streams.keys),
+        settings.auth.token.get_secret_value(),
+        settings.worker_ttl_s,
+        settings.push_retries,
+        settings.push_timeout_s,
+    )
+
+
+# ---------------------------------------------------------------------- the hooks
+
+
+class Follower:
+    """A rank other than 0: receives the plans and takes part in every collective, keeps no books.
+
+    :class:`Rank0` extends it: the same hooks, the same collectives, and everything only rank 0 does.
+    """
+
+    def __init__(self, settings: LearnerSettings, info: DistInfo, engine, checkpointer: Checkpointer):
+        self.settings = settings
+        self.info = info
+        self.engine = engine
+        self.checkpointer = checkpointer
+
+    def first_plan(self) -> Plan | None:
+        return broadcast(None, self.info.world_size)
+
+    def next_plan(self) -> Plan:
+        return broadcast(None, self.info.world_size)
+
+    def publish(self, plan: Plan) -> float | None:
+        self._gather_weights()
+        return None
+
+    def record(self, plan: Plan, trainer_metrics: dict[str, float], train_s: float, publish_s: float | None) -> None:
+        pass
+
+    def checkpoint(self, step: int, save_engine: bool) -> None:
+        self.checkpointer.save(self.engine, step, None, save_engine=save_engine)
+
+    def finish(self, plan: Plan) -> None:
+        self._rank_digests()
+
+    def close(self) -> None:
+        pass
+
+    # ------------------------------------------------------------------ collectives of every rank
+
+    def _gather_weights(self):
+        """The full weights on rank 0 (None elsewhere); collective under ZeRO-3."""
+        return full_state_dict(self.engine, self.settings.deepspeed.zero_stage, self.info.is_main)
+
+    def _rank_digests(self) -> list[str] | None:
+        """Every rank's weight checksum (they must agree); None under ZeRO-3, where no rank holds them all."""
+        if self.settings.deepspeed.zero_stage == 3:
+            return None
+        mine = digest(self.engine.module.state_dict())
+        if self.info.world_size == 1:
+            return [mine]
+        gathered: list = [None] * self.info.world_size
+        dist.all_gather_object(gathered, mine)
+        return gathered
+
+
+@dataclass
+class Timings:
+    started: float = field(default_factory=time.monotonic)
+    wait_s: float = 0.0
+
+
+class Rank0(Follower):
+    """Rank 0: plans each step from the staleness window, publishes weights, keeps the books, serves status."""
+
     def __init__(
         self,
         settings: LearnerSettings,
+        info: DistInfo,
+        engine,
+        checkpointer: Checkpointer,
         tokenizer,
         state: LearnerState,
         metrics: StepMetrics,
         store: WeightStore,
-        world_size: int,
         stop_event: threading.Event,
         max_len: int | None = None,
     ):
-        self.settings = settings
-        self.max_len = max_len
+        super().__init__(settings, info, engine, checkpointer)
         self.tokenizer = tokenizer
         self.state = state
         self.metrics = metrics
         self.store = store
-        self.world_size = world_size
         self.stop_event = stop_event
+        self.max_len = max_len
         self.phase = "starting"
-        self.keys = Keys(settings.redis.namespace)
-        self.client = connect(settings.redis.url)
-        self.tasks = TaskStream(self.client, self.keys)
-        self.tasks.ensure_group()
-        self.trajectories = TrajectoryStream(self.client, self.keys)
-        self.trajectories.ensure_group()
-        self.feeder = Feeder(
-            self.tasks,
-            state.run_id,
-            DataOrder(load_problems_for(settings), settings.seed),
-            TaskFactory(tokenizer, settings.algorithm, settings.sampling, settings.seed),
-            window=settings.window,
-            batch_prompts=settings.batch_prompts,
-            state=FeederState(position=state.position, issued=state.issued),
-        )
-        self.intake = GroupIntake(
-            self.trajectories,
-            settings.consumer,
-            settings.max_staleness,
-            owns=self.feeder.owns,
-            consumed_ids=set(state.consumed_ids),
-        )
-        self.intake.counts.update({k: int(v) for k, v in state.totals.items()})
-        self.publisher = Publisher(
-            WeightsRecordStore(self.client, self.keys),
-            WorkerRegistry(self.client, self.keys),
-            settings.auth.token.get_secret_value(),
-            settings.worker_ttl_s,
-            settings.push_retries,
-            settings.push_timeout_s,
-        )
-        self.ledger = JsonlLog(settings.run_dir / "ledger.jsonl")
+        self.streams = _open_streams(settings)
+        self.window = _open_window(settings, tokenizer, state, self.streams)
+        self.publisher = _open_publisher(settings, self.streams)
+        self.books = Bookkeeping(settings, state, metrics, self.window, self.streams.trajectories)
         self.published_step: int | None = None
-        self.checkpoint_step: int | None = None
         self.timings = Timings()
+        self._from_checkpoint = False
         self._idle = False
         self._groups: list[TrajectoryGroup] = []
         self._batch_version = state.version
-        self._stale_before = self.intake.counts["stale"]
 
     # ------------------------------------------------------------------ start-up
 
     def resumed(self, from_checkpoint: bool) -> None:
         """After restoring a checkpoint (or none, when the run died before its first): drop the lost
         steps' log lines, continue after the tasks already issued, take back pending groups."""
-        cut = self.ledger.truncate_after(self.state.commit, key="commit")
-        cut_metrics = self.metrics.log.truncate_after(self.state.step)
-        if cut or cut_metrics:
-            log.info("cut %d ledger and %d metrics lines written after the checkpoint", cut, cut_metrics)
-        self.feeder.catch_up()
-        self.intake.recover()
+        self.books.truncate()
+        self.window.recover()
         # Versions published after the checkpoint are gone with the crash; never reuse their numbers.
         self.state.version = max(self.state.version, self.publisher.published_version() or 0) + 1
+        self._from_checkpoint = from_checkpoint
         if from_checkpoint:
-            self.checkpoint_step = self.state.step
+            self.books.checkpoint_step = self.state.step
 
     def fresh_start(self) -> None:
-        self.ledger.truncate_after(0, key="commit")  # lines of an earlier run in this directory
-        self.metrics.log.truncate_after(0)
+        self.books.truncate()  # lines of an earlier run in this directory
         published = self.publisher.published_version()
         if published is not None:
             log.warning("namespace %s already holds weights v%d: numbering continues after it",
-                        self.keys.namespace, published)
+                        self.streams.keys.namespace, published)
             self.state.version = published + 1
-
-    def first_plan(self, resumed: bool) -> Plan | None:
-        """Publish the starting weights: version 0 on a fresh start, a new number after a resume."""
-        if resumed or self.settings.publish_initial:
-            return Plan("publish", step=self.state.step, publish=True)
-        return None
 
     # ------------------------------------------------------------------ plans
 
+    def first_plan(self) -> Plan | None:
+        """Publish the starting weights: version 0 on a fresh start, a new number after a resume."""
+        plan = None
+        if self._from_checkpoint or self.settings.publish_initial:
+            plan = Plan("publish", step=self.state.step, publish=True, new_version=self._from_checkpoint)
+        return broadcast(plan, self.info.world_size)
+
     def next_plan(self) -> Plan:
+        return broadcast(self._make_plan(), self.info.world_size)
+
+    def _make_plan(self) -> Plan:
         state = self.state
         if self.stop_event.is_set():
             return self._stop_plan(final=False)
@@ -166,16 +243,15 @@ class Coordinator:
         self.phase = "waiting"
         deadline = time.monotonic() + IDLE_HEARTBEAT_S
         while True:
-            self.feeder.fill(state.step, state.version, self.intake.consumed_ids)
-            groups = self.intake.take(self.settings.batch_prompts, state.version, state.step)
+            groups = self.window.take(self.settings.batch_prompts, state.step, state.version)
             if groups is not None:
                 break
             if self.stop_event.is_set():
                 return self._stop_plan(final=False)
-            if self.world_size > 1 and time.monotonic() > deadline:
+            if self.info.world_size > 1 and time.monotonic() > deadline:
                 self._idle = True
                 return Plan("idle", step=state.step)
-            self.intake.poll(self.settings.read_block_ms, count=self.settings.batch_prompts)
+            self.window.wait(self.settings.read_block_ms, count=self.settings.batch_prompts)
         self.timings.wait_s = time.monotonic() - self.timings.started
         self._groups = groups
         self._batch_version = state.version
@@ -203,62 +279,24 @@ class Coordinator:
             step=self.state.step,
             publish=final and self.published_step != self.state.step,
             checkpoint=True,
-            save_engine=self.checkpoint_step != self.state.step,
+            save_engine=self.books.checkpoint_step != self.state.step,
             final=final,
         )
 
     def _sft_batch(self) -> TrainBatch:
-        examples = self.feeder.draw_demonstrations(self.settings.batch_prompts)
+        examples = self.window.draw_demonstrations(self.settings.batch_prompts)
         pairs = [(prompt_token_ids(self.tokenizer, problem.prompt), demo_ids) for problem, demo_ids in examples]
         return sft_batch(pairs, self.settings.algorithm, self.tokenizer.pad_token_id, self.max_len)
 
-    # ------------------------------------------------------------------ after each step
+    # ------------------------------------------------------------------ the hooks after training
 
-    def step_done(self, plan: Plan, train_metrics: dict, train_s: float, publish_s: float | None) -> None:
-        state = self.state
-        state.step = plan.step + 1
-        step_s = time.monotonic() - self.timings.started
-        tokens = int(plan.batch.attention_mask.sum()) if plan.batch is not None else 0
-        low, high = self.settings.algorithm.schedule.bounds(plan.step)
-        counts = self.intake.counts
-        dropped_stale, self._stale_before = counts["stale"] - self._stale_before, counts["stale"]
-        record = {
-            "step": state.step,
-            "version": state.version,
-            "sft": plan.sft,
-            **train_metrics,
-            **(batch_stats(self._groups, self._batch_version) if self._groups else {}),
-            "prefix_ratio_low": low,
-            "prefix_ratio_high": high,
-            "tokens": tokens,
-            "tokens_per_s": tokens / train_s if train_s > 0 else 0.0,  # prompt + response, training only
-            "step_time_s": step_s,  # wait for groups + training + publishing
-            "train_s": train_s,
-            "wait_s": self.timings.wait_s,
-            "dropped_stale": dropped_stale,
-            "publish_s": publish_s,
-            "weight_push_s": self.publisher.last_report.seconds if self.publisher.last_report else None,
-            "dropped_stale_total": counts["stale"],
-            "dropped_duplicate_total": counts["duplicate"],
-            "dropped_foreign_total": counts["foreign"],
-            "trained_groups_total": counts["trained"],
-            "issued_total": self.feeder.state.issued,
-            "outstanding": self.feeder.outstanding(self.intake.consumed_ids),
-            "time": time.time(),
-        }
-        self.metrics.record(record)
-        log.info(
-            "step %d v%d loss %.4f reward %s stale-dropped %d (%.2f s, waited %.2f s)",
-            state.step, state.version, record.get("loss", float("nan")), _fmt(record.get("reward_mean")),
-            counts["stale"], step_s, self.timings.wait_s,
-        )
-
-    def publish_weights(self, module, state_dict, initial: bool) -> float:
+    def publish(self, plan: Plan) -> float:
         started = time.monotonic()
-        if not initial:
+        state_dict = self._gather_weights()
+        if plan.new_version:
             self.state.version += 1
         version = self.state.version
-        path = self.store.save(module, state_dict, version)
+        path = self.store.save(self.engine.module, state_dict, version)
         if self.settings.weights_uri == "file":
             uri = path.resolve().as_uri()
         else:
@@ -267,72 +305,77 @@ class Coordinator:
         self.published_step = self.state.step
         return time.monotonic() - started
 
-    # ------------------------------------------------------------------ checkpoints
+    def record(self, plan: Plan, trainer_metrics: dict[str, float], train_s: float, publish_s: float | None) -> None:
+        self.state.step = plan.step + 1
+        push = self.publisher.last_report
+        times = StepTimes(
+            train_s=train_s,
+            publish_s=publish_s,
+            wait_s=self.timings.wait_s,
+            step_s=time.monotonic() - self.timings.started,
+            push_s=push.seconds if push else None,
+        )
+        record = self.books.record(plan, self._groups, self._batch_version, trainer_metrics, times)
+        log.info(
+            "step %d v%d loss %s reward %s stale-dropped %d (%.2f s, waited %.2f s)",
+            record.step, record.version, _fmt(record.loss, "{:.4f}"), _fmt(record.reward_mean),
+            record.dropped_stale_total, times.step_s, times.wait_s,
+        )
 
-    def checkpoint_state(self) -> LearnerState:
-        """The state a checkpoint records; the ledger lines it covers are written first."""
-        state = self.state
-        state.commit += 1
-        for event in self.intake.decisions.events:
-            self.ledger.append({"commit": state.commit, **event})
-        state.position = self.feeder.state.position
-        state.issued = self.feeder.state.issued
-        state.consumed_ids = sorted(self.intake.consumed_ids)
-        state.totals = {k: float(v) for k, v in self.intake.counts.items()}
-        return state
+    def checkpoint(self, step: int, save_engine: bool) -> None:
+        self.checkpointer.save(self.engine, step, self.books.checkpoint_state(), save_engine=save_engine)
+        self.books.committed()
 
-    def checkpoint_done(self) -> None:
-        """The checkpoint is committed: acknowledge the entries it covers."""
-        ids = self.intake.decisions.entry_ids
-        for start in range(0, len(ids), 1000):
-            self.trajectories.ack(*ids[start : start + 1000])
-        self.intake.decisions.clear()
-        self.checkpoint_step = self.state.step
-
-    def finish(self, final: bool, rank_digests: list[str] | None) -> None:
-        self.phase = "done" if final else "stopped"
+    def finish(self, plan: Plan) -> None:
+        rank_digests = self._rank_digests()
+        self.phase = "done" if plan.final else "stopped"
         if rank_digests is not None and len(set(rank_digests)) > 1:
             log.error("data-parallel ranks ended with different weights: %s", rank_digests)
-        if final:
-            summary = {"version": self.state.version, "step": self.state.step, "rank_digests": rank_digests}
-            write_atomic(self.settings.run_dir / "final.json", json.dumps(summary))
+        if plan.final:
+            self.books.write_final(rank_digests)
         # Let the last push reach the workers before the process exits (they could also pull it).
         self.publisher.close(timeout=self.settings.push_timeout_s + 5)
 
+    def close(self) -> None:
+        """On the way out after an error: stop the pusher without waiting for it."""
+        if self.phase not in ("done", "stopped"):
+            self.publisher.close(timeout=1.0)
+
     # ------------------------------------------------------------------ status
 
-    def status(self) -> dict:
+    def status(self) -> LearnerStatus:
         state = self.state
-        counts = self.intake.counts
+        window = self.window
+        counts = window.counts
         latest = self.metrics.latest
-        return {
-            "phase": self.phase,
-            "run_id": state.run_id,
-            "algorithm": self.settings.algorithm.name.value,
-            "step": state.step,
-            "total_steps": self.settings.total_steps,
-            "version": state.version,
-            "queues": {
-                "tasks_backlog": self.tasks.backlog(),
-                "trajectories_backlog": self.trajectories.backlog(),
-                "trajectories_pending": self.trajectories.pending(),
-                "ready_groups": len(self.intake.ready),
-            },
-            "issued": self.feeder.state.issued,
-            "outstanding": self.feeder.outstanding(self.intake.consumed_ids),
-            "window": self.settings.window,
-            "staleness": {
-                "max_staleness": self.settings.max_staleness,
-                "last_mean": latest.get("staleness_mean"),
-                "last_hist": latest.get("staleness_hist"),
-                "dropped_stale_total": counts["stale"],
-                "dropped_duplicate_total": counts["duplicate"],
-            },
-            "dead_lettered_tasks": len(self.feeder.dead_ids),
-            "trained_groups_total": counts["trained"],
-            "last_push": self.publisher.last_report.__dict__ if self.publisher.last_report else None,
-        }
+        return LearnerStatus(
+            phase=self.phase,
+            run_id=state.run_id,
+            algorithm=self.settings.algorithm.name.value,
+            step=state.step,
+            total_steps=self.settings.total_steps,
+            version=state.version,
+            queues=QueueDepths(
+                tasks_backlog=self.streams.tasks.backlog(),
+                trajectories_backlog=self.streams.trajectories.backlog(),
+                trajectories_pending=self.streams.trajectories.pending(),
+                ready_groups=window.ready,
+            ),
+            issued=window.issued,
+            outstanding=window.outstanding(),
+            window=window.window,
+            staleness=StalenessStatus(
+                max_staleness=self.settings.max_staleness,
+                last_mean=latest.staleness_mean if latest else None,
+                last_hist=latest.staleness_hist if latest else None,
+                dropped_stale_total=counts["stale"],
+                dropped_duplicate_total=counts["duplicate"],
+            ),
+            dead_lettered_tasks=len(window.dead_ids),
+            trained_groups_total=counts["trained"],
+            last_push=self.publisher.last_report,
+        )
 
 
-def _fmt(value) -> str:
-    return "-" if value is None else f"{value:.3f}"
+def _fmt(value: float | None, form: str = "{:.3f}") -> str:
+    return "-" if value is None else form.format(value)

@@ -13,9 +13,11 @@ import logging
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from shared.bus import Entry, TrajectoryStream
 from shared.messages import TrajectoryGroup
+from shared.records import Decision
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +27,7 @@ class Decisions:
     """What happened to the entries read since the last checkpoint."""
 
     entry_ids: list[str] = field(default_factory=list)  # to acknowledge once a checkpoint covers them
-    events: list[dict] = field(default_factory=list)  # ledger lines
+    events: list[Decision] = field(default_factory=list)  # ledger lines, once a checkpoint commits them
 
     def clear(self) -> None:
         self.entry_ids.clear()
@@ -80,13 +82,13 @@ class GroupIntake:
             groups.append(entry.message)
         self.counts["trained"] += n
         self.decisions.events.append(
-            {
-                "event": "trained",
-                "step": step + 1,
-                "version": version,
-                "ids": [g.id for g in groups],
-                "lags": [version - g.oldest_policy_version for g in groups],
-            }
+            Decision(
+                event="trained",
+                step=step + 1,
+                version=version,
+                ids=[g.id for g in groups],
+                lags=[version - g.oldest_policy_version for g in groups],
+            )
         )
         return groups
 
@@ -116,12 +118,12 @@ class GroupIntake:
         if stale:
             self.counts["stale"] += len(stale)
             self.decisions.events.append(
-                {"event": "stale", "step": step, "version": version, "ids": [i for i, _ in stale],
-                 "lags": [lag for _, lag in stale]}
+                Decision(event="stale", step=step, version=version, ids=[i for i, _ in stale],
+                         lags=[lag for _, lag in stale])
             )
             log.info("dropped %d stale groups (lags %s)", len(stale), sorted({lag for _, lag in stale}))
 
-    def _drop(self, entry: Entry[TrajectoryGroup], reason: str) -> None:
+    def _drop(self, entry: Entry[TrajectoryGroup], reason: Literal["duplicate", "foreign"]) -> None:
         self.counts[reason] += 1
         self.decisions.entry_ids.append(entry.entry_id)
-        self.decisions.events.append({"event": reason, "ids": [entry.message.id]})
+        self.decisions.events.append(Decision(event=reason, ids=[entry.message.id]))

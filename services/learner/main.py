@@ -16,14 +16,16 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from services.learner.app import BackgroundServer, create_app
+from services.learner.app import BackgroundServer, StatusSource, create_app
 from services.learner.checkpoint import Checkpointer, LearnerState
-from services.learner.coordinator import Coordinator, Plan
+from services.learner.coordinator import Follower, Rank0
 from services.learner.engine import DistInfo, build_engine, init_distributed
-from services.learner.metrics import JsonlLog, StepMetrics
+from services.learner.metrics import StepMetrics
+from services.learner.plan import Plan
 from services.learner.settings import LearnerSettings
 from services.learner.trainer import Trainer
-from services.learner.weights import WeightStore, digest, full_state_dict
+from services.learner.weights import WeightStore
+from shared.records import metrics_file
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +49,20 @@ def serve(settings: LearnerSettings, resume: bool) -> None:
     stop_event = threading.Event()
     is_main = int(os.environ.get("RANK", "0")) == 0
     settings.run_dir.mkdir(parents=True, exist_ok=True)
-    metrics = StepMetrics(JsonlLog(settings.run_dir / "metrics.jsonl"))
+    metrics = StepMetrics(metrics_file(settings.run_dir))
     store = WeightStore(settings.run_dir / "weights", settings.keep_weights)
-    holder: dict = {}
+    status = StatusSource()
     server = None
     if is_main:
         # Up before the slow engine start, so a supervisor sees the process is alive.
-        app = create_app(lambda: holder["c"].status() if "c" in holder else {"phase": "starting"}, store, metrics)
-        server = BackgroundServer(app, settings.host, settings.port)
+        server = BackgroundServer(create_app(status, store, metrics), settings.host, settings.port)
         server.start()
     try:
-        _run(settings, resume, stop_event, metrics, store, holder)
+        loop = _start(settings, resume, stop_event, metrics, store, status)
+        try:
+            loop.run()
+        finally:
+            loop.hooks.close()
     finally:
         if server is not None:
             server.stop()
@@ -65,7 +70,47 @@ def serve(settings: LearnerSettings, resume: bool) -> None:
             dist.destroy_process_group()
 
 
-def _run(settings, resume, stop_event, metrics, store, holder) -> None:
+class Loop:
+    """What every rank runs: the plans rank 0 makes, through the hooks of its kind of rank."""
+
+    def __init__(self, hooks: Follower, trainer: Trainer, info: DistInfo):
+        self.hooks = hooks
+        self.trainer = trainer
+        self.info = info
+
+    def run(self) -> None:
+        first = self.hooks.first_plan()
+        if first is not None:
+            self.hooks.publish(first)
+        while True:
+            plan = self.hooks.next_plan()
+            if plan.kind == "train":
+                self.step(plan)
+            elif plan.kind == "stop":
+                self.stop(plan)
+                return
+            # "idle": rank 0 is still waiting for groups; nothing to do but take the next plan
+
+    def step(self, plan: Plan) -> None:
+        started = time.monotonic()
+        trainer_metrics = self.trainer.train(plan.batch, plan.sft)
+        train_s = time.monotonic() - started
+        publish_s = self.hooks.publish(plan) if plan.publish else None
+        self.hooks.record(plan, trainer_metrics, train_s, publish_s)
+        if plan.checkpoint:
+            self.hooks.checkpoint(plan.step + 1, save_engine=True)
+
+    def stop(self, plan: Plan) -> None:
+        if plan.publish:
+            self.hooks.publish(plan)
+        if plan.checkpoint:
+            self.hooks.checkpoint(plan.step, save_engine=plan.save_engine)
+        self.hooks.finish(plan)
+        log.info("rank %d: %s at step %d", self.info.rank, "finished" if plan.final else "stopped", plan.step)
+
+
+def _start(settings, resume, stop_event, metrics, store, status: StatusSource) -> Loop:
+    """Engine, checkpoint and the hooks of this rank; rank 0's status goes live."""
     info = init_distributed(settings)
     checkpointer = Checkpointer(settings.run_dir / "checkpoints", settings.keep_checkpoints)
     committed = checkpointer.committed_tag()
@@ -82,53 +127,26 @@ def _run(settings, resume, stop_event, metrics, store, holder) -> None:
     trainer = Trainer(engine, settings, info)
     restored = checkpointer.load(engine) if committed is not None else None
 
-    coordinator = None
+    hooks: Follower
     if info.is_main:
         state = restored or _initial_state(settings.run_dir, resume)
         max_len = settings.max_seq_len or getattr(engine.module.config, "max_position_embeddings", None)
-        coordinator = Coordinator(settings, tokenizer, state, metrics, store, info.world_size, stop_event, max_len)
+        rank0 = Rank0(settings, info, engine, checkpointer, tokenizer, state, metrics, store, stop_event, max_len)
         if restored is not None or state.run_id == _previous_run_id(settings.run_dir):
             # Also after a crash before the first checkpoint: same run, nothing trained yet.
-            coordinator.resumed(from_checkpoint=restored is not None)
+            rank0.resumed(from_checkpoint=restored is not None)
         else:
-            coordinator.fresh_start()
+            rank0.fresh_start()
         (settings.run_dir / RUN_ID_FILE).write_text(state.run_id)
-        holder["c"] = coordinator
+        status.attach(rank0.status)
+        hooks = rank0
+    else:
+        hooks = Follower(settings, info, engine, checkpointer)
     log.info("rank %d/%d ready (ZeRO-%d, %s)", info.rank, info.world_size, settings.deepspeed.zero_stage,
              settings.deepspeed.dtype)
-
     # From here on a stop request is served at the next step boundary, with a checkpoint.
     _install_signal_handlers(stop_event)
-    first = _broadcast(coordinator.first_plan(restored is not None) if coordinator else None, info)
-    if first is not None:
-        _publish(engine, settings, info, coordinator, initial=restored is None)
-    try:
-        while True:
-            plan = _broadcast(coordinator.next_plan() if coordinator else None, info)
-            if plan.kind == "idle":
-                continue
-            if plan.kind == "train":
-                started = time.monotonic()
-                train_metrics = trainer.train(plan.batch, plan.sft)
-                train_s = time.monotonic() - started
-                publish_s = _publish(engine, settings, info, coordinator, initial=False) if plan.publish else None
-                if coordinator:
-                    coordinator.step_done(plan, train_metrics, train_s, publish_s)
-                if plan.checkpoint:
-                    _checkpoint(engine, checkpointer, coordinator, plan.step + 1, save_engine=True)
-                continue
-            if plan.publish:
-                _publish(engine, settings, info, coordinator, initial=False)
-            if plan.checkpoint:
-                _checkpoint(engine, checkpointer, coordinator, plan.step, save_engine=plan.save_engine)
-            digests = _rank_digests(engine, settings, info)
-            if coordinator:
-                coordinator.finish(final=plan.final, rank_digests=digests)
-            log.info("rank %d: %s at step %d", info.rank, "finished" if plan.final else "stopped", plan.step)
-            return
-    finally:
-        if coordinator is not None and coordinator.phase not in ("done", "stopped"):
-            coordinator.publisher.close(timeout=1.0)
+    return Loop(hooks, trainer, info)
 
 
 def _previous_run_id(run_dir: Path) -> str | None:
@@ -140,42 +158,6 @@ def _initial_state(run_dir: Path, resume: bool) -> LearnerState:
     """No checkpoint: a new run, or with --resume the run that crashed before its first checkpoint."""
     previous = _previous_run_id(run_dir) if resume else None
     return LearnerState(run_id=previous or uuid.uuid4().hex[:8])
-
-
-def _broadcast(plan: Plan | None, info: DistInfo) -> Plan | None:
-    if info.world_size == 1:
-        return plan
-    box = [plan]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _publish(engine, settings: LearnerSettings, info: DistInfo, coordinator, initial: bool) -> float | None:
-    started = time.monotonic()
-    state_dict = full_state_dict(engine, settings.deepspeed.zero_stage, info.is_main)
-    if coordinator is None:
-        return None
-    coordinator.publish_weights(engine.module, state_dict, initial=initial)
-    return time.monotonic() - started
-
-
-def _rank_digests(engine, settings: LearnerSettings, info: DistInfo) -> list[str] | None:
-    """Every rank's weight checksum (they must agree); None under ZeRO-3, where no rank holds them all."""
-    if settings.deepspeed.zero_stage == 3:
-        return None
-    mine = digest(engine.module.state_dict())
-    if info.world_size == 1:
-        return [mine]
-    gathered: list = [None] * info.world_size
-    dist.all_gather_object(gathered, mine)
-    return gathered
-
-
-def _checkpoint(engine, checkpointer: Checkpointer, coordinator, step: int, save_engine: bool) -> None:
-    state = coordinator.checkpoint_state() if coordinator else None
-    checkpointer.save(engine, step, state, save_engine=save_engine)
-    if coordinator:
-        coordinator.checkpoint_done()
 
 
 def _install_signal_handlers(stop_event: threading.Event) -> None:

@@ -2,61 +2,33 @@
 
 from __future__ import annotations
 
-import json
 import re
 import threading
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from shared.messages import RolloutKind, TrajectoryGroup
+from shared.records import BatchStats, JsonlFile, StepRecord
 
 _NAME = re.compile(r"[^a-zA-Z0-9_]")
-
-
-class JsonlLog:
-    """Append-only JSON lines, each with a ``step``; a resumed run cuts the lines of the lost steps."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-    def append(self, record: dict[str, Any]) -> None:
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(record, sort_keys=True) + "\n")
-
-    def read(self) -> list[dict[str, Any]]:
-        if not self.path.is_file():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-
-    def truncate_after(self, value: int, key: str = "step") -> int:
-        """Drop records whose ``key`` is above ``value`` (a crashed run's lost work); returns how many."""
-        records = self.read()
-        kept = [r for r in records if r.get(key, 0) <= value]
-        if len(kept) != len(records):
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
-            tmp.replace(self.path)
-        return len(records) - len(kept)
 
 
 class StepMetrics:
     """The latest value of every numeric metric as a ``learner_<name>`` gauge, plus the JSONL log."""
 
-    def __init__(self, log: JsonlLog):
+    def __init__(self, log: JsonlFile[StepRecord]):
         self.log = log
         self.registry = CollectorRegistry()
         self._gauges: dict[str, Gauge] = {}
         self._lock = threading.Lock()
-        self.latest: dict[str, Any] = {}
+        self.latest: StepRecord | None = None
 
-    def record(self, record: dict[str, Any]) -> None:
+    def record(self, record: StepRecord) -> None:
         self.log.append(record)
         with self._lock:
             self.latest = record
-            for key, value in _flatten(record).items():
+            for key, value in _flatten(record.model_dump(exclude_none=True)).items():
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     continue
                 self._gauge(key).set(value)
@@ -90,7 +62,7 @@ def _flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def batch_stats(groups: list[TrajectoryGroup], version: int) -> dict[str, Any]:
+def batch_stats(groups: list[TrajectoryGroup], version: int) -> BatchStats:
     """Rewards by rollout kind, prefix shares and staleness of the groups one step trains on."""
     rewards: dict[str, list[float]] = {kind.value: [] for kind in RolloutKind}
     prefix_tokens = response_tokens = generated = 0
@@ -106,21 +78,20 @@ def batch_stats(groups: list[TrajectoryGroup], version: int) -> dict[str, Any]:
                 generated += len(traj.response_token_ids) - traj.prefix_len
     lags = [version - g.oldest_policy_version for g in groups]
     all_rewards = [r for values in rewards.values() for r in values]
-    stats: dict[str, Any] = {
-        "reward_mean": _mean(all_rewards),
-        "reward_on_policy": _mean(rewards[RolloutKind.on_policy.value]),
-        "reward_hybrid": _mean(rewards[RolloutKind.hybrid.value]),
-        "reward_demonstration": _mean(rewards[RolloutKind.demonstration.value]),
-        "prefix_token_share": prefix_tokens / response_tokens if response_tokens else 0.0,
-        "prefix_len_min": min(prefix_lens) if prefix_lens else None,
-        "prefix_len_max": max(prefix_lens) if prefix_lens else None,
-        "generated_tokens": generated,
-        "response_tokens": response_tokens,
-        "staleness_mean": _mean(lags),
-        "staleness_hist": {str(lag): lags.count(lag) for lag in sorted(set(lags))},
-        "groups": len(groups),
-    }
-    return stats
+    return BatchStats(
+        reward_mean=_mean(all_rewards),
+        reward_on_policy=_mean(rewards[RolloutKind.on_policy.value]),
+        reward_hybrid=_mean(rewards[RolloutKind.hybrid.value]),
+        reward_demonstration=_mean(rewards[RolloutKind.demonstration.value]),
+        prefix_token_share=prefix_tokens / response_tokens if response_tokens else 0.0,
+        prefix_len_min=min(prefix_lens) if prefix_lens else None,
+        prefix_len_max=max(prefix_lens) if prefix_lens else None,
+        generated_tokens=generated,
+        response_tokens=response_tokens,
+        staleness_mean=_mean(lags),
+        staleness_hist={str(lag): lags.count(lag) for lag in sorted(set(lags))},
+        groups=len(groups),
+    )
 
 
 def _mean(values: list[float]) -> float | None:

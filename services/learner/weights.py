@@ -15,7 +15,6 @@ import queue
 import shutil
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -23,6 +22,7 @@ import torch
 
 from shared.bus import WeightsRecordStore, WorkerRegistry
 from shared.messages import WeightsRecord, WeightUpdate, WorkerInfo
+from shared.records import PushReport
 
 log = logging.getLogger(__name__)
 
@@ -116,14 +116,6 @@ def push_to_worker(
     return False
 
 
-@dataclass
-class PushReport:
-    version: int
-    seconds: float
-    pushed: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
-
-
 class Publisher:
     """Records each version in Redis and pushes it to the live workers from a background thread."""
 
@@ -181,7 +173,7 @@ class Publisher:
 
     def _push(self, update: WeightUpdate) -> PushReport:
         start = time.monotonic()
-        report = PushReport(version=update.version, seconds=0.0)
+        report = PushReport(version=update.version, seconds=0.0, pushed=[], failed=[])
         for worker in self.registry.live(self.worker_ttl_s):
             if worker.version >= update.version:
                 continue

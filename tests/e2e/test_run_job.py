@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from shared.records import metrics_file
 from tests.helpers.jobs import SMALL_JOB
 
 pytestmark = pytest.mark.integration
@@ -84,8 +85,8 @@ def _start_training(tmp_path: Path, config: Path) -> tuple[subprocess.Popen, Pat
         _prefix_rft(*args, cwd=tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     deadline = time.monotonic() + 600
-    metrics = out / "learner" / "metrics.jsonl"
-    while not (metrics.is_file() and metrics.read_text().strip()):
+    metrics = metrics_file(out / "learner")
+    while metrics.last() is None:
         if run.poll() is not None or time.monotonic() > deadline:
             run.kill()
             pytest.fail(f"training never started: {run.stdout.read()[-3000:]}")

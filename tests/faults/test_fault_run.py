@@ -8,7 +8,6 @@ Run with ``pytest -s tests/faults`` to see the ledger after each fault.
 from __future__ import annotations
 
 import http.server
-import json
 import secrets
 import shutil
 import subprocess
@@ -24,7 +23,8 @@ import yaml
 
 from launcher.deployment import LocalDeployment
 from shared.bus import Keys, LedgerQueries, Redis, connect
-from tests.helpers.faults import learner_step, metric, read_jsonl, reconciled, wait_for, wait_for_step
+from shared.records import FinalRecord, metrics_file
+from tests.helpers.faults import learner_step, metric, reconciled, wait_for, wait_for_step
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 INCREMENTAL = True
@@ -207,14 +207,15 @@ def test_learner_killed_between_checkpoints_resumes(run):
     # Groups the dead learner read or trained after its last checkpoint are still pending, not lost.
     assert reconciled(run.run_dir, run.redis_url, f"learner killed after step {killed_at}").ok
     run.deployment.start_learner(resume=True)
-    final = run.run_dir / "learner" / "final.json"
-    wait_for(final.is_file, 400, run.deployment, "the resumed run to finish", ALLOWED + ("learner",))
+    learner_dir = run.run_dir / "learner"
+    wait_for(lambda: FinalRecord.read(learner_dir) is not None, 400, run.deployment, "the resumed run to finish",
+             ALLOWED + ("learner",))
     learner = run.deployment.process("learner")
     learner.popen.wait(60)
     assert learner.popen.returncode == 0, learner.log_tail()
-    steps = [row["step"] for row in read_jsonl(run.run_dir / "learner" / "metrics.jsonl")]
+    steps = [record.step for record in metrics_file(learner_dir).read()]
     assert steps == list(range(1, TOTAL_STEPS + 1)), f"steps logged {steps} (killed after step {killed_at})"
-    assert json.loads(final.read_text())["step"] == TOTAL_STEPS
+    assert FinalRecord.read(learner_dir).step == TOTAL_STEPS
 
 
 def test_the_finished_run_reconciles_exactly(run):

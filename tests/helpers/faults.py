@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -10,15 +9,12 @@ import httpx
 
 from launcher.deployment import LocalDeployment
 from launcher.ledger import Ledger, reconcile_run
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+from shared.records import metrics_file
 
 
 def learner_step(deployment: LocalDeployment) -> int:
-    rows = read_jsonl(deployment.run_dir / "learner" / "metrics.jsonl")
-    return rows[-1]["step"] if rows else 0
+    last = metrics_file(deployment.run_dir / "learner").last()
+    return last.step if last is not None else 0
 
 
 def wait_for(predicate, timeout: float, deployment: LocalDeployment, what: str, allow_exited=()) -> None:

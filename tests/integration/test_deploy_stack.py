@@ -22,6 +22,7 @@ import yaml
 
 from launcher.processes import ManagedProcess, free_port, redis_server_binary, start_process, wait_http_ready
 from shared.bus import Keys, WorkerRegistry
+from shared.records import LearnerStatus
 from tests.helpers.deploy import load_compose, prepared_checkout
 
 pytestmark = pytest.mark.integration
@@ -130,8 +131,8 @@ def healthcheck(url: str) -> int:
     return subprocess.run([sys.executable, str(HEALTHCHECK), url], capture_output=True, timeout=30).returncode
 
 
-def learner_status(stack: ComposeOnLoopback) -> dict:
-    return httpx.get(f"{stack.url('learner')}/v1/status", timeout=10).json()
+def learner_status(stack: ComposeOnLoopback) -> LearnerStatus:
+    return LearnerStatus.model_validate(httpx.get(f"{stack.url('learner')}/v1/status", timeout=10).json())
 
 
 def wait_for(predicate, timeout: float, stack: ComposeOnLoopback, what: str):
@@ -207,12 +208,12 @@ def test_services_start_from_the_compose_commands_and_pass_their_health_checks(s
 
 
 def test_learner_trains_with_the_worker_that_registered_itself(stack):
-    wait_for(lambda: learner_status(stack).get("version", 0) >= 1, 600, stack, "the first trained version")
+    wait_for(lambda: (learner_status(stack).version or 0) >= 1, 600, stack, "the first trained version")
     # The worker registered the address its compose environment gives (PRFT_ROLLOUT__PUBLIC_URL),
     # and the learner's push reached it there.
     assert registered_urls(stack) == {stack.url("rollout")}
     status = learner_status(stack)
-    wait_for(lambda: worker_version(stack.url("rollout")) >= status["version"], 120, stack, "the push to rollout-0")
+    wait_for(lambda: worker_version(stack.url("rollout")) >= status.version, 120, stack, "the push to rollout-0")
 
 
 def test_a_worker_that_joins_is_picked_up_and_one_that_leaves_is_not_missed(stack):
@@ -220,7 +221,7 @@ def test_a_worker_that_joins_is_picked_up_and_one_that_leaves_is_not_missed(stac
     joined = stack.start("rollout", replica="rollout-1", port=port)
     wait_http_ready(joined, f"{stack.url('rollout', port)}/readyz", timeout=300)
     wait_for(lambda: stack.url("rollout", port) in registered_urls(stack), 60, stack, "rollout-1 registering")
-    joined_at = learner_status(stack)["version"]
+    joined_at = learner_status(stack).version
     # A version trained after it joined reaches it: the running learner found it.
     wait_for(lambda: worker_version(stack.url("rollout", port)) > joined_at, 600, stack, "a push to rollout-1")
 
@@ -228,9 +229,9 @@ def test_a_worker_that_joins_is_picked_up_and_one_that_leaves_is_not_missed(stac
     wait_for(
         lambda: registered_urls(stack) == {stack.url("rollout", port)}, 60, stack, "rollout-0 leaving the registry"
     )
-    left_at = learner_status(stack)["step"]
+    left_at = learner_status(stack).step
     # Training goes on with the remaining worker.
-    wait_for(lambda: learner_status(stack)["step"] >= left_at + 2, 600, stack, "two steps after rollout-0 left")
+    wait_for(lambda: learner_status(stack).step >= left_at + 2, 600, stack, "two steps after rollout-0 left")
 
 
 def test_a_restarted_learner_continues_from_its_checkpoint(stack):
@@ -240,5 +241,5 @@ def test_a_restarted_learner_continues_from_its_checkpoint(stack):
     assert checkpoints, "no checkpoint after SIGTERM"
     restarted = stack.start("learner")  # the same command: `learner --config ... --resume`
     wait_http_ready(restarted, f"{stack.url('learner')}/healthz", timeout=300)
-    status = wait_for(lambda: (s := learner_status(stack)).get("step", 0) > 0 and s, 300, stack, "the resumed status")
-    assert status["step"] > 0
+    status = wait_for(lambda: (s := learner_status(stack)).step and s, 300, stack, "the resumed status")
+    assert status.step > 0

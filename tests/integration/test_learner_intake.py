@@ -39,9 +39,9 @@ def test_decisions_and_acks(redis_client, namespace):
     taken = intake.take(2, version=3, step=7)
     assert [g.id for g in taken] == ["run-1", "run-3"]
     assert intake.consumed_ids == {"run-1", "run-2", "run-3"}
-    events = {e["event"]: e for e in intake.decisions.events}
-    assert events["trained"]["ids"] == ["run-1", "run-3"] and events["trained"]["step"] == 8
-    assert events["stale"]["ids"] == ["run-2"] and events["stale"]["lags"] == [2]
+    events = {e.event: e for e in intake.decisions.events}
+    assert events["trained"].ids == ["run-1", "run-3"] and events["trained"].step == 8
+    assert events["stale"].ids == ["run-2"] and events["stale"].lags == [2]
     # Nothing is acknowledged before a checkpoint covers it.
     assert queue.pending() == 6
     queue.ack(*intake.decisions.entry_ids)

@@ -8,7 +8,6 @@ dropped as stale. Weight pushes go to a real HTTP endpoint registered as a worke
 
 from __future__ import annotations
 
-import json
 import random
 import sys
 import threading
@@ -26,6 +25,7 @@ from launcher.processes import free_port, start_process, wait_http_ready
 from shared.bus import Keys, LedgerQueries, TaskStream, TrajectoryStream, WeightsRecordStore, connect
 from shared.messages import RolloutKind, RolloutTask, Trajectory, TrajectoryGroup
 from shared.modeling import load_tokenizer
+from shared.records import FinalRecord, LearnerStatus, ledger_file, metrics_file
 from tests.helpers.rollout import TOKEN
 from tests.helpers.workers import register, served_version, weight_swaps
 
@@ -121,10 +121,6 @@ def write_config(tmp_path: Path, redis_url: str, namespace: str, model_dir: Path
     return path
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-
-
 def wait_until(predicate, timeout: float, process=None, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -136,16 +132,16 @@ def wait_until(predicate, timeout: float, process=None, what: str = "condition")
         time.sleep(0.1)
 
 
-def wait_starved(base: str, process, timeout: float = 60) -> dict:
+def wait_starved(base: str, process, timeout: float = 60) -> LearnerStatus:
     """The learner's status once it has been waiting for groups at the same step for a second."""
     deadline = time.monotonic() + timeout
     previous = None
     while time.monotonic() < deadline:
         process.check_alive()
-        status = httpx.get(f"{base}/v1/status").json()
-        if status["phase"] == "waiting" and previous is not None and previous["step"] == status["step"]:
+        status = LearnerStatus.model_validate(httpx.get(f"{base}/v1/status").json())
+        if status.phase == "waiting" and previous is not None and previous.step == status.step:
             return status
-        previous = status if status["phase"] == "waiting" else None
+        previous = status if status.phase == "waiting" else None
         time.sleep(1.0)
     raise TimeoutError(f"the learner kept training after production stopped\n{process.log_tail(40)}")
 
@@ -173,13 +169,13 @@ def test_sigkill_between_checkpoints_then_resume_trains_every_group_once(
     learner = start_process("learner", argv, log_path, cwd=REPO)
     try:
         wait_http_ready(learner, f"{base}/v1/status", timeout=120)
-        metrics_path = run_dir / "metrics.jsonl"
-        wait_until(lambda: any(r["step"] >= 5 for r in read_jsonl(metrics_path)), 180, learner, "step 5")
+        metrics = metrics_file(run_dir)
+        wait_until(lambda: any(r.step >= 5 for r in metrics.read()), 180, learner, "step 5")
         producer.gate.clear()  # the learner runs dry within the staleness window, before step 8
         status = wait_starved(base, learner)
-        assert 5 <= status["step"] < 8, status
+        assert 5 <= status.step < 8, status
         assert "learner_loss" in httpx.get(f"{base}/metrics").text
-        version = status["version"]
+        version = status.version
         served = httpx.get(f"{base}/v1/weights/{version}")
         assert served.status_code == 200 and served.content == (run_dir / "weights" / f"v{version}" /
                                                                 "model.safetensors").read_bytes()
@@ -187,7 +183,7 @@ def test_sigkill_between_checkpoints_then_resume_trains_every_group_once(
         wait_until(lambda: served_version(rollout_worker) == version, 60, learner, f"the worker at v{version}")
         swaps_before_crash = weight_swaps(rollout_worker)
         learner.kill()  # SIGKILL: no chance to checkpoint
-        killed_at = status["step"]
+        killed_at = status.step
     finally:
         learner.kill()
 
@@ -195,9 +191,9 @@ def test_sigkill_between_checkpoints_then_resume_trains_every_group_once(
     resumed = start_process("learner-resumed", argv + ["--resume"], log_path, cwd=REPO)
     try:
         producer.gate.set()
-        wait_until(lambda: any(r["step"] >= 9 for r in read_jsonl(metrics_path)), 180, resumed, "step 9")
+        wait_until(lambda: any(r.step >= 9 for r in metrics.read()), 180, resumed, "step 9")
         producer.gate.clear()
-        stopped_at = wait_starved(base, resumed)["step"]
+        stopped_at = wait_starved(base, resumed).step
         assert resumed.stop(timeout=60) == 0, resumed.log_tail(40)  # SIGTERM
         assert (run_dir / "checkpoints" / "committed").read_text() == f"step{stopped_at:08d}"
     finally:
@@ -213,10 +209,10 @@ def test_sigkill_between_checkpoints_then_resume_trains_every_group_once(
     assert producer.error is None, producer.error
 
     # ---- the ledger: every group produced was trained exactly once or dropped as stale
-    ledger = read_jsonl(run_dir / "ledger.jsonl")
-    trained = [i for e in ledger if e["event"] == "trained" for i in e["ids"]]
-    stale = [i for e in ledger if e["event"] == "stale" for i in e["ids"]]
-    duplicates = [i for e in ledger if e["event"] == "duplicate" for i in e["ids"]]
+    ledger = ledger_file(run_dir).read()
+    trained = [i for e in ledger if e.event == "trained" for i in e.ids]
+    stale = [i for e in ledger if e.event == "stale" for i in e.ids]
+    duplicates = [i for e in ledger if e.event == "duplicate" for i in e.ids]
     trained_count, stale_count = Counter(trained), Counter(stale)
     produced = set(producer.produced)
     assert len(produced) == len(producer.produced)  # the feeder never issued a task twice
@@ -240,20 +236,21 @@ def test_sigkill_between_checkpoints_then_resume_trains_every_group_once(
     assert stale, "the producer's lagged groups should have been dropped"
 
     # ---- metrics, weights, final state
-    metrics = read_jsonl(run_dir / "metrics.jsonl")
-    assert [m["step"] for m in metrics] == list(range(1, 13))  # the lost steps' lines were cut
-    assert metrics[-1]["dropped_stale_total"] == len(stale)
-    assert metrics[-1]["trained_groups_total"] == 48
-    for key in ("loss", "reward_on_policy", "reward_hybrid", "prefix_token_share", "staleness_hist", "tokens_per_s",
-                "step_time_s", "prefix_ratio_low", "prefix_ratio_high"):
-        assert key in metrics[-1], key
-    final = json.loads((run_dir / "final.json").read_text())
-    assert final["step"] == 12
+    records = metrics.read()
+    assert [m.step for m in records] == list(range(1, 13))  # the lost steps' lines were cut
+    last = records[-1]
+    assert last.dropped_stale_total == len(stale)
+    assert last.trained_groups_total == 48
+    # Every figure of a trained RL step is there (a record's other fields are required).
+    for value in (last.loss, last.reward_on_policy, last.reward_hybrid, last.prefix_token_share, last.staleness_hist):
+        assert value is not None, last
+    final = FinalRecord.read(run_dir)
+    assert final.step == 12
     # Versions keep rising across the crash (a worker refuses an older version than it serves, so a
     # reused number would fail the pushes), and the worker ends on the final one.
     assert swaps_before_crash > swaps_at_start
-    assert final["version"] > version
-    wait_until(lambda: served_version(rollout_worker) == final["version"], 60, None, "the worker at the final version")
+    assert final.version > version
+    wait_until(lambda: served_version(rollout_worker) == final.version, 60, None, "the worker at the final version")
     assert weight_swaps(rollout_worker) > swaps_before_crash
 
 
@@ -277,17 +274,17 @@ def test_two_ranks_train_and_publish_whole_weights(tmp_path, redis_url, namespac
     finally:
         learner.kill()
         producer.stop()
-    final = json.loads((run_dir / "final.json").read_text())
-    assert final["step"] == 4
+    final = FinalRecord.read(run_dir)
+    assert final.step == 4
     if zero_stage == 2:  # every rank holds the whole model: they must agree
-        print(f"\nrank weight digests after {final['step']} steps: {final['rank_digests']}")
-        assert len(final["rank_digests"]) == 2 and final["rank_digests"][0] == final["rank_digests"][1]
+        print(f"\nrank weight digests after {final.step} steps: {final.rank_digests}")
+        assert len(final.rank_digests) == 2 and final.rank_digests[0] == final.rank_digests[1]
     # What the workers load: every tensor whole (under ZeRO-3 gathered from both ranks' partitions),
     # and trained away from the initial weights.
-    published = load_file(run_dir / "weights" / f"v{final['version']}" / "model.safetensors")
+    published = load_file(run_dir / "weights" / f"v{final.version}" / "model.safetensors")
     initial = load_file(default_init_dir / "model.safetensors")
     assert {k: v.shape for k, v in published.items()} == {k: v.shape for k, v in initial.items()}
     assert not torch.equal(published["model.embed_tokens.weight"], initial["model.embed_tokens.weight"])
-    ledger = read_jsonl(run_dir / "ledger.jsonl")
-    assert sum(len(e["ids"]) for e in ledger if e["event"] == "trained") == 8  # the two RFT steps
-    assert [m["sft"] for m in read_jsonl(run_dir / "metrics.jsonl")] == [True, True, False, False]
+    ledger = ledger_file(run_dir).read()
+    assert sum(len(e.ids) for e in ledger if e.event == "trained") == 8  # the two RFT steps
+    assert [m.sft for m in metrics_file(run_dir).read()] == [True, True, False, False]

@@ -10,11 +10,13 @@ import pytest
 import torch
 
 from launcher.processes import free_port
-from services.learner.app import BackgroundServer, create_app
-from services.learner.metrics import JsonlLog, StepMetrics
+from services.learner.app import BackgroundServer, StatusSource, create_app
+from services.learner.metrics import StepMetrics
 from services.learner.weights import Publisher, WeightStore
 from shared.bus import Keys, WeightsRecordStore, WorkerRegistry
 from shared.modeling import load_model
+from shared.records import LearnerStatus, metrics_file
+from tests.helpers.records import step_record
 from tests.helpers.rollout import TOKEN
 from tests.helpers.workers import register, served_version, weight_swaps
 
@@ -27,17 +29,18 @@ def test_store_serves_and_prunes_versions(tmp_path, default_init_dir):
     for version in range(3):
         store.save(model, model.state_dict(), version)
     assert store.versions() == [1, 2]
-    metrics = StepMetrics(JsonlLog(tmp_path / "m.jsonl"))
-    metrics.record({"step": 1, "loss": 0.5, "staleness_hist": {"0": 3}})
+    metrics = StepMetrics(metrics_file(tmp_path))
+    metrics.record(step_record(1, loss=0.5, staleness_hist={"0": 3}))
     port = free_port()
-    server = BackgroundServer(create_app(lambda: {"step": 1}, store, metrics), "127.0.0.1", port)
+    status = LearnerStatus(phase="training", step=1)
+    server = BackgroundServer(create_app(lambda: status, store, metrics), "127.0.0.1", port)
     server.start()
     try:
         base = f"http://127.0.0.1:{port}"
         body = httpx.get(f"{base}/v1/weights/2").content
         assert body == store.file(2).read_bytes()
         assert httpx.get(f"{base}/v1/weights/0").status_code == 404
-        assert httpx.get(f"{base}/v1/status").json() == {"step": 1}
+        assert httpx.get(f"{base}/v1/status").json() == {"phase": "training", "step": 1}
         text = httpx.get(f"{base}/metrics").text
         assert "learner_loss 0.5" in text and "learner_staleness_hist_0 3.0" in text
     finally:
@@ -56,7 +59,7 @@ def test_push_reaches_live_workers_and_survives_dead_ones(
     store = WeightStore(tmp_path / "weights", keep=2)
     store.save(model, model.state_dict(), 5)
     port = free_port()
-    app = create_app(lambda: {}, store, StepMetrics(JsonlLog(tmp_path / "m.jsonl")))
+    app = create_app(StatusSource(), store, StepMetrics(metrics_file(tmp_path)))
     server = BackgroundServer(app, "127.0.0.1", port)
     server.start()
     uri = f"http://127.0.0.1:{port}/v1/weights/5"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -10,6 +9,7 @@ import pytest
 from launcher.ledger import reconcile
 from shared.bus import FeederState, Keys, LedgerQueries, TaskStream, TrajectoryStream
 from shared.messages import RolloutTask, SamplingParams, Trajectory, TrajectoryGroup
+from shared.records import Decision, LedgerEvent, ledger_file
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +48,7 @@ def _group(i: int) -> TrajectoryGroup:
     )
 
 
-def _books(client, namespace: str, learner: Path, tasks: int, produced: int, events: list[dict]) -> Keys:
+def _books(client, namespace: str, learner: Path, tasks: int, produced: int, events: list[Decision]) -> Keys:
     keys = Keys(namespace)
     task_queue = TaskStream(client, keys)
     task_queue.ensure_group()
@@ -60,19 +60,20 @@ def _books(client, namespace: str, learner: Path, tasks: int, produced: int, eve
     for i in range(produced):
         assert trajectories.append_once(_group(i))
     task_queue.ack(*[e.entry_id for e in delivered])
-    decided = {gid for e in events for gid in e["ids"]}
+    decided = {gid for e in events for gid in e.ids}
     for entry in trajectories.read("learner-0", count=100):
         if entry.message.id in decided:
             trajectories.ack(entry.entry_id)
-    learner.mkdir(parents=True, exist_ok=True)
-    (learner / "ledger.jsonl").write_text("".join(json.dumps({"commit": 1, **e}) + "\n" for e in events))
+    ledger = ledger_file(learner)
+    for event in events:
+        ledger.append(LedgerEvent(commit=1, **event.model_dump(exclude_unset=True)))
     return keys
 
 
 def test_books_that_balance_reconcile(redis_client, namespace, tmp_path):
     events = [
-        {"event": "trained", "ids": ["run-00000000", "run-00000001"]},
-        {"event": "stale", "ids": ["run-00000002"]},
+        Decision(event="trained", ids=["run-00000000", "run-00000001"]),
+        Decision(event="stale", ids=["run-00000002"]),
     ]
     keys = _books(redis_client, namespace, tmp_path, tasks=6, produced=4, events=events)
     ledger = reconcile(LedgerQueries(redis_client, keys), tmp_path)
@@ -89,7 +90,7 @@ def test_books_that_balance_reconcile(redis_client, namespace, tmp_path):
 
 
 def test_a_group_trained_twice_is_reported(redis_client, namespace, tmp_path):
-    events = [{"event": "trained", "ids": ["run-00000000"]}, {"event": "trained", "ids": ["run-00000000"]}]
+    events = [Decision(event="trained", ids=["run-00000000"]), Decision(event="trained", ids=["run-00000000"])]
     keys = _books(redis_client, namespace, tmp_path, tasks=1, produced=1, events=events)
     ledger = reconcile(LedgerQueries(redis_client, keys), tmp_path)
     assert not ledger.ok and "trained more than once" in ledger.problems[0]

@@ -3,11 +3,13 @@
 import pytest
 
 from launcher.pipeline import pipeline_stats
+from shared.records import StepRecord
+from tests.helpers.records import step_record
 
 
-def steps(n: int, wall: float, train: float, wait: float) -> list[dict]:
+def steps(n: int, wall: float, train: float, wait: float) -> list[StepRecord]:
     return [
-        {"step": i + 1, "time": 1000.0 + i * wall, "train_s": train, "publish_s": 0.0, "wait_s": wait, "sft": False}
+        step_record(i + 1, time=1000.0 + i * wall, train_s=train, publish_s=0.0, wait_s=wait, sft=False)
         for i in range(n)
     ]
 
@@ -38,14 +40,14 @@ def test_busy_time_is_averaged_over_workers_that_share_a_batch():
 
 def test_sft_steps_and_runs_too_short_to_measure_give_none():
     assert pipeline_stats(steps(1, 3.0, 3.0, 0.0), [1.0], 1) is None
-    sft = [dict(m, sft=True) for m in steps(5, 3.0, 3.0, 0.0)]
+    sft = [m.model_copy(update={"sft": True}) for m in steps(5, 3.0, 3.0, 0.0)]
     assert pipeline_stats(sft, [1.0], 1) is None
 
 
 def test_sft_steps_before_rl_do_not_dilute_the_per_step_figures():
     # SFT then RFT: five quick SFT steps generate nothing; the figures describe the RL steps alone.
-    sft = [dict(m, sft=True) for m in steps(5, wall=1.0, train=1.0, wait=0.0)]
-    rl = [dict(m, time=m["time"] + 5.0) for m in steps(11, wall=3.0, train=3.0, wait=0.0)]
+    sft = [m.model_copy(update={"sft": True}) for m in steps(5, wall=1.0, train=1.0, wait=0.0)]
+    rl = [m.model_copy(update={"time": m.time + 5.0}) for m in steps(11, wall=3.0, train=3.0, wait=0.0)]
     stats = pipeline_stats(sft + rl, busy_s=[22.0], max_staleness=1)
     assert stats.steps == 16
     assert stats.step_wall_s == pytest.approx(3.0)

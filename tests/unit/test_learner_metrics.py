@@ -1,6 +1,8 @@
 from services.learner.checkpoint import LearnerState
-from services.learner.metrics import JsonlLog, StepMetrics, batch_stats
+from services.learner.metrics import StepMetrics, batch_stats
 from shared.messages import RolloutKind, Trajectory, TrajectoryGroup
+from shared.records import JsonlFile, StepRecord
+from tests.helpers.records import step_record
 
 
 def traj(kind, n_prefix, n_cont, reward, version):
@@ -23,22 +25,22 @@ def test_batch_stats_separates_on_policy_and_hybrid_rewards():
         group("b", 4, [traj(RolloutKind.hybrid, 2, 6, 0.0, 4), traj(RolloutKind.on_policy, 0, 8, 0.0, 4)]),
     ]
     stats = batch_stats(groups, version=6)
-    assert stats["reward_hybrid"] == 0.5 and abs(stats["reward_on_policy"] - 1 / 3) < 1e-9
-    assert stats["reward_demonstration"] is None
-    assert stats["prefix_token_share"] == 8 / 32
-    assert (stats["prefix_len_min"], stats["prefix_len_max"]) == (2, 6)
-    assert stats["staleness_hist"] == {"1": 1, "2": 1} and stats["staleness_mean"] == 1.5
-    assert stats["generated_tokens"] == 24
+    assert stats.reward_hybrid == 0.5 and abs(stats.reward_on_policy - 1 / 3) < 1e-9
+    assert stats.reward_demonstration is None
+    assert stats.prefix_token_share == 8 / 32
+    assert (stats.prefix_len_min, stats.prefix_len_max) == (2, 6)
+    assert stats.staleness_hist == {"1": 1, "2": 1} and stats.staleness_mean == 1.5
+    assert stats.generated_tokens == 24
 
 
 def test_jsonl_log_cuts_the_lines_of_lost_steps(tmp_path):
-    log = JsonlLog(tmp_path / "m.jsonl")
+    log = JsonlFile(tmp_path / "m.jsonl", StepRecord)
     for step in range(1, 7):
-        log.append({"step": step, "loss": 1.0 / step})
-    assert log.truncate_after(4) == 2
-    assert [r["step"] for r in log.read()] == [1, 2, 3, 4]
+        log.append(step_record(step, loss=1.0 / step))
+    assert log.truncate_after(4, key=lambda r: r.step) == 2
+    assert [r.step for r in log.read()] == [1, 2, 3, 4]
     metrics = StepMetrics(log)
-    metrics.record({"step": 5, "loss": 0.2, "staleness_hist": {"0": 2, "1": 2}, "sft": False, "note": "x"})
+    metrics.record(step_record(5, loss=0.2, staleness_hist={"0": 2, "1": 2}))
     text = metrics.exposition().decode()
     assert "learner_step 5.0" in text and "learner_staleness_hist_1 2.0" in text and "learner_sft" not in text
 

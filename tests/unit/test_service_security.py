@@ -32,11 +32,12 @@ def test_all_interfaces_only_when_configured(section, cls, monkeypatch, tmp_path
 
 
 def test_the_learner_api_mutates_nothing(tmp_path):
-    from services.learner.app import create_app
-    from services.learner.metrics import JsonlLog, StepMetrics
+    from services.learner.app import StatusSource, create_app
+    from services.learner.metrics import StepMetrics
     from services.learner.weights import WeightStore
+    from shared.records import metrics_file
 
-    app = create_app(lambda: {}, WeightStore(tmp_path, keep=1), StepMetrics(JsonlLog(tmp_path / "metrics.jsonl")))
+    app = create_app(StatusSource(), WeightStore(tmp_path, keep=1), StepMetrics(metrics_file(tmp_path)))
     methods = {m for route in app.routes for m in getattr(route, "methods", set())}
     assert methods <= {"GET", "HEAD"}
 
