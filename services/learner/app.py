@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from services.learner.metrics import StepMetrics
 from services.learner.weights import WeightStore
+from shared.api.weights import WEIGHTS_ROUTE
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def create_app(status: Callable[[], dict[str, Any]], store: WeightStore, metrics
     def get_status() -> dict:
         return status()
 
-    @app.get("/v1/weights/{version}")
+    @app.get(WEIGHTS_ROUTE)
     def get_weights(version: int) -> FileResponse:
         path = store.file(version)
         if not path.is_file():

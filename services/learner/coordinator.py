@@ -20,6 +20,7 @@ from services.learner.intake import GroupIntake
 from services.learner.metrics import JsonlLog, StepMetrics, batch_stats
 from services.learner.settings import LearnerSettings
 from services.learner.weights import Publisher, WeightStore
+from shared.api.weights import weights_url
 from shared.messages import RolloutTask, TrajectoryGroup
 from shared.modeling import prompt_token_ids
 from shared.problems import Problem
@@ -263,7 +264,7 @@ class Coordinator:
         if self.settings.weights_uri == "file":
             uri = path.resolve().as_uri()
         else:
-            uri = f"{self.settings.weights_base_url()}/v1/weights/{version}"
+            uri = weights_url(self.settings.weights_base_url(), version)
         self.publisher.publish(version, uri)
         self.published_step = self.state.step
         return time.monotonic() - started

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import redis
 
 from services.learner.algorithm import AlgorithmSettings
+from shared.api.rollout import SamplingParams
 from shared.codec import CodecError, decode, encode
-from shared.messages import RolloutTask, SamplingParams
+from shared.messages import RolloutTask
 from shared.modeling import prompt_token_ids, response_token_ids
 from shared.prefix import PrefixSchedule
 from shared.problems import Problem

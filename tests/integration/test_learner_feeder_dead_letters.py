@@ -7,9 +7,10 @@ import pytest
 
 from services.learner.algorithm import AlgorithmSettings
 from services.learner.feeder import DataOrder, Feeder, TaskFactory
+from shared.api.rollout import SamplingParams
 from shared.codec import decode, encode
 from shared.datasets.arithmetic import ArithmeticDataset
-from shared.messages import RolloutTask, SamplingParams
+from shared.messages import RolloutTask
 from shared.modeling import load_tokenizer
 from shared.streams import Keys
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from launcher.ledger import reconcile
+from shared.api.rollout import SamplingParams
 from shared.codec import encode
-from shared.messages import RolloutTask, SamplingParams, Trajectory, TrajectoryGroup
+from shared.messages import RolloutTask, Trajectory, TrajectoryGroup
 from shared.streams import TASKS_GROUP, TRAJECTORIES_GROUP, Keys, StreamQueue
 
 pytestmark = pytest.mark.integration

@@ -8,14 +8,7 @@ import pytest
 
 from services.rollout.taskqueue import TaskQueue
 from shared.codec import decode, decode_value, encode_value
-from shared.messages import (
-    RolloutKind,
-    RolloutTask,
-    Trajectory,
-    TrajectoryGroup,
-    WeightsRecord,
-    WorkerInfo,
-)
+from shared.messages import RolloutKind, RolloutTask, Trajectory, TrajectoryGroup, WeightsRecord, WorkerInfo
 from shared.streams import TASKS_GROUP, Keys, StreamQueue
 
 pytestmark = pytest.mark.integration

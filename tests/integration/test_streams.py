@@ -5,24 +5,9 @@ import time
 import pytest
 
 from shared import codec
-from shared.messages import (
-    GenerateRequest,
-    GenerateResponse,
-    RolloutKind,
-    RolloutTask,
-    Sample,
-    SamplingParams,
-    ScoreItem,
-    ScoreRequest,
-    ScoreResponse,
-    ScoreResult,
-    ScoreStatus,
-    Trajectory,
-    TrajectoryGroup,
-    WeightsRecord,
-    WeightUpdate,
-    WorkerInfo,
-)
+from shared.api.reward import ScoreItem, ScoreRequest, ScoreResponse, ScoreResult, ScoreStatus
+from shared.api.rollout import GenerateRequest, GenerateResponse, Sample, SamplingParams, WeightUpdate
+from shared.messages import RolloutKind, RolloutTask, Trajectory, TrajectoryGroup, WeightsRecord, WorkerInfo
 from shared.streams import Keys, SeenIds, StreamQueue
 
 pytestmark = pytest.mark.integration
