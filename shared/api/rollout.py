@@ -143,12 +143,15 @@ class RolloutClient:
         return await self.retry.call(attempt, what)
 
     async def metric(self, name: str, **labels: str) -> float | None:
-        """The value of the sample ``name`` (with these labels) in the worker's metrics; None if absent."""
-        for family in text_string_to_metric_families(await self.metrics()):
-            for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                    return sample.value
-        return None
+        """The sample ``name`` with these labels in the worker's metrics, summed over any other labels
+        (``metric("rollout_tasks_total")``: tasks of every outcome); None if there is none."""
+        values = [
+            sample.value
+            for family in text_string_to_metric_families(await self.metrics())
+            for sample in family.samples
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+        ]
+        return sum(values) if values else None
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -2,18 +2,19 @@
 workers only (a real rollout service that fetches and swaps the weights), and a dead worker that costs
 retries but never an exception."""
 
+import asyncio
 import threading
 import time
 
 import httpx
 import pytest
 import torch
-from prometheus_client.parser import text_string_to_metric_families
 
 from launcher.processes import free_port
 from services.learner.app import BackgroundServer, create_app
 from services.learner.metrics import JsonlLog, StepMetrics
 from services.learner.weights import Publisher, WeightStore, live_workers
+from shared.api.rollout import RolloutClient
 from shared.codec import decode_value, encode_value
 from shared.messages import WeightsRecord, WorkerInfo
 from shared.modeling import load_model
@@ -24,17 +25,21 @@ pytestmark = pytest.mark.integration
 
 
 def served_version(url: str) -> int:
-    return httpx.get(f"{url}/v1/weights", timeout=10).json()["version"]
+    async def version() -> int:
+        async with RolloutClient(url, timeout_s=10) as worker:
+            return await worker.version()
+
+    return asyncio.run(version())
 
 
 def weight_swaps(url: str) -> float:
     """The worker's count of weight swaps that succeeded (its Prometheus counter)."""
-    families = text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10).text)
-    return next(
-        (s.value for f in families for s in f.samples if s.name == "rollout_weight_swaps_total" and
-         s.labels.get("outcome") == "ok"),
-        0.0,
-    )
+
+    async def swaps() -> float:
+        async with RolloutClient(url, timeout_s=10) as worker:
+            return await worker.metric("rollout_weight_swaps_total", outcome="ok") or 0.0
+
+    return asyncio.run(swaps())
 
 
 def register(client, keys, worker_id, url, version=0, age_s=0.0):
