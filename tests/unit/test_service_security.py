@@ -32,8 +32,8 @@ def test_all_interfaces_only_when_configured(section, cls, monkeypatch, tmp_path
 
 
 def test_the_learner_api_mutates_nothing(tmp_path):
-    from services.learner.metrics import JsonlLog, StepMetrics
     from services.learner.app import create_app
+    from services.learner.metrics import JsonlLog, StepMetrics
     from services.learner.weights import WeightStore
 
     app = create_app(lambda: {}, WeightStore(tmp_path, keep=1), StepMetrics(JsonlLog(tmp_path / "metrics.jsonl")))
