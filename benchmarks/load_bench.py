@@ -21,15 +21,19 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
-import httpx
 from reward_bench import make_items, running_service
 from rich.console import Console
 from rich.table import Table
 from rollout_bench import Worker, workload
+
+from shared.api.http import RetryPolicy, ServiceRefused, ServiceUnavailable
+from shared.api.reward import RewardClient, ScoreItem
+from shared.api.rollout import GenerateRequest, RolloutClient
 
 
 @dataclass
@@ -54,8 +58,12 @@ class Level:
         return statistics.quantiles(self.latencies, n=100, method="inclusive")[int(q) - 1]
 
 
+Client = TypeVar("Client", RewardClient, RolloutClient)
+NO_RETRY = RetryPolicy(retries=0)  # under load every failure counts: none is retried away
+
+
 async def _load(
-    url: str, bodies: Callable[[int], dict], clients: int, requests: int, seconds: float, timeout: float
+    client: Client, send: Callable[[Client, int], Awaitable[object]], clients: int, requests: int, seconds: float
 ) -> tuple[int, float, list[float], int, str | None]:
     """``clients`` loops sending requests until ``requests`` were sent or ``seconds`` passed."""
     counter = itertools.count()
@@ -63,37 +71,43 @@ async def _load(
     failures = 0
     first_failure: str | None = None
     deadline = time.perf_counter() + seconds
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
 
-    async def client_loop(client: httpx.AsyncClient) -> None:
+    async def client_loop() -> None:
         nonlocal failures, first_failure
         while time.perf_counter() < deadline and (i := next(counter)) < requests:
             started = time.perf_counter()
             try:
-                reply = await client.post(url, json=bodies(i))
-                problem = None if reply.status_code == 200 else f"HTTP {reply.status_code}: {reply.text[:200]}"
-            except httpx.HTTPError as exc:
-                problem = f"{type(exc).__name__}: {exc}"
+                await send(client, i)
+                problem = None
+            except (ServiceRefused, ServiceUnavailable) as exc:
+                problem = str(exc)
             if problem is None:
                 latencies.append(time.perf_counter() - started)
             else:
                 failures += 1
                 first_failure = first_failure or problem
 
-    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+    async with client:
         started = time.perf_counter()
-        await asyncio.gather(*(client_loop(client) for _ in range(clients)))
+        await asyncio.gather(*(client_loop() for _ in range(clients)))
         elapsed = time.perf_counter() - started
     return len(latencies) + failures, elapsed, latencies, failures, first_failure
 
 
-def run_levels(service: str, url: str, bodies: Callable[[int], dict], args, console: Console) -> list[Level]:
-    asyncio.run(_load(url, bodies, 2, 4, args.seconds, args.timeout))  # warm-up, not measured
+def run_levels(
+    service: str,
+    connect: Callable[[int], Client],
+    send: Callable[[Client, int], Awaitable[object]],
+    args,
+    console: Console,
+) -> list[Level]:
+    """``connect(n)``: a client for ``n`` concurrent requests; ``send(client, i)``: the i-th request."""
+    asyncio.run(_load(connect(2), send, 2, 4, args.seconds))  # warm-up, not measured
     levels = []
     for clients in args.clients:
         with console.status(f"{service}: {clients} concurrent clients"):
             sent, elapsed, latencies, failures, first = asyncio.run(
-                _load(url, bodies, clients, args.requests, args.seconds, args.timeout)
+                _load(connect(clients), send, clients, args.requests, args.seconds)
             )
         levels.append(Level(service, clients, sent, elapsed, latencies, failures, first))
     return levels
@@ -117,24 +131,33 @@ def main() -> None:
     levels: list[Level] = []
     try:
         if args.only in (None, "reward"):
-            items = [item.as_json() for item in make_items(4096, seed=7)]
+            items = [ScoreItem(**item.as_json()) for item in make_items(4096, seed=7)]
 
-            def score_body(i: int) -> dict:
+            def score(client: RewardClient, i: int) -> Awaitable[object]:
                 start = (i * args.items) % (len(items) - args.items)
-                return {"items": items[start : start + args.items]}
+                return client.score(items[start : start + args.items])
 
             with running_service(args.reward_workers, make_items(8, seed=1), args.items, 1, tmp) as reward:
-                levels += run_levels("reward", f"{reward.url}/v1/score", score_body, args, console)
+
+                def reward_client(n: int) -> RewardClient:
+                    return RewardClient(reward.url, args.timeout, NO_RETRY, max_connections=n)
+
+                levels += run_levels("reward", reward_client, score, args, console)
         if args.only in (None, "rollout"):
             from shared.base_policy import default_init_model
 
             model_dir = default_init_model()
-            requests = workload(model_dir, 64, args.n, args.max_tokens)
+            requests = [GenerateRequest.model_validate(r) for r in workload(model_dir, 64, args.n, args.max_tokens)]
             worker = Worker(model_dir, tmp, "load")
+
+            def rollout_client(n: int) -> RolloutClient:
+                return RolloutClient(worker.url, timeout_s=args.timeout, retry=NO_RETRY, max_connections=n)
+
+            def generate(client: RolloutClient, i: int) -> Awaitable[object]:
+                return client.generate(requests[i % len(requests)])
+
             try:
-                levels += run_levels(
-                    "rollout", f"{worker.url}/v1/generate", lambda i: requests[i % len(requests)], args, console
-                )
+                levels += run_levels("rollout", rollout_client, generate, args, console)
             finally:
                 worker.stop()
     finally:

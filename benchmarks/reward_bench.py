@@ -26,13 +26,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 from math_verify import parse, verify
 from rich.console import Console
 from rich.table import Table
 
 from launcher.processes import free_port, start_process, wait_http_ready
 from services.reward.verifiers import gold_text, prediction_text
+from shared.api.http import RetryPolicy
+from shared.api.reward import Health, RewardClient, ScoreItem, ScoreResult
 
 FILLER = [
     "Let us set up the problem carefully.",
@@ -169,23 +170,26 @@ async def _post_all(url: str, items: list[Item], batch: int, concurrency: int) -
     for b in batches:
         queue.put_nowait(b)
     latencies: list[float] = []
-    results: list = []
+    results: list[ScoreResult] = []
 
-    async def client_loop(client: httpx.AsyncClient) -> None:
+    async def client_loop(client: RewardClient) -> None:
         while not queue.empty():
             chunk = queue.get_nowait()
             t = time.perf_counter()
-            reply = await client.post("/v1/score", json={"items": [it.as_json() for it in chunk]})
+            results.extend(await client.score([ScoreItem(**it.as_json()) for it in chunk]))
             latencies.append(time.perf_counter() - t)
-            reply.raise_for_status()
-            results.extend(reply.json()["results"])
 
-    limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+    no_retry = RetryPolicy(retries=0)  # a failure must show, not be hidden in the timing
+    async with RewardClient(url, 600.0, no_retry, max_connections=concurrency) as client:
         started = time.perf_counter()
         await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
     return elapsed, latencies, results
+
+
+async def _health(url: str) -> Health:
+    async with RewardClient(url) as client:
+        return await client.health()
 
 
 @contextlib.contextmanager
@@ -213,7 +217,7 @@ class Service:
     pid: int
 
     def run(self, items: list[Item], batch: int, concurrency: int) -> Run:
-        pids = httpx.get(f"{self.url}/healthz").json()["worker_pids"]
+        pids = asyncio.run(_health(self.url)).worker_pids
         before = {"workers": sum(map(_proc_cpu, pids)), "server": _proc_cpu(self.pid)}
         machine, client = _machine_cpu(), time.process_time()
         elapsed, latencies, results = asyncio.run(_post_all(self.url, items, batch, concurrency))
@@ -223,15 +227,15 @@ class Service:
             "client": time.process_time() - client,
         }
         cpu["other"] = _machine_cpu() - machine - sum(cpu.values())
-        if httpx.get(f"{self.url}/healthz").json()["worker_pids"] != pids:
+        if asyncio.run(_health(self.url)).worker_pids != pids:
             raise RuntimeError("workers were replaced during the run: CPU figures would be wrong")
         return Run(
             f"service, {self.workers} worker{'s' if self.workers > 1 else ''}",
             self.workers,
             len(items) / elapsed,
             latencies,
-            {r["id"]: r["correct"] for r in results},
-            {r["id"]: r["status"] for r in results},
+            {r.id: r.correct for r in results},
+            {r.id: r.status.value for r in results},
             cpu,
         )
 

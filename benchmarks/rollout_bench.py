@@ -36,11 +36,13 @@ import time
 import uuid
 from pathlib import Path
 
-import httpx
 from rich.console import Console
 from rich.table import Table
 
 from launcher.processes import free_port, start_process, start_redis_server, wait_http_ready
+from shared.api.http import RetryPolicy
+from shared.api.rollout import GenerateRequest, RolloutClient, WeightUpdate
+from shared.api.weights import WEIGHTS_FILE
 from shared.datasets.arithmetic import ArithmeticDataset
 from shared.modeling import cached_build, default_cache_dir, load_tokenizer, prompt_token_ids
 
@@ -142,59 +144,64 @@ class Worker:
 
 
 def run_http(url: str, requests: list[dict], repeats: int) -> list[tuple[float, int]]:
+    bodies = [GenerateRequest.model_validate(r) for r in requests]
+
     async def main() -> list[tuple[float, int]]:
-        limits = httpx.Limits(max_connections=len(requests) + 4, max_keepalive_connections=len(requests) + 4)
-        async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+        no_retry = RetryPolicy(retries=0)  # a failure must show, not be hidden in the timing
+        async with RolloutClient(url, retry=no_retry, max_connections=len(bodies) + 4) as client:
 
-            async def one(request: dict) -> int:
-                reply = await client.post("/v1/generate", json=request)
-                reply.raise_for_status()
-                return sum(len(s["token_ids"]) for s in reply.json()["samples"])
+            async def one(request: GenerateRequest) -> int:
+                return sum(len(s.token_ids) for s in (await client.generate(request)).samples)
 
-            await one({**requests[0], "n": 1, "sampling": {**requests[0]["sampling"], "max_tokens": 8}})
+            first = requests[0]
+            warmup = {**first, "n": 1, "sampling": {**first["sampling"], "max_tokens": 8}}
+            await one(GenerateRequest.model_validate(warmup))
             # Open one connection per client before timing, as long-lived clients would have.
-            await asyncio.gather(*(client.get("/healthz") for _ in requests))
+            await asyncio.gather(*(client.version() for _ in bodies))
             runs = []
             for _ in range(repeats):
                 started = time.perf_counter()
-                tokens = sum(await asyncio.gather(*(one(r) for r in requests)))
+                tokens = sum(await asyncio.gather(*(one(r) for r in bodies)))
                 runs.append((time.perf_counter() - started, tokens))
             return runs
 
     return asyncio.run(main())
 
 
-def swap_metric_sum(url: str) -> float:
-    for line in httpx.get(f"{url}/metrics").text.splitlines():
-        if line.startswith("rollout_weight_swap_seconds_sum"):
-            return float(line.split()[-1])
-    raise RuntimeError("rollout_weight_swap_seconds_sum missing from /metrics")
+async def swap_metric_sum(client: RolloutClient) -> float:
+    value = await client.metric("rollout_weight_swap_seconds_sum")
+    if value is None:
+        raise RuntimeError("rollout_weight_swap_seconds_sum missing from /metrics")
+    return value
 
 
 def measure_swaps(url: str, model_dir: Path, repeats: int) -> dict[str, list[tuple[float, float]]]:
     """(round trip, engine held) per push, for file:// and http:// sources."""
-    weights = model_dir / "model.safetensors"
+    weights = model_dir / WEIGHTS_FILE
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(model_dir))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
     server.RequestHandlerClass.log_message = lambda *args: None
     threading.Thread(target=server.serve_forever, daemon=True).start()
     sources = {
         "file://": weights.as_uri(),
-        "http://": f"http://127.0.0.1:{server.server_address[1]}/model.safetensors",
+        "http://": f"http://127.0.0.1:{server.server_address[1]}/{WEIGHTS_FILE}",
     }
     results: dict[str, list[tuple[float, float]]] = {k: [] for k in sources}
-    version = httpx.get(f"{url}/v1/weights").json()["version"]
-    try:
-        with httpx.Client(timeout=600, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+
+    async def pushes() -> None:
+        async with RolloutClient(url, TOKEN, retry=RetryPolicy(retries=0)) as client:
+            version = await client.version()
             for _ in range(repeats):
                 for kind, uri in sources.items():
                     version += 1
-                    held_before = swap_metric_sum(url)
+                    held_before = await swap_metric_sum(client)
                     started = time.perf_counter()
-                    reply = client.post(f"{url}/v1/weights", json={"version": version, "uri": uri})
+                    await client.push_weights(WeightUpdate(version=version, uri=uri))
                     round_trip = time.perf_counter() - started
-                    reply.raise_for_status()
-                    results[kind].append((round_trip, swap_metric_sum(url) - held_before))
+                    results[kind].append((round_trip, await swap_metric_sum(client) - held_before))
+
+    try:
+        asyncio.run(pushes())
     finally:
         server.shutdown()
     return results

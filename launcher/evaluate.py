@@ -9,17 +9,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.messages import (
-    GenerateRequest,
-    GenerateResponse,
-    SamplingParams,
-    ScoreItem,
-    ScoreRequest,
-    ScoreResponse,
-)
+from shared.api.reward import RewardClient, ScoreItem
+from shared.api.rollout import GenerateRequest, GenerateResponse, RolloutClient, SamplingParams
 from shared.modeling import prompt_token_ids
 from shared.problems import Problem
 
@@ -57,7 +50,11 @@ async def evaluate(
     if not problems:
         raise ValueError(f"split {split!r} has no problems to evaluate")
     limiter = asyncio.Semaphore(settings.concurrency)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(600.0, connect=10.0)) as client:
+    # A call may take minutes: many generations or a batch of scores on a small CPU machine.
+    async with (
+        RolloutClient(rollout_url, timeout_s=600.0) as rollout,
+        RewardClient(reward_url, timeout_s=600.0) as reward,
+    ):
 
         async def generate(problem: Problem, n: int, temperature: float) -> GenerateResponse:
             request = GenerateRequest(
@@ -66,9 +63,7 @@ async def evaluate(
                 sampling=SamplingParams(temperature=temperature, max_tokens=settings.max_tokens, seed=0),
             )
             async with limiter:
-                reply = await client.post(f"{rollout_url}/v1/generate", json=request.model_dump(mode="json"))
-            _raise_for_status(reply, "rollout")
-            return GenerateResponse.model_validate_json(reply.content)
+                return await rollout.generate(request)
 
         async def one_problem(problem: Problem) -> tuple[GenerateResponse, GenerateResponse | None]:
             greedy = await generate(problem, 1, 0.0)
@@ -86,10 +81,7 @@ async def evaluate(
                 items.append(ScoreItem(id=f"{index}:{j}", response=sample.text, reference=problem.answer))
         correct: dict[str, bool] = {}
         for start in range(0, len(items), settings.score_batch):
-            batch = ScoreRequest(items=items[start : start + settings.score_batch])
-            reply = await client.post(f"{reward_url}/v1/score", json=batch.model_dump(mode="json"))
-            _raise_for_status(reply, "reward")
-            for result in ScoreResponse.model_validate_json(reply.content).results:
+            for result in await reward.score(items[start : start + settings.score_batch]):
                 correct[result.id] = result.correct
 
     n = len(problems)
@@ -111,11 +103,6 @@ async def evaluate(
         mean_response_tokens=sum(lengths) / n,
         model_versions=versions,
     )
-
-
-def _raise_for_status(reply: httpx.Response, service: str) -> None:
-    if reply.status_code >= 400:
-        raise RuntimeError(f"{service} service answered {reply.status_code}: {reply.text[:500]}")
 
 
 def problems_for_split(split: str, limit: int, seed: int = 0) -> list[Problem]:

@@ -9,12 +9,12 @@ achieved one is (T_generate + T_train) / the measured wall time per step.
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 
-import httpx
-from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 
+from shared.api.rollout import RolloutClient
 from shared.records import StepRecord
 
 BUSY_METRIC = "rollout_worker_busy_seconds"
@@ -38,22 +38,18 @@ class PipelineStats(BaseModel):
 
 def worker_busy_seconds(urls: list[str]) -> list[float]:
     """Each worker's busy-seconds counter, read from its /metrics."""
-    values = []
-    for url in urls:
-        text = httpx.get(f"{url}/metrics", timeout=10).text
-        value = next(
-            (
-                sample.value
-                for family in text_string_to_metric_families(text)
-                for sample in family.samples
-                if sample.name == f"{BUSY_METRIC}_total"
-            ),
-            None,
-        )
+
+    async def busy(url: str) -> float:
+        async with RolloutClient(url, timeout_s=10.0) as worker:
+            value = await worker.metric(f"{BUSY_METRIC}_total")
         if value is None:
             raise ValueError(f"{url}/metrics has no {BUSY_METRIC}")
-        values.append(value)
-    return values
+        return value
+
+    async def every_worker() -> list[float]:
+        return list(await asyncio.gather(*(busy(url) for url in urls)))
+
+    return asyncio.run(every_worker())
 
 
 def pipeline_stats(metrics: list[StepRecord], busy_s: list[float], max_staleness: int) -> PipelineStats | None:

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -28,6 +27,7 @@ from launcher.evaluate import EvalResult, EvalSettings, evaluate
 from launcher.pipeline import pipeline_stats, worker_busy_seconds
 from launcher.report import AccuracyPoint, RunReport, print_summary, write_report
 from services.learner.algorithm import AlgorithmName
+from shared.api.rollout import RolloutClient
 from shared.data import load_problems
 from shared.datasets.arithmetic import ArithmeticDataset
 from shared.modeling import load_tokenizer
@@ -323,9 +323,14 @@ def _wait_for_final_weights(deployment: LocalDeployment, console: Console, timeo
         return
     final_version = final.version
     deadline = time.monotonic() + timeout
-    with console.status(f"waiting for the workers to serve weights v{final_version}"):
-        for url in deployment.rollout_urls:
-            while httpx.get(f"{url}/v1/weights", timeout=5).json()["version"] < final_version:
+
+    async def wait(url: str) -> None:
+        async with RolloutClient(url, timeout_s=5.0) as worker:
+            while await worker.version() < final_version:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"worker {url} never loaded the final weights v{final_version}")
-                time.sleep(0.5)
+                await asyncio.sleep(0.5)
+
+    with console.status(f"waiting for the workers to serve weights v{final_version}"):
+        for url in deployment.rollout_urls:
+            asyncio.run(wait(url))

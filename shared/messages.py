@@ -1,126 +1,16 @@
-"""Pydantic models for every contract between services (HTTP bodies and Redis entries).
-
-The HTTP shapes follow docs/architecture.md; Redis entries go through :mod:`shared.bus.codec`.
+"""Pydantic models of the entries on the Redis bus (tasks, trajectory groups, the weights record, the
+worker registry); they go through :mod:`shared.bus.codec`. The HTTP contracts are in :mod:`shared.api`.
 """
 
 from __future__ import annotations
 
 from enum import Enum
-from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-TokenIds = list[int]
-
-
-class Message(BaseModel):
-    # Unknown fields are an error: a typo in a client must not be silently dropped.
-    model_config = ConfigDict(extra="forbid")
-
-
-# --------------------------------------------------------------------------- rollout service
-
-
-class SamplingParams(Message):
-    # The bounds are vLLM's own (it refuses a temperature above 2 and an empty stop string, and cannot
-    # pass on a seed outside 64 bits), so a request the contract accepts never fails in the engine.
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_tokens: int = Field(256, ge=1)
-    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)  # what the engine (and torch) can take
-    stop: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list, max_length=16)
-
-
-class GenerateRequest(Message):
-    """Prompt as token ids or text; the optional demonstration prefix is appended as token ids."""
-
-    prompt_token_ids: TokenIds | None = None
-    prompt: str | None = None
-    # A text prompt is the user's message: wrapped in the served tokenizer's chat template with the
-    # assistant turn left open, as the learner builds its prompts (None counts as true). False: the
-    # text is tokenised as it is. Token-id prompts are used as given and take no value here.
-    chat_template: bool | None = None
-    prefix_token_ids: TokenIds = Field(default_factory=list)
-    n: int = Field(1, ge=1)
-    sampling: SamplingParams = Field(default_factory=SamplingParams)
-
-    @model_validator(mode="after")
-    def _exactly_one_prompt(self) -> GenerateRequest:
-        if (self.prompt_token_ids is None) == (self.prompt is None):
-            raise ValueError("give exactly one of 'prompt_token_ids' or 'prompt'")
-        if self.prompt_token_ids is not None and not self.prompt_token_ids:
-            raise ValueError("'prompt_token_ids' is empty")
-        if self.prompt is not None and not self.prompt:
-            raise ValueError("'prompt' is empty")
-        if self.prompt is None and self.chat_template is not None:
-            raise ValueError("'chat_template' applies to a text 'prompt' only; 'prompt_token_ids' are used as given")
-        return self
-
-
-FinishReason = Literal["stop", "length"]
-
-
-class Sample(Message):
-    token_ids: TokenIds  # the continuation only (after prompt + prefix)
-    logprobs: list[float]  # one per continuation token, of the sampled distribution
-    text: str
-    finish_reason: FinishReason
-
-    @model_validator(mode="after")
-    def _one_logprob_per_token(self) -> Sample:
-        if len(self.logprobs) != len(self.token_ids):
-            raise ValueError(f"{len(self.logprobs)} logprobs for {len(self.token_ids)} tokens")
-        return self
-
-
-class GenerateResponse(Message):
-    model_version: int
-    prompt_token_ids: TokenIds
-    prefix_token_ids: TokenIds
-    samples: list[Sample]
-
-
-class WeightsVersion(Message):
-    version: int = Field(ge=0)
-
-
-class WeightUpdate(Message):
-    version: int = Field(ge=0)
-    uri: str = Field(min_length=1, pattern=r"^(file|https?)://")
-
-
-# --------------------------------------------------------------------------- reward service
-
-
-class ScoreItem(Message):
-    id: str = Field(min_length=1, max_length=256)
-    response: str
-    reference: str
-    verifier: str = "math"
-
-
-class ScoreRequest(Message):
-    items: list[ScoreItem] = Field(min_length=1)
-
-
-class ScoreStatus(str, Enum):
-    ok = "ok"
-    timeout = "timeout"
-    error = "error"
-
-
-class ScoreResult(Message):
-    id: str
-    reward: float
-    correct: bool
-    extracted: str | None = None
-    status: ScoreStatus = ScoreStatus.ok
-    detail: str | None = None
-
-
-class ScoreResponse(Message):
-    results: list[ScoreResult]
-
+from shared.api.reward import ScoreStatus
+from shared.api.rollout import FinishReason, SamplingParams
+from shared.schema import Message, TokenIds
 
 # --------------------------------------------------------------------------- Redis: tasks
 

@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from services.learner.metrics import StepMetrics
 from services.learner.weights import WeightStore
+from shared.api.weights import WEIGHTS_ROUTE
 from shared.records import LearnerStatus
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def create_app(status: Callable[[], LearnerStatus], store: WeightStore, metrics:
     def get_status() -> LearnerStatus:
         return status()
 
-    @app.get("/v1/weights/{version}")
+    @app.get(WEIGHTS_ROUTE)
     def get_weights(version: int) -> FileResponse:
         path = store.file(version)
         if not path.is_file():

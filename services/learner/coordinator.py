@@ -26,6 +26,7 @@ from services.learner.plan import Plan, broadcast
 from services.learner.settings import LearnerSettings
 from services.learner.weights import Publisher, WeightStore, digest, full_state_dict
 from services.learner.window import StalenessWindow
+from shared.api.weights import weights_url
 from shared.bus import Keys, Redis, TaskStream, TrajectoryStream, WeightsRecordStore, WorkerRegistry, connect
 from shared.messages import TrajectoryGroup
 from shared.modeling import prompt_token_ids
@@ -300,7 +301,7 @@ class Rank0(Follower):
         if self.settings.weights_uri == "file":
             uri = path.resolve().as_uri()
         else:
-            uri = f"{self.settings.public_base_url()}/v1/weights/{version}"
+            uri = weights_url(self.settings.public_base_url(), version)
         self.publisher.publish(version, uri)
         self.published_step = self.state.step
         return time.monotonic() - started

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from services.learner.algorithm import AlgorithmSettings
+from shared.api.rollout import SamplingParams
 from shared.bus import FeederState, TaskStream
-from shared.messages import RolloutTask, SamplingParams
+from shared.messages import RolloutTask
 from shared.modeling import prompt_token_ids, response_token_ids
 from shared.prefix import PrefixSchedule
 from shared.problems import Problem

@@ -8,8 +8,8 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from services.learner.algorithm import AlgorithmSettings
+from shared.api.rollout import SamplingParams
 from shared.datasets.arithmetic import ArithmeticDataset
-from shared.messages import SamplingParams
 from shared.settings import ServiceSettings, StrictModel, public_base_url
 
 PAPER_LR = 1e-6

@@ -1,13 +1,14 @@
 """Weight versions: full weights to safetensors, the Redis record, and the push to live workers.
 
 A version is written to a temporary directory and renamed into place, so ``GET /v1/weights/{v}``
-never serves a half-written file. Pushing runs on its own thread and only ever pushes the newest
-version: a slow or dead worker delays nobody, and a failed push is retried, logged and forgotten
-(the worker loads the record from Redis when it comes back).
+never serves a half-written file. Pushing runs on its own thread, to every worker at once, and only
+ever pushes the newest version: a slow or dead worker delays nobody, and a failed push is retried,
+logged and forgotten (the worker loads the record from Redis when it comes back).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -17,16 +18,16 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import torch
 
+from shared.api.http import RetryPolicy, ServiceRefused, ServiceUnavailable
+from shared.api.rollout import RolloutClient, WeightUpdate
+from shared.api.weights import WEIGHTS_FILE
 from shared.bus import WeightsRecordStore, WorkerRegistry
-from shared.messages import WeightsRecord, WeightUpdate, WorkerInfo
+from shared.messages import WeightsRecord, WorkerInfo
 from shared.records import PushReport
 
 log = logging.getLogger(__name__)
-
-WEIGHTS_FILE = "model.safetensors"
 
 
 def full_state_dict(engine, zero_stage: int, is_main: bool) -> dict[str, torch.Tensor] | None:
@@ -89,30 +90,18 @@ class WeightStore:
                 shutil.rmtree(self.directory(version), ignore_errors=True)
 
 
-def push_to_worker(
-    http: httpx.Client, worker: WorkerInfo, update: WeightUpdate, token: str, retries: int, timeout_s: float
+async def push_to_worker(
+    worker: WorkerInfo, update: WeightUpdate, token: str, retry: RetryPolicy, timeout_s: float
 ) -> bool:
-    url = f"{worker.url.rstrip('/')}/v1/weights"
-    headers = {"Authorization": f"Bearer {token}"}
-    delay = 0.5
-    for attempt in range(retries + 1):
+    """True once the worker serves ``update``; every failed attempt is logged by the retry policy."""
+    async with RolloutClient(worker.url, token, timeout_s, retry, name=worker.worker_id) as client:
         try:
-            response = http.post(url, json=update.model_dump(), headers=headers, timeout=timeout_s)
-            if response.status_code < 300:
-                return True
-            problem = f"HTTP {response.status_code}: {response.text[:200]}"
-            if response.status_code in (401, 403):  # retrying cannot fix a wrong token
-                log.error("push of v%d to %s refused (%s)", update.version, worker.worker_id, problem)
-                return False
-        except httpx.HTTPError as exc:
-            problem = f"{type(exc).__name__}: {exc}"
-        log.warning(
-            "push of v%d to %s failed (attempt %d/%d): %s", update.version, worker.worker_id, attempt + 1,
-            retries + 1, problem,
-        )
-        if attempt < retries:
-            time.sleep(delay)
-            delay *= 2
+            await client.push_weights(update)
+            return True
+        except ServiceRefused as exc:  # e.g. a wrong token: retrying cannot fix it
+            log.error("%s", exc)
+        except ServiceUnavailable:
+            pass  # each failed attempt is already in the log
     return False
 
 
@@ -132,11 +121,10 @@ class Publisher:
         self.registry = registry
         self.token = token
         self.worker_ttl_s = worker_ttl_s
-        self.retries = retries
+        self.retry = RetryPolicy(retries=retries)
         self.timeout_s = timeout_s
         self.last_report: PushReport | None = None
         self._pending: queue.Queue[WeightUpdate | None] = queue.Queue()
-        self._http = httpx.Client()
         self._thread = threading.Thread(target=self._run, name="weight-push", daemon=True)
         self._thread.start()
 
@@ -151,7 +139,6 @@ class Publisher:
     def close(self, timeout: float = 10.0) -> None:
         self._pending.put(None)
         self._thread.join(timeout)
-        self._http.close()
 
     def _run(self) -> None:
         closing = False
@@ -171,13 +158,17 @@ class Publisher:
             except Exception:  # the pusher must survive anything a worker or Redis does
                 log.exception("push of v%d failed", update.version)
 
+    async def _push_all(self, workers: list[WorkerInfo], update: WeightUpdate) -> list[bool]:
+        # All at once: the workers fetch the file in parallel, and a slow one delays none of the others.
+        return await asyncio.gather(
+            *(push_to_worker(w, update, self.token, self.retry, self.timeout_s) for w in workers)
+        )
+
     def _push(self, update: WeightUpdate) -> PushReport:
         start = time.monotonic()
         report = PushReport(version=update.version, seconds=0.0, pushed=[], failed=[])
-        for worker in self.registry.live(self.worker_ttl_s):
-            if worker.version >= update.version:
-                continue
-            ok = push_to_worker(self._http, worker, update, self.token, self.retries, self.timeout_s)
+        workers = [w for w in self.registry.live(self.worker_ttl_s) if w.version < update.version]
+        for worker, ok in zip(workers, asyncio.run(self._push_all(workers, update))):
             (report.pushed if ok else report.failed).append(worker.worker_id)
         report.seconds = time.monotonic() - start
         if report.pushed or report.failed:

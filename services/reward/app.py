@@ -9,22 +9,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel
 from starlette.responses import JSONResponse, Response
 
 from services.reward.limits import BodySizeLimit, request_model
 from services.reward.metrics import CONTENT_TYPE, RequestMetrics, RewardMetrics
 from services.reward.pool import WorkerPool
 from services.reward.settings import RewardSettings
-from shared.messages import ScoreResponse
-
-
-class Health(BaseModel):
-    status: str
-    workers: int
-    worker_pids: list[int]
-    queued_items: int
-    worker_restarts: int
+from shared.api.reward import Health, ScoreResponse
 
 
 def create_app(settings: RewardSettings) -> FastAPI:

@@ -9,9 +9,9 @@ from pydantic import Field, field_validator
 
 from services.reward.settings import RewardSettings
 from services.reward.verifiers import VERIFIERS
+from shared.api.reward import ScoreItem as BaseScoreItem
+from shared.api.reward import ScoreRequest as BaseScoreRequest
 from shared.bodylimit import BodySizeLimit
-from shared.messages import ScoreItem as BaseScoreItem
-from shared.messages import ScoreRequest as BaseScoreRequest
 
 __all__ = ["BodySizeLimit", "request_model"]
 

@@ -23,7 +23,7 @@ from typing import Protocol
 
 from services.reward import worker as worker_module
 from services.reward.protocol import READY, WorkerChannel
-from shared.messages import ScoreItem, ScoreResult
+from shared.api.reward import ScoreItem, ScoreResult
 
 log = logging.getLogger(__name__)
 

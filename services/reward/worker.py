@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 from services.reward.protocol import READY, recv_frame, send_frame
 from services.reward.verifiers import VERIFIERS
-from shared.messages import ScoreItem, ScoreResult, ScoreStatus
+from shared.api.reward import ScoreItem, ScoreResult, ScoreStatus
 
 
 class DeadlineExceeded(BaseException):

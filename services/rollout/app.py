@@ -2,7 +2,6 @@
 
 # No ``from __future__ import annotations``: FastAPI reads the endpoints' annotations at definition time.
 
-import hmac
 import json
 import logging
 
@@ -16,8 +15,9 @@ from services.rollout.metrics import CONTENT_TYPE, RolloutMetrics
 from services.rollout.settings import RolloutSettings
 from services.rollout.updates import StaleVersion, WeightUpdater
 from services.rollout.weights import WeightsError
+from shared.api.rollout import GenerateRequest, GenerateResponse, WeightsVersion, WeightUpdate
+from shared.api.weights import PUSH_ROUTE, auth_refusal
 from shared.bodylimit import BodySizeLimit
-from shared.messages import GenerateRequest, GenerateResponse, WeightsVersion, WeightUpdate
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +45,11 @@ def create_app(
     bearer = HTTPBearer(auto_error=False)
 
     def authorised(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        if credentials is None or credentials.scheme.lower() != "bearer":
-            raise HTTPProblem(401, "a bearer token is required", {"WWW-Authenticate": "Bearer"})
-        if not token:
-            raise HTTPProblem(403, "weight pushes are disabled: this worker has no token configured")
-        if not hmac.compare_digest(credentials.credentials.encode(), token.encode()):
-            raise HTTPProblem(403, "wrong token")
+        scheme, presented = (credentials.scheme, credentials.credentials) if credentials else (None, "")
+        refusal = auth_refusal(scheme, presented, token)
+        if refusal is not None:
+            status, reason = refusal
+            raise HTTPProblem(status, reason, {"WWW-Authenticate": "Bearer"} if status == 401 else None)
 
     def require_ready() -> None:
         if not engine.ready:
@@ -80,11 +79,11 @@ def create_app(
         # Serialised once by pydantic; FastAPI would validate the samples a second time.
         return Response(response.model_dump_json(), media_type="application/json")
 
-    @app.get("/v1/weights", response_model=WeightsVersion)
+    @app.get(PUSH_ROUTE, response_model=WeightsVersion)
     async def get_weights() -> WeightsVersion:
         return WeightsVersion(version=engine.version)
 
-    @app.post("/v1/weights", response_model=WeightsVersion, dependencies=[Depends(authorised)])
+    @app.post(PUSH_ROUTE, response_model=WeightsVersion, dependencies=[Depends(authorised)])
     async def push_weights(update: WeightUpdate) -> WeightsVersion:
         require_ready()
         try:

@@ -23,7 +23,8 @@ from services.rollout.gate import VersionGate
 from services.rollout.metrics import RolloutMetrics
 from services.rollout.settings import RolloutSettings
 from services.rollout.weights import Header, check_compatible, read_headers, safetensors_files
-from shared.messages import Sample, SamplingParams, TokenIds
+from shared.api.rollout import Sample, SamplingParams
+from shared.schema import TokenIds
 
 log = logging.getLogger(__name__)
 

@@ -11,16 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from services.rollout.engine import EngineRequest
-from shared.messages import (
-    RolloutKind,
-    RolloutTask,
-    Sample,
-    ScoreItem,
-    ScoreResult,
-    TokenIds,
-    Trajectory,
-    TrajectoryGroup,
-)
+from shared.api.reward import ScoreItem, ScoreResult
+from shared.api.rollout import Sample
+from shared.messages import RolloutKind, RolloutTask, Trajectory, TrajectoryGroup
+from shared.schema import TokenIds
 
 
 @dataclass(frozen=True)

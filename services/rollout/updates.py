@@ -18,7 +18,7 @@ from pathlib import Path
 from services.rollout.engine import RolloutEngine
 from services.rollout.metrics import RolloutMetrics
 from services.rollout.weights import fetch
-from shared.messages import WeightUpdate
+from shared.api.rollout import WeightUpdate
 
 log = logging.getLogger(__name__)
 

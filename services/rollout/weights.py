@@ -5,14 +5,14 @@ serve a mix of two versions).
 
 from __future__ import annotations
 
-import json
-import struct
 import urllib.parse
 from pathlib import Path
 
-import httpx
+from safetensors import SafetensorError, safe_open
 
-WEIGHTS_FILE = "model.safetensors"
+from shared.api.http import ServiceRefused, ServiceUnavailable
+from shared.api.weights import WEIGHTS_FILE, download
+
 # Tied embeddings: the checkpoint may or may not carry the output layer separately.
 OPTIONAL_TENSORS = frozenset({"lm_head.weight"})
 
@@ -38,24 +38,15 @@ def safetensors_files(path: Path) -> list[Path]:
 
 
 def read_header(path: Path) -> Header:
-    """Tensor names, dtypes and shapes from a safetensors header (reads a few KB, not the weights)."""
+    """Tensor names, dtypes and shapes from a safetensors header (maps the file, reads no weights).
+    safetensors refuses a file cut short (a copy or a download that stopped half-way): refused here,
+    before the swap, which would otherwise fail with part of the model already replaced."""
     try:
-        with path.open("rb") as handle:
-            (size,) = struct.unpack("<Q", handle.read(8))
-            if size > 100_000_000:
-                raise WeightsError(f"{path}: implausible safetensors header size {size}")
-            header = json.loads(handle.read(size))
-            length = path.stat().st_size
-    except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        with safe_open(path, framework="pt") as weights:
+            slices = {name: weights.get_slice(name) for name in weights.keys()}
+            return {name: (tensor.get_dtype(), tuple(tensor.get_shape())) for name, tensor in slices.items()}
+    except (OSError, SafetensorError) as exc:
         raise WeightsError(f"{path} is not a safetensors file: {exc}") from exc
-    # A file cut short (a copy or a download that stopped half-way) has a whole header; refuse it
-    # here, before the swap, which would otherwise fail with part of the model already replaced.
-    needed = 8 + size + max((int(e["data_offsets"][1]) for k, e in header.items() if k != "__metadata__"), default=0)
-    if length < needed:
-        raise WeightsError(f"{path} is truncated: {length} bytes, its header describes {needed}")
-    return {
-        name: (entry["dtype"], tuple(entry["shape"])) for name, entry in header.items() if name != "__metadata__"
-    }
 
 
 def read_headers(paths: list[Path]) -> Header:
@@ -104,17 +95,7 @@ async def fetch(uri: str, download_dir: Path, timeout_s: float, token: str | Non
     if scheme not in ("http", "https"):
         raise WeightsError(f"unsupported weights URI scheme {scheme!r} (file://, http://, https://)")
     download_dir.mkdir(parents=True, exist_ok=True)
-    target = download_dir / WEIGHTS_FILE
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        async with httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=10.0)) as client:
-            async with client.stream("GET", uri, headers=headers, follow_redirects=True) as response:
-                if response.status_code != 200:
-                    body = (await response.aread())[:200].decode(errors="replace")
-                    raise WeightsError(f"GET {uri} answered {response.status_code}: {body}")
-                with target.open("wb") as out:
-                    async for chunk in response.aiter_bytes(1 << 20):
-                        out.write(chunk)
-    except httpx.HTTPError as exc:
-        raise WeightsError(f"GET {uri} failed: {type(exc).__name__}: {exc}") from exc
-    return [target]
+        return [await download(uri, download_dir / WEIGHTS_FILE, timeout_s, token)]
+    except (ServiceRefused, ServiceUnavailable) as exc:
+        raise WeightsError(str(exc)) from exc

@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from services.rollout.engine import EngineFailed, RequestRejected, RolloutEngine
 from services.rollout.group import assemble, drafts, plan_group, score_items
 from services.rollout.metrics import RolloutMetrics
-from services.rollout.rewards import RewardClient, RewardRefused, RewardUnavailable
 from services.rollout.settings import RolloutSettings
 from services.rollout.updates import StaleVersion, WeightUpdater
+from shared.api.http import RetryPolicy, ServiceRefused, ServiceUnavailable
+from shared.api.reward import RewardClient
+from shared.api.rollout import WeightUpdate
 from shared.bus import (
     Entry,
     Keys,
@@ -31,7 +33,7 @@ from shared.bus import (
     WorkerRegistry,
     connect,
 )
-from shared.messages import RolloutTask, WeightUpdate, WorkerInfo
+from shared.messages import RolloutTask, WorkerInfo
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,9 @@ class TaskWorker:
         self.registry = WorkerRegistry(self.client, keys)
         self.weights = WeightsRecordStore(self.client, keys)
         self.rewards = RewardClient(
-            settings.reward_url, settings.reward_timeout_s, settings.reward_retries, settings.reward_backoff_s
+            settings.reward_url,
+            settings.reward_timeout_s,
+            RetryPolicy(retries=settings.reward_retries, backoff_s=settings.reward_backoff_s),
         )
         self.inflight: dict[str, InFlight] = {}
         self._busy_since: float | None = None  # monotonic time the in-flight set became non-empty
@@ -336,7 +340,7 @@ class TaskWorker:
         items = score_items(task, group_drafts)
         try:
             scores = await self._score(task, items, self.rewards.score)
-        except RewardRefused as exc:
+        except ServiceRefused as exc:
             # The group is still worth training: score the items one by one instead of losing it.
             log.warning("task %s: %s; scoring its items one by one", task.id, exc)
             self.metrics.tasks.labels("reward_refused").inc()
@@ -353,7 +357,7 @@ class TaskWorker:
         while True:
             try:
                 return await score(items)
-            except RewardUnavailable as exc:
+            except ServiceUnavailable as exc:
                 self.metrics.tasks.labels("reward_unavailable").inc()
                 log.error("task %s: %s; still trying", task.id, exc)
 

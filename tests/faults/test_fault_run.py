@@ -7,6 +7,7 @@ Run with ``pytest -s tests/faults`` to see the ledger after each fault.
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import secrets
 import shutil
@@ -22,6 +23,9 @@ import pytest
 import yaml
 
 from launcher.deployment import LocalDeployment
+from shared.api.http import RetryPolicy, ServiceRefused, ServiceUnavailable
+from shared.api.reward import RewardClient, ScoreItem
+from shared.api.rollout import GenerateRequest, GenerateResponse, RolloutClient, SamplingParams
 from shared.bus import Keys, LedgerQueries, Redis, connect
 from shared.records import FinalRecord, metrics_file
 from tests.helpers.faults import learner_step, metric, reconciled, wait_for, wait_for_step
@@ -144,17 +148,10 @@ def _reclaimed(run: Run) -> float:
     total = 0.0
     for url in run.deployment.rollout_urls[1:]:
         try:
-            total += _labelled(url, "rollout_tasks_total", 'outcome="reclaimed"')
-        except httpx.HTTPError:
+            total += metric(url, "rollout_tasks_total", outcome="reclaimed")
+        except ServiceUnavailable:
             pass  # a killed worker
     return total
-
-
-def _labelled(url: str, name: str, label: str) -> float:
-    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
-        if line.startswith(name + "{") and label in line:
-            return float(line.rpartition(" ")[2])
-    return 0.0
 
 
 def test_reward_service_restarted_during_the_run(run):
@@ -176,7 +173,7 @@ def test_reward_service_restarted_during_the_run(run):
     wait_for(
         lambda: learner_step(run.deployment) >= step + 1, 240, run.deployment, "training after the restart", ALLOWED
     )
-    assert _labelled(run.worker(), "rollout_tasks_total", 'outcome="dead_letter"') == 0
+    assert metric(run.worker(), "rollout_tasks_total", outcome="dead_letter") == 0
     assert reconciled(run.run_dir, run.redis_url, "reward service restarted").ok
 
 
@@ -223,7 +220,7 @@ def test_the_finished_run_reconciles_exactly(run):
     assert ledger.ok, ledger.problems
     assert len(ledger.trained) == TOTAL_STEPS * 2  # batch_prompts groups per step, each once
     assert ledger.tasks_dead == 0
-    assert _labelled(run.worker(), "rollout_tasks_total", 'outcome="reward_refused"') > 0, "no request was refused"
+    assert metric(run.worker(), "rollout_tasks_total", outcome="reward_refused") > 0, "no request was refused"
     command = [sys.executable, "-m", "launcher.cli", "ledger", str(run.run_dir), "--redis-url", run.redis_url]
     printed = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert printed.returncode == 0 and "reconciles: yes" in printed.stdout, printed.stdout + printed.stderr
@@ -239,33 +236,37 @@ def test_no_group_was_scored_twice_as_different_values(run):
         tasks = {t.id: t for t in queries.tasks()}
         groups = queries.groups()
     assert len({g.id for g in groups}) == len(groups)
-    refused = 0
-    with httpx.Client(timeout=60) as http:
-        for group in groups:
-            task = tasks[group.id]
-            for i, t in enumerate(group.trajectories):
-                item = {
-                    "id": f"{group.id}:{i}",
-                    "response": t.text,
-                    "reference": task.reference,
-                    "verifier": task.verifier,
-                }
-                reply = http.post(f"{run.deployment.reward_url}/v1/score", json={"items": [item]})
-                if reply.status_code == 422:
-                    refused += 1
-                    assert (t.reward, t.correct, t.score_status.value) == (0.0, False, "error"), item
-                else:
-                    again = reply.json()["results"][0]
-                    assert (again["reward"], again["correct"]) == (t.reward, t.correct), item
-    assert refused > 0
+
+    async def rescore() -> int:
+        refused = 0
+        async with RewardClient(run.deployment.reward_url, timeout_s=60) as reward:
+            for group in groups:
+                task = tasks[group.id]
+                for i, t in enumerate(group.trajectories):
+                    item = ScoreItem(id=f"{group.id}:{i}", response=t.text, reference=task.reference,
+                                     verifier=task.verifier)
+                    try:
+                        [again] = await reward.score([item])
+                    except ServiceRefused as exc:
+                        assert exc.status == 422, exc
+                        refused += 1
+                        assert (t.reward, t.correct, t.score_status.value) == (0.0, False, "error"), item
+                    else:
+                        assert (again.reward, again.correct) == (t.reward, t.correct), item
+        return refused
+
+    assert asyncio.run(rescore()) > 0
 
 
 def _greedy(url: str) -> dict:
-    body = {"prompt": "What is 12 + 30?", "n": 1, "sampling": {"temperature": 0.0, "max_tokens": 16}}
-    reply = httpx.post(f"{url}/v1/generate", json=body, timeout=60)
-    assert reply.status_code == 200, reply.text
-    answer = reply.json()
-    return {"version": answer["model_version"], "tokens": answer["samples"][0]["token_ids"]}
+    request = GenerateRequest(prompt="What is 12 + 30?", n=1, sampling=SamplingParams(temperature=0.0, max_tokens=16))
+
+    async def generate() -> GenerateResponse:
+        async with RolloutClient(url, timeout_s=60, retry=RetryPolicy(retries=0)) as worker:
+            return await worker.generate(request)
+
+    answer = asyncio.run(generate())
+    return {"version": answer.model_version, "tokens": answer.samples[0].token_ids}
 
 
 class _HalfServer(http.server.BaseHTTPRequestHandler):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
-import httpx
-
 from launcher.deployment import LocalDeployment
 from launcher.ledger import Ledger, reconcile_run
+from shared.api.http import RetryPolicy
+from shared.api.rollout import RolloutClient
 from shared.records import metrics_file
 
 
@@ -30,15 +31,14 @@ def wait_for_step(deployment: LocalDeployment, step: int, timeout: float = 240.0
     wait_for(lambda: learner_step(deployment) >= step, timeout, deployment, f"learner step {step}")
 
 
-def metric(url: str, name: str) -> float:
-    """Sum of every sample of ``name`` in a Prometheus exposition (0 when absent)."""
-    total = 0.0
-    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
-        if line.startswith(name) and not line.startswith("#"):
-            head, _, value = line.rpartition(" ")
-            if head.split("{")[0] == name:
-                total += float(value)
-    return total
+def metric(url: str, name: str, **labels: str) -> float:
+    """A rollout worker's samples of ``name`` with these labels, summed (0 when absent)."""
+
+    async def read() -> float:
+        async with RolloutClient(url, timeout_s=10, retry=RetryPolicy(retries=0)) as worker:
+            return await worker.metric(name, **labels) or 0.0
+
+    return asyncio.run(read())
 
 
 def reconciled(run_dir: Path, redis_url: str, label: str, attempts: int = 10) -> Ledger:

@@ -3,31 +3,30 @@ weight swaps, and its entry in the job's worker registry."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
-import httpx
-from prometheus_client.parser import text_string_to_metric_families
-
+from shared.api.rollout import RolloutClient
 from shared.bus import WorkerRegistry
 from shared.messages import WorkerInfo
 
 
 def served_version(url: str) -> int:
-    return httpx.get(f"{url}/v1/weights", timeout=10).json()["version"]
+    async def version() -> int:
+        async with RolloutClient(url, timeout_s=10) as worker:
+            return await worker.version()
+
+    return asyncio.run(version())
 
 
 def weight_swaps(url: str) -> float:
     """The worker's count of weight swaps that succeeded (its Prometheus counter)."""
-    families = text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10).text)
-    return next(
-        (
-            s.value
-            for f in families
-            for s in f.samples
-            if s.name == "rollout_weight_swaps_total" and s.labels.get("outcome") == "ok"
-        ),
-        0.0,
-    )
+
+    async def swaps() -> float:
+        async with RolloutClient(url, timeout_s=10) as worker:
+            return await worker.metric("rollout_weight_swaps_total", outcome="ok") or 0.0
+
+    return asyncio.run(swaps())
 
 
 def register(client, keys, worker_id, url, version=0, age_s=0.0):

@@ -4,25 +4,10 @@ import time
 
 import pytest
 
+from shared.api.reward import ScoreItem, ScoreRequest, ScoreResponse, ScoreResult, ScoreStatus
+from shared.api.rollout import GenerateRequest, GenerateResponse, Sample, SamplingParams, WeightUpdate
 from shared.bus import Keys, LedgerQueries, MessageStream, codec
-from shared.messages import (
-    GenerateRequest,
-    GenerateResponse,
-    RolloutKind,
-    RolloutTask,
-    Sample,
-    SamplingParams,
-    ScoreItem,
-    ScoreRequest,
-    ScoreResponse,
-    ScoreResult,
-    ScoreStatus,
-    Trajectory,
-    TrajectoryGroup,
-    WeightsRecord,
-    WeightUpdate,
-    WorkerInfo,
-)
+from shared.messages import RolloutKind, RolloutTask, Trajectory, TrajectoryGroup, WeightsRecord, WorkerInfo
 
 pytestmark = pytest.mark.integration
 

@@ -9,18 +9,21 @@ and a restarted learner continues from its checkpoint.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 import redis
 import yaml
 
 from launcher.processes import ManagedProcess, free_port, redis_server_binary, start_process, wait_http_ready
+from shared.api.http import RetryPolicy, ServiceUnavailable
+from shared.api.learner import LearnerClient
+from shared.api.rollout import RolloutClient
 from shared.bus import Keys, WorkerRegistry
 from shared.records import LearnerStatus
 from tests.helpers.deploy import load_compose, prepared_checkout
@@ -132,7 +135,11 @@ def healthcheck(url: str) -> int:
 
 
 def learner_status(stack: ComposeOnLoopback) -> LearnerStatus:
-    return LearnerStatus.model_validate(httpx.get(f"{stack.url('learner')}/v1/status", timeout=10).json())
+    async def status() -> LearnerStatus:
+        async with LearnerClient(stack.url("learner"), timeout_s=10) as learner:
+            return await learner.status()
+
+    return asyncio.run(status())
 
 
 def wait_for(predicate, timeout: float, stack: ComposeOnLoopback, what: str):
@@ -160,9 +167,13 @@ def registered_urls(stack: ComposeOnLoopback) -> set[str]:
 
 
 def worker_version(url: str) -> int:
+    async def version() -> int:
+        async with RolloutClient(url, timeout_s=5, retry=RetryPolicy(retries=0)) as worker:
+            return await worker.version()
+
     try:
-        return httpx.get(f"{url}/v1/weights", timeout=5).json()["version"]
-    except httpx.HTTPError:
+        return asyncio.run(version())
+    except ServiceUnavailable:
         return -1
 
 

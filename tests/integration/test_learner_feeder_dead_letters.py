@@ -7,9 +7,9 @@ import pytest
 
 from services.learner.algorithm import AlgorithmSettings
 from services.learner.feeder import DataOrder, Feeder, TaskFactory
+from shared.api.rollout import SamplingParams
 from shared.bus import Keys, TaskStream
 from shared.datasets.arithmetic import ArithmeticDataset
-from shared.messages import SamplingParams
 from shared.modeling import load_tokenizer
 
 pytestmark = pytest.mark.integration

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from launcher.ledger import reconcile
+from shared.api.rollout import SamplingParams
 from shared.bus import FeederState, Keys, LedgerQueries, TaskStream, TrajectoryStream
-from shared.messages import RolloutTask, SamplingParams, Trajectory, TrajectoryGroup
+from shared.messages import RolloutTask, Trajectory, TrajectoryGroup
 from shared.records import Decision, LedgerEvent, ledger_file
 
 pytestmark = pytest.mark.integration

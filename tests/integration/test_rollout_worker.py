@@ -13,9 +13,10 @@ import httpx
 import pytest
 
 from launcher.processes import free_port, start_process, wait_http_ready
+from shared.api.rollout import SamplingParams
 from shared.bus import Keys, LedgerQueries, TaskStream, WeightsRecordStore, WorkerRegistry
 from shared.datasets.arithmetic import ArithmeticDataset
-from shared.messages import RolloutKind, RolloutTask, SamplingParams, TrajectoryGroup, WeightsRecord, WorkerInfo
+from shared.messages import RolloutKind, RolloutTask, TrajectoryGroup, WeightsRecord, WorkerInfo
 from shared.modeling import load_tokenizer, prompt_token_ids, response_token_ids
 
 pytestmark = pytest.mark.integration

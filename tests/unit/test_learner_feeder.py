@@ -6,8 +6,8 @@ import pytest
 
 from services.learner.algorithm import AlgorithmSettings
 from services.learner.feeder import DataOrder, TaskFactory, keeps_demonstration
+from shared.api.rollout import SamplingParams
 from shared.datasets.arithmetic import ArithmeticDataset
-from shared.messages import SamplingParams
 from shared.modeling import load_tokenizer, prompt_token_ids, response_token_ids
 
 

@@ -1,7 +1,9 @@
 import pytest
 from pydantic import ValidationError
 
-from shared.messages import GenerateRequest, RolloutKind, Sample, ScoreRequest, Trajectory, WeightUpdate
+from shared.api.reward import ScoreRequest
+from shared.api.rollout import GenerateRequest, Sample, WeightUpdate
+from shared.messages import RolloutKind, Trajectory
 
 
 def test_generate_request_needs_exactly_one_prompt():

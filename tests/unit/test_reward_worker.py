@@ -8,7 +8,7 @@ import time
 import pytest
 
 from services.reward.worker import DeadlineExceeded, deadline, score, soft_budget
-from shared.messages import ScoreItem, ScoreStatus
+from shared.api.reward import ScoreItem, ScoreStatus
 
 
 def test_soft_budget_leaves_room_before_the_hard_deadline():

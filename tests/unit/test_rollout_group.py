@@ -3,7 +3,9 @@
 import pytest
 
 from services.rollout.group import assemble, drafts, plan_group, score_items
-from shared.messages import RolloutKind, RolloutTask, Sample, SamplingParams, ScoreResult, ScoreStatus
+from shared.api.reward import ScoreResult, ScoreStatus
+from shared.api.rollout import Sample, SamplingParams
+from shared.messages import RolloutKind, RolloutTask
 
 EOS = 1
 

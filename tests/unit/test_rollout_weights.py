@@ -27,6 +27,15 @@ def test_header_lists_names_dtypes_and_shapes(tmp_path):
     assert read_header(path) == {"a": ("F32", (2, 3)), "b": ("BF16", (4,))}
 
 
+def test_a_file_cut_short_is_refused_before_any_swap(tmp_path):
+    # A copy or a download that stopped half-way: the header is whole, the tensors are not.
+    whole = write(tmp_path / "whole.safetensors", a=torch.zeros(64, 64)).read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(whole[:-100])
+    with pytest.raises(WeightsError, match="not a safetensors file"):
+        read_header(cut)
+
+
 def test_files_of_a_directory_or_a_file(tmp_path):
     shard_dir = tmp_path / "shards"
     shard_dir.mkdir()

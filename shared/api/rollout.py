@@ -1,0 +1,163 @@
+"""The rollout service's HTTP contract (POST /v1/generate, GET|POST /v1/weights, GET /metrics) and its
+client."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import Field, model_validator
+
+from shared.api.http import RetryPolicy, async_client, checked
+from shared.api.weights import PUSH_ROUTE, auth_header
+from shared.schema import Message, TokenIds
+
+
+class SamplingParams(Message):
+    # The bounds are vLLM's own (it refuses a temperature above 2 and an empty stop string, and cannot
+    # pass on a seed outside 64 bits), so a request the contract accepts never fails in the engine.
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(256, ge=1)
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)  # what the engine (and torch) can take
+    stop: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list, max_length=16)
+
+
+class GenerateRequest(Message):
+    """Prompt as token ids or text; the optional demonstration prefix is appended as token ids."""
+
+    prompt_token_ids: TokenIds | None = None
+    prompt: str | None = None
+    # A text prompt is the user's message: wrapped in the served tokenizer's chat template with the
+    # assistant turn left open, as the learner builds its prompts (None counts as true). False: the
+    # text is tokenised as it is. Token-id prompts are used as given and take no value here.
+    chat_template: bool | None = None
+    prefix_token_ids: TokenIds = Field(default_factory=list)
+    n: int = Field(1, ge=1)
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
+
+    @model_validator(mode="after")
+    def _exactly_one_prompt(self) -> GenerateRequest:
+        if (self.prompt_token_ids is None) == (self.prompt is None):
+            raise ValueError("give exactly one of 'prompt_token_ids' or 'prompt'")
+        if self.prompt_token_ids is not None and not self.prompt_token_ids:
+            raise ValueError("'prompt_token_ids' is empty")
+        if self.prompt is not None and not self.prompt:
+            raise ValueError("'prompt' is empty")
+        if self.prompt is None and self.chat_template is not None:
+            raise ValueError("'chat_template' applies to a text 'prompt' only; 'prompt_token_ids' are used as given")
+        return self
+
+
+FinishReason = Literal["stop", "length"]
+
+
+class Sample(Message):
+    token_ids: TokenIds  # the continuation only (after prompt + prefix)
+    logprobs: list[float]  # one per continuation token, of the sampled distribution
+    text: str
+    finish_reason: FinishReason
+
+    @model_validator(mode="after")
+    def _one_logprob_per_token(self) -> Sample:
+        if len(self.logprobs) != len(self.token_ids):
+            raise ValueError(f"{len(self.logprobs)} logprobs for {len(self.token_ids)} tokens")
+        return self
+
+
+class GenerateResponse(Message):
+    model_version: int
+    prompt_token_ids: TokenIds
+    prefix_token_ids: TokenIds
+    samples: list[Sample]
+
+
+class WeightsVersion(Message):
+    version: int = Field(ge=0)
+
+
+class WeightUpdate(Message):
+    version: int = Field(ge=0)
+    uri: str = Field(min_length=1, pattern=r"^(file|https?)://")
+
+
+class RolloutClient:
+    """A rollout worker's API, every call under the retry policy. ``token`` authorises weight pushes;
+    ``name`` says which worker in the log (its URL by default)."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        timeout_s: float = 600.0,
+        retry: RetryPolicy = RetryPolicy(),
+        name: str | None = None,
+        max_connections: int | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ):
+        self.url = url.rstrip("/")
+        self.name = name or self.url
+        self.token = token
+        self.retry = retry
+        self._client = async_client(self.url, timeout_s, 10.0, max_connections, transport)
+
+    async def generate(self, request: GenerateRequest) -> GenerateResponse:
+        what = f"generation on {self.name}"
+        body = request.model_dump(mode="json")
+
+        async def attempt() -> GenerateResponse:
+            reply = checked(await self._client.post("/v1/generate", json=body), what)
+            return GenerateResponse.model_validate_json(reply.content)
+
+        return await self.retry.call(attempt, what)
+
+    async def version(self) -> int:
+        """The weights version the worker serves."""
+        what = f"GET {PUSH_ROUTE} on {self.name}"
+
+        async def attempt() -> int:
+            reply = checked(await self._client.get(PUSH_ROUTE), what)
+            return WeightsVersion.model_validate_json(reply.content).version
+
+        return await self.retry.call(attempt, what)
+
+    async def push_weights(self, update: WeightUpdate) -> int:
+        """Make the worker load ``update`` (it fetches the weights itself); the version it serves after."""
+        what = f"push of v{update.version} to {self.name}"
+        body = update.model_dump(mode="json")
+
+        async def attempt() -> int:
+            reply = checked(await self._client.post(PUSH_ROUTE, json=body, headers=auth_header(self.token)), what)
+            return WeightsVersion.model_validate_json(reply.content).version
+
+        return await self.retry.call(attempt, what)
+
+    async def metrics(self) -> str:
+        """The worker's Prometheus exposition."""
+        what = f"GET /metrics on {self.name}"
+
+        async def attempt() -> str:
+            return checked(await self._client.get("/metrics"), what).text
+
+        return await self.retry.call(attempt, what)
+
+    async def metric(self, name: str, **labels: str) -> float | None:
+        """The sample ``name`` with these labels in the worker's metrics, summed over any other labels
+        (``metric("rollout_tasks_total")``: tasks of every outcome); None if there is none."""
+        values = [
+            sample.value
+            for family in text_string_to_metric_families(await self.metrics())
+            for sample in family.samples
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+        ]
+        return sum(values) if values else None
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def __aenter__(self) -> RolloutClient:
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.close()

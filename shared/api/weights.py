@@ -1,0 +1,64 @@
+"""The weights contract between the learner and the rollout workers, defined once: the file a version
+is saved as, the URL the learner serves it at, the download, and the bearer token that guards a push.
+"""
+
+from __future__ import annotations
+
+import hmac
+from pathlib import Path
+
+import httpx
+
+from shared.api.http import RetryPolicy, checked
+
+WEIGHTS_FILE = "model.safetensors"  # one file per version, whatever the model size: one URL serves it
+WEIGHTS_ROUTE = "/v1/weights/{version}"  # the learner: GET a version's WEIGHTS_FILE
+PUSH_ROUTE = "/v1/weights"  # a worker: GET the version it serves, POST a WeightUpdate (bearer token)
+
+
+def weights_url(base_url: str, version: int) -> str:
+    return base_url.rstrip("/") + WEIGHTS_ROUTE.format(version=version)
+
+
+def auth_header(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def auth_refusal(scheme: str | None, credentials: str, token: str) -> tuple[int, str] | None:
+    """Why a request with this Authorization scheme and credentials may not push weights to a worker
+    whose token is ``token``, as (HTTP status, reason); None when it may."""
+    if scheme is None or scheme.lower() != "bearer":
+        return 401, "a bearer token is required"
+    if not token:
+        return 403, "weight pushes are disabled: this worker has no token configured"
+    if not hmac.compare_digest(credentials.encode(), token.encode()):  # constant time: no timing oracle
+        return 403, "wrong token"
+    return None
+
+
+async def download(
+    uri: str, target: Path, timeout_s: float, token: str | None = None, client: httpx.AsyncClient | None = None
+) -> Path:
+    """The weights at an ``http(s)://`` URI streamed into ``target``, in one attempt (a failed fetch is
+    retried by whoever asked for the version: the pusher, or the worker's next look at the record).
+    ServiceRefused or ServiceUnavailable when it fails."""
+    what = f"GET {uri}"
+
+    async def stream(client: httpx.AsyncClient) -> None:
+        async with client.stream("GET", uri, headers=auth_header(token), follow_redirects=True) as response:
+            if not response.is_success:
+                await response.aread()
+                checked(response, what)
+            with target.open("wb") as out:
+                async for chunk in response.aiter_bytes(1 << 20):
+                    out.write(chunk)
+
+    async def attempt() -> Path:
+        if client is not None:
+            await stream(client)
+        else:
+            async with httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=10.0)) as own:
+                await stream(own)
+        return target
+
+    return await RetryPolicy(retries=0).call(attempt, what)

@@ -1,0 +1,53 @@
+"""The weights contract: where the learner serves a version, the bearer check of a push, and the
+learner client against the learner's own app (in process)."""
+
+import asyncio
+
+import httpx
+import pytest
+
+from services.learner.app import create_app
+from services.learner.metrics import StepMetrics
+from services.learner.weights import WeightStore
+from shared.api.http import RetryPolicy, ServiceRefused
+from shared.api.learner import LearnerClient
+from shared.api.weights import WEIGHTS_FILE, auth_header, auth_refusal, weights_url
+from shared.records import LearnerStatus, metrics_file
+
+
+def test_a_version_has_one_url():
+    assert weights_url("http://learner:8002/", 7) == "http://learner:8002/v1/weights/7"
+
+
+def test_the_bearer_check():
+    assert auth_header("t0k") == {"Authorization": "Bearer t0k"}
+    assert auth_header(None) == {} and auth_header("") == {}
+    assert auth_refusal("Bearer", "t0k", "t0k") is None
+    assert auth_refusal("bearer", "t0k", "t0k") is None  # the scheme is case-insensitive
+    assert auth_refusal(None, "", "t0k")[0] == 401
+    assert auth_refusal("Basic", "t0k", "t0k")[0] == 401
+    assert auth_refusal("Bearer", "nope", "t0k") == (403, "wrong token")
+    # No token configured: every push is refused, an empty one included.
+    assert auth_refusal("Bearer", "", "")[0] == 403
+
+
+def test_the_learner_client_against_the_learner_app(tmp_path):
+    store = WeightStore(tmp_path / "weights", keep=2)
+    store.directory(4).mkdir()
+    store.file(4).write_bytes(b"weights of v4" * 1000)
+    served = LearnerStatus(phase="training", step=9, version=4)
+    app = create_app(lambda: served, store, StepMetrics(metrics_file(tmp_path)))
+
+    async def run():
+        transport = httpx.ASGITransport(app=app)
+        async with LearnerClient("http://learner", retry=RetryPolicy(retries=0), transport=transport) as client:
+            status = await client.status()
+            path = await client.download_weights(4, tmp_path / WEIGHTS_FILE)
+            with pytest.raises(ServiceRefused, match="404") as missing:
+                await client.download_weights(3, tmp_path / "none.safetensors")
+            return status, path, missing.value
+
+    status, path, missing = asyncio.run(run())
+    assert status == served
+    assert path.read_bytes() == store.file(4).read_bytes()
+    assert "GET http://learner/v1/weights/3" in str(missing) and "kept: [4]" in str(missing)
