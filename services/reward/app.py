@@ -14,12 +14,14 @@ from starlette.responses import JSONResponse, Response
 
 from services.reward.limits import BodySizeLimit, request_model
 from services.reward.metrics import CONTENT_TYPE, RequestMetrics, RewardMetrics
-from services.reward.pool import WorkerPool
+from services.reward.pool import VerifierPool
 from services.reward.settings import RewardSettings
+from services.reward.verifiers import VerifierOptions
 from shared.messages import ScoreResponse
 
 
 class Health(BaseModel):
+    # Field names kept from when verifier processes were called workers: clients read them.
     status: str
     workers: int
     worker_pids: list[int]
@@ -29,12 +31,13 @@ class Health(BaseModel):
 
 def create_app(settings: RewardSettings) -> FastAPI:
     metrics = RewardMetrics()
-    pool = WorkerPool(
+    pool = VerifierPool(
         size=settings.workers,
         item_timeout_s=settings.item_timeout_s,
         memory_mb=settings.worker_memory_mb,
         start_timeout_s=settings.worker_start_timeout_s,
         observer=metrics,
+        options=VerifierOptions(strictness=settings.strictness),
     )
     ScoreRequest = request_model(settings)
 
@@ -49,7 +52,7 @@ def create_app(settings: RewardSettings) -> FastAPI:
     app = FastAPI(
         title="Prefix-RFT reward service",
         version="1.0",
-        description="Verified rewards for math answers; every item runs in a worker process under a deadline.",
+        description="Verified rewards for math answers; every item runs in a verifier process under a deadline.",
         lifespan=lifespan,
     )
     app.state.pool = pool
@@ -67,7 +70,7 @@ def create_app(settings: RewardSettings) -> FastAPI:
     @app.get("/healthz", response_model=Health)
     async def healthz() -> JSONResponse:
         health = Health(
-            status="ok" if pool.pids else "no live workers",
+            status="ok" if pool.pids else "no live verifier processes",
             workers=len(pool.pids),
             worker_pids=pool.pids,
             queued_items=pool.queued,

@@ -15,7 +15,8 @@ class RewardSettings(ServiceSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8001, ge=1, le=65535)
-    # Verifier processes; each scores one item at a time.
+    # Verifier processes; each scores one item at a time. (Named before they were called verifier
+    # processes; kept, since job files and PRFT_REWARD__WORKERS use it.)
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256)
     # Hard deadline per item, from the moment it is handed to a worker.
     item_timeout_s: float = Field(5.0, gt=0.0, le=600.0)
@@ -26,5 +27,10 @@ class RewardSettings(ServiceSettings):
     # instead of waking the kernel's OOM killer. None: no cap.
     worker_memory_mb: int | None = Field(4096, ge=256)
     worker_start_timeout_s: float = Field(60.0, gt=0.0)
+    # How the math verifier reads an answer (services/reward/answers/rules.py). "standard": what
+    # math-verify, the MATH grader and verl's math_dapo agree on (an unlabelled "x = 2" matches 2,
+    # units and text after a number are dropped, an approximation next to an exact value is
+    # ignored). "strict": none of these.
+    strictness: Literal["standard", "strict"] = "standard"
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
     access_log: bool = False  # one log line per request costs CPU the verifiers could use

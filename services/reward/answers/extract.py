@@ -1,0 +1,155 @@
+"""Where an answer is: the candidates a response states, and the answer a reference holds.
+
+A response states its answer, in order of precedence: in the boxes of its final answer (several
+boxes joined by "and" or commas are one answer: ``\\boxed{1}`` and ``\\boxed{-2}``), after GSM8K's
+``####``, after "the answer is", in its final math display, or as a whole when it is one bare
+line. Only when none of these is there does math-verify's own search of the whole text decide.
+Taking only the last box, or math-verify's last number, lost answers such as
+``\\boxed{(1, 2)}, \\boxed{(2, 1)}`` or "The answer is 10\\sqrt3 + \\sqrt{4}" (read as 10).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from services.reward.answers.boxes import Box, boxes
+
+
+@dataclass(frozen=True)
+class Candidate:
+    text: str  # a LaTeX fragment without math delimiters; for source "math-verify", the whole response
+    source: str  # how it was found; shown in the verdict's detail
+
+
+# Text between two boxes of one answer: separators and labels only, no second thoughts.
+_JOINER_MAX = 80
+_SECOND_THOUGHT = re.compile(
+    r"\b(?:wait|no|not|actually|instead|mistake|wrong|incorrect|re-?check|however|but|correct(?:ion|ed)?|oops|hmm|"
+    r"let me|should be|rather|check)\b",
+    re.IGNORECASE,
+)
+_LABEL = re.compile(r"(?:^|[\s$(,;])([A-Za-z](?:_\{?\w+\}?)?)\s*=\s*\$?\s*$")
+_GSM8K = re.compile(r"####\s*([^\n]+)")
+_ANSWER_PHRASE = re.compile(
+    r"(?:final answer|the answer|answer)\s*(?:is|:|=|would be|will be)\s*:?\s*(?P<rest>[^\n]+)", re.IGNORECASE
+)
+# Inline and display math: \[..\], $$..$$, \(..\), $..$ (not \$, which is a dollar sign).
+_MATH_ENV = re.compile(
+    r"\\\[(?P<a>.+?)\\\]|(?<!\\)\$\$(?P<b>.+?)(?<!\\)\$\$|\\\((?P<c>.+?)\\\)|(?<![\\$])\$(?P<d>[^$]+?)(?<!\\)\$",
+    re.DOTALL,
+)
+_ENV_JOINER = re.compile(r"^[\s,;]*(?:,?\s*(?:and|or)\b)?[\s,;]*$", re.IGNORECASE)
+_BARE_MAX = 200
+
+
+def _final_box_group(text: str, found: list[Box]) -> list[Box]:
+    group = [found[-1]]
+    for box in reversed(found[:-1]):
+        between = text[box.end : group[0].start]
+        if len(between) > _JOINER_MAX or "\n\n" in between or _SECOND_THOUGHT.search(between):
+            break
+        group.insert(0, box)
+    return group
+
+
+def _label_before(text: str, box: Box, floor: int) -> str | None:
+    match = _LABEL.search(text[max(floor, box.start - 40) : box.start])
+    return match.group(1) if match else None
+
+
+def _boxed_candidates(text: str, found: list[Box]) -> list[Candidate]:
+    group = _final_box_group(text, found)
+    if len(group) == 1:
+        return [Candidate(group[0].content, "boxed")]
+    candidates = [Candidate(", ".join(b.content for b in group), f"{len(group)} boxes")]
+    floors = [0, *(b.end for b in group[:-1])]
+    labels = [_label_before(text, b, floor) for b, floor in zip(group, floors)]
+    if all(labels) and len(set(labels)) == len(labels):
+        labelled = ", ".join(f"{label} = {b.content}" for label, b in zip(labels, group))
+        candidates.append(Candidate(labelled, f"{len(group)} labelled boxes"))
+    return candidates
+
+
+def _env_content(match: re.Match[str]) -> str:
+    return next(g for g in match.group("a", "b", "c", "d") if g is not None).strip()
+
+
+def _final_math(text: str) -> list[str]:
+    """The last math environment of ``text``, with the ones just before it joined by "and"/commas."""
+    envs = [m for m in _MATH_ENV.finditer(text) if _env_content(m)]
+    if not envs:
+        return []
+    group = [envs[-1]]
+    for env in reversed(envs[:-1]):
+        if not _ENV_JOINER.match(text[env.end() : group[0].start()]):
+            break
+        group.insert(0, env)
+    return [_env_content(m) for m in group]
+
+
+def _strip_sentence(text: str) -> str:
+    text = text.strip().strip("*").strip()
+    return re.sub(r"[\s.;,!]+$", "", text)
+
+
+def _phrase_candidate(rest: str) -> Candidate:
+    maths = _final_math(rest)
+    if maths:
+        return Candidate(", ".join(maths), "answer phrase")
+    return Candidate(_strip_sentence(rest), "answer phrase")
+
+
+def _chain_tail(text: str) -> str | None:
+    """``a = 3 + 4 = 7`` -> ``7``: the value a chain of equalities ends with."""
+    parts = re.split(r"(?<![<>!\\])=", text)
+    if len(parts) > 2 and "," not in text:
+        return parts[-1].strip() or None
+    return None
+
+
+def response_candidates(response: str) -> list[Candidate]:
+    """Every reading of the answer the response states, most faithful first (see module doc)."""
+    found = boxes(response)
+    last_box_end = found[-1].end if found else -1
+    gsm8k = [m for m in _GSM8K.finditer(response) if m.start() >= last_box_end]
+    phrases = [m for m in _ANSWER_PHRASE.finditer(response) if m.start() >= last_box_end]
+    if gsm8k:
+        return [Candidate(_strip_sentence(gsm8k[-1].group(1)), "####")]
+    if phrases:
+        candidate = _phrase_candidate(phrases[-1].group("rest"))
+        if candidate.text:
+            return [candidate]
+    if found:
+        return _boxed_candidates(response, found)
+    maths = _final_math(response)
+    if maths:
+        joined = ", ".join(maths)
+        candidates = [Candidate(joined, "final display")]
+        if (tail := _chain_tail(joined)) is not None:
+            candidates.append(Candidate(tail, "final display, end of its chain of equalities"))
+        return candidates
+    stripped = response.strip()
+    if stripped and "\n" not in stripped and len(stripped) <= _BARE_MAX:
+        return [Candidate(_strip_sentence(stripped), "bare answer")]
+    return [Candidate(response, "math-verify")] if stripped else []
+
+
+def reference_answer(reference: str) -> Candidate:
+    """The answer a reference holds, as data sets write it: a solution's last box, GSM8K's
+    ``#### 72``, one math environment, or raw LaTeX without ``$`` (the whole reference)."""
+    found = boxes(reference)
+    if found:
+        return Candidate(found[-1].content, "boxed")
+    gsm8k = list(_GSM8K.finditer(reference))
+    if gsm8k:
+        return Candidate(_strip_sentence(gsm8k[-1].group(1)), "####")
+    stripped = reference.strip()
+    whole_env = _MATH_ENV.fullmatch(stripped)
+    if whole_env:
+        return Candidate(_env_content(whole_env), "math env")
+    if "\n" in stripped:  # a worked solution without a box: its stated answer
+        phrases = list(_ANSWER_PHRASE.finditer(stripped))
+        if phrases:
+            return _phrase_candidate(phrases[-1].group("rest"))
+    return Candidate(stripped, "raw")
