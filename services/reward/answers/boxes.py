@@ -23,7 +23,7 @@ def boxes(text: str) -> list[Box]:
     found: list[Box] = []
     for match in _TOKENS.finditer(text):
         token = match.group()
-        if token.startswith("\\") and token.endswith("{"):
+        if token[-1] == "{" and len(token) > 2:  # \boxed{ (an escaped \{ is two characters)
             stack.append((match.start(), match.end()))
         elif token == "{":
             stack.append(None)

@@ -115,7 +115,7 @@ def decide(response: str, reference: str, strictness: Strictness = "standard") -
 def _compare(gold: str, pred: str, gold_parsed: list[Any], pred_parsed: list[Any]) -> tuple[str, bool] | None:
     checks = (
         ("choice letter", lambda: rules.choice_letter(gold, pred)),
-        ("decimal comma", lambda: rules.decimal_comma(gold, pred)),
+        ("decimal comma", lambda: rules.decimal_comma(pred, gold_parsed)),
         ("scalar multiple", lambda: rules.scalar_multiple(gold_parsed, pred_parsed)),
         ("interval or inequality", lambda: rules.interval_or_inequality(gold_parsed, pred_parsed)),
     )

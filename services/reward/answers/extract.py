@@ -41,13 +41,18 @@ _MATH_ENV = re.compile(
 )
 _ENV_JOINER = re.compile(r"^[\s,;]*(?:,?\s*(?:and|or)\b)?[\s,;]*$", re.IGNORECASE)
 _BARE_MAX = 200
+# A word of four or more letters that is no LaTeX command: prose, not a bare answer.
+_PROSE = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{4,}")
+
+
+_SENTENCE_END = re.compile(r"[.!?]\$?\s+\S|\n")
 
 
 def _final_box_group(text: str, found: list[Box]) -> list[Box]:
     group = [found[-1]]
     for box in reversed(found[:-1]):
         between = text[box.end : group[0].start]
-        if len(between) > _JOINER_MAX or "\n\n" in between or _SECOND_THOUGHT.search(between):
+        if len(between) > _JOINER_MAX or _SENTENCE_END.search(between) or _SECOND_THOUGHT.search(between):
             break
         group.insert(0, box)
     return group
@@ -72,7 +77,8 @@ def _boxed_candidates(text: str, found: list[Box]) -> list[Candidate]:
 
 
 def _env_content(match: re.Match[str]) -> str:
-    return next(g for g in match.group("a", "b", "c", "d") if g is not None).strip()
+    content = next(g for g in match.group("a", "b", "c", "d") if g is not None)
+    return re.sub(r"[\s.,;]+$", "", content).strip()  # a display ending its sentence: "\\[ x = 2. \\]"
 
 
 def _final_math(text: str) -> list[str]:
@@ -93,7 +99,9 @@ def _strip_sentence(text: str) -> str:
     return re.sub(r"[\s.;,!]+$", "", text)
 
 
-def _phrase_candidate(rest: str) -> Candidate:
+def _phrase_candidate(rest: str) -> Candidate | None:
+    if "\\boxed" in rest or "\\fbox" in rest:
+        return None  # a box left open: the response was cut off while writing its answer
     maths = _final_math(rest)
     if maths:
         return Candidate(", ".join(maths), "answer phrase")
@@ -118,7 +126,7 @@ def response_candidates(response: str) -> list[Candidate]:
         return [Candidate(_strip_sentence(gsm8k[-1].group(1)), "####")]
     if phrases:
         candidate = _phrase_candidate(phrases[-1].group("rest"))
-        if candidate.text:
+        if candidate is not None and candidate.text:
             return [candidate]
     if found:
         return _boxed_candidates(response, found)
@@ -130,7 +138,9 @@ def response_candidates(response: str) -> list[Candidate]:
             candidates.append(Candidate(tail, "final display, end of its chain of equalities"))
         return candidates
     stripped = response.strip()
-    if stripped and "\n" not in stripped and len(stripped) <= _BARE_MAX:
+    if "\\boxed" in stripped or "\\fbox" in stripped:
+        return []  # only boxes left open: cut off while writing its answer
+    if stripped and "\n" not in stripped and len(stripped) <= _BARE_MAX and not _PROSE.search(stripped):
         return [Candidate(_strip_sentence(stripped), "bare answer")]
     return [Candidate(response, "math-verify")] if stripped else []
 
@@ -150,6 +160,6 @@ def reference_answer(reference: str) -> Candidate:
         return Candidate(_env_content(whole_env), "math env")
     if "\n" in stripped:  # a worked solution without a box: its stated answer
         phrases = list(_ANSWER_PHRASE.finditer(stripped))
-        if phrases:
-            return _phrase_candidate(phrases[-1].group("rest"))
+        if phrases and (candidate := _phrase_candidate(phrases[-1].group("rest"))) is not None:
+            return candidate
     return Candidate(stripped, "raw")

@@ -21,7 +21,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
 from latex2sympy2_extended.logic import And
-from sympy import Eq, Set, simplify
+from sympy import Eq, Number, Set, simplify
 from sympy.core.relational import Relational
 
 Strictness = Literal["standard", "strict"]
@@ -35,6 +35,39 @@ class Normalisation:
 
 
 # ----------------------------------------------------------------------------- normalisations
+
+
+_TRIG_DEGREES = re.compile(
+    r"\\(sin|cos|tan|cot|sec|csc)\s*(?:\(\s*)?(\d+(?:\.\d+)?)\s*\^\s*\{?\\circ\}?(?:\s*\))?"
+)
+
+
+def trig_degrees(text: str) -> str:
+    r"""``\sin 60^\circ`` -> ``\sin(\frac{60\pi}{180})``: math-verify reads degrees as a number."""
+    return _TRIG_DEGREES.sub(lambda m: f"\\{m.group(1)}(\\frac{{{m.group(2)}\\pi}}{{180}})", text)
+
+
+_FUNCTION_LABEL = re.compile(r"^\s*[a-zA-Z](?:\^\{?-1\}?)?\s*\(\s*[a-z]\s*\)\s*=(?!=)")
+
+
+def function_label(text: str) -> str:
+    r"""``f^{-1}(x) = \frac{x-3}{2}`` -> ``\frac{x-3}{2}``: the label of a function's formula."""
+    return _FUNCTION_LABEL.sub("", text, count=1).strip()
+
+
+_REPEATING = re.compile(r"(-?)(\d*)\.(\d*)\\overline\{(\d+)\}")
+
+
+def repeating_decimals(text: str) -> str:
+    r"""``0.\overline{3}`` -> ``\frac{1}{3}``, ``1.2\overline{45}`` -> its fraction."""
+
+    def fraction(m: re.Match[str]) -> str:
+        sign, whole, fixed, period = m.groups()
+        scale = 10 ** len(fixed)
+        numerator = (int(whole or 0) * scale + int(fixed or 0)) * (10 ** len(period) - 1) + int(period)
+        return f"{sign}\\frac{{{numerator}}}{{{scale * (10 ** len(period) - 1)}}}"
+
+    return _REPEATING.sub(fraction, text)
 
 
 def frac_variants(text: str) -> str:
@@ -140,6 +173,9 @@ def plus_minus(text: str) -> str:
 
 # Order matters: wrappers go before units (which read \text{cm}), spacing before thousands.
 NORMALISATIONS: tuple[Normalisation, ...] = (
+    Normalisation("trig degrees", trig_degrees),
+    Normalisation("repeating decimals", repeating_decimals),
+    Normalisation("function label", function_label, lenient=True),
     Normalisation("frac variants", frac_variants),
     Normalisation("matrix environments", matrix_environments),
     Normalisation("latex spacing", latex_spacing),
@@ -189,18 +225,20 @@ def choice_letter(gold: str, pred: str) -> bool | None:
 _DECIMAL_COMMA = re.compile(r"-?\d+,\d+")
 
 
-def decimal_comma(gold: str, pred: str) -> bool | None:
-    """``3,5`` against a reference 3.5: a decimal comma, when the reference is a non-integer decimal."""
+def decimal_comma(pred: str, gold_parsed: list[Any]) -> bool | None:
+    """``3,5`` against a reference 3.5 or 7/2: a decimal comma, when the reference is one number
+    that is no integer (against a list or an integer, "3,5" is the list 3, 5)."""
     pred = pred.strip()
     if not _DECIMAL_COMMA.fullmatch(pred) or re.fullmatch(r"-?\d{1,3}(?:,\d{3})+", pred):
         return None
+    gold = next((v for v in gold_parsed if not isinstance(v, str)), None)
+    if not isinstance(gold, Number) or gold.is_integer:
+        return None
     try:
-        expected = Decimal(gold.strip())
+        value = Decimal(pred.replace(",", "."))
     except InvalidOperation:
         return None
-    if expected == expected.to_integral_value():
-        return None
-    return Decimal(pred.replace(",", ".")) == expected
+    return abs(float(value) - float(gold)) <= 1e-9 * max(1.0, abs(float(gold)))
 
 
 def _equation_expr(parsed: list[Any]) -> Any:
