@@ -99,8 +99,10 @@ def main() -> int:
     table.add_row("total", *(str(t) for t in total), style="bold")
     Console(width=160).print(table)
     print(f"service agrees on {total[1]}/{total[0]}; math-verify direct agrees on {total[2]}/{total[0]}")
-    print(f"time per case: service {1000 * service_s / len(cases):.1f} ms, math-verify direct "
-          f"{1000 * direct_s / len(cases):.1f} ms (one process, after warm-up of the first case)")
+    print(
+        f"time per case: service {1000 * service_s / len(cases):.1f} ms, math-verify direct "
+        f"{1000 * direct_s / len(cases):.1f} ms (one process, after warm-up of the first case)"
+    )
     print(f"\ncases the service gets wrong ({len(service_wrong)}):")
     for i, case, got, detail in service_wrong:
         print(f"  #{i} [{case.cat}] expected {case.ok}, service {got} ({detail})")

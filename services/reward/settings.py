@@ -28,9 +28,10 @@ class RewardSettings(ServiceSettings):
     worker_memory_mb: int | None = Field(4096, ge=256)
     worker_start_timeout_s: float = Field(60.0, gt=0.0)
     # How the math verifier reads an answer (services/reward/answers/rules.py). "standard": what
-    # math-verify, the MATH grader and verl's math_dapo agree on (an unlabelled "x = 2" matches 2,
-    # units and text after a number are dropped, an approximation next to an exact value is
-    # ignored). "strict": none of these.
+    # math-verify, the MATH grader and verl's math_dapo agree on (a labelled "x = 2" matches a
+    # reference 2, a unit after a number is dropped, an approximation next to an exact value is
+    # ignored). "strict": a label or unit the reference does not have makes the answer wrong, and
+    # the rules marked lenient are off (math-verify still reads "a \approx b" as a by itself).
     strictness: Literal["standard", "strict"] = "standard"
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
     access_log: bool = False  # one log line per request costs CPU the verifiers could use

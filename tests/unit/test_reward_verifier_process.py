@@ -1,4 +1,4 @@
-"""The worker's scoring step in this process: its own deadline, and errors kept to one item."""
+"""The verifier process's scoring step in this process: its own deadline, refusals, and errors kept to one item."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from services.reward.worker import DeadlineExceeded, deadline, score, soft_budget
+from services.reward.verifier_process import DeadlineExceeded, deadline, score, soft_budget
+from services.reward.verifiers import VerifierOptions
 from shared.messages import ScoreItem, ScoreStatus
 
 
@@ -16,8 +17,16 @@ def test_soft_budget_leaves_room_before_the_hard_deadline():
     assert soft_budget(0.5) == pytest.approx(0.45)
 
 
-def test_pathological_item_is_interrupted_at_the_soft_deadline():
+def test_runaway_item_is_refused_at_once():
     item = ScoreItem(id="x", response=r"\boxed{9^{9^{9^{9}}}}", reference="1")
+    result = score(item, item_timeout_s=5.0)
+    assert (result.status, result.reward, result.correct) == (ScoreStatus.timeout, 0.0, False)
+    assert result.detail.startswith("refused before verification, it could only end at the deadline: an exponent tower")
+
+
+def test_slow_item_is_interrupted_at_the_soft_deadline():
+    # Not a tower the cheap checks refuse, but a product of powers sympy still expands for long.
+    item = ScoreItem(id="x", response=r"\boxed{(x+y+z+1)^{200} (x-y+2z-1)^{200}}", reference=r"(x+1)^{400}")
     started = time.monotonic()
     result = score(item, item_timeout_s=0.5)
     elapsed = time.monotonic() - started
@@ -29,9 +38,16 @@ def test_pathological_item_is_interrupted_at_the_soft_deadline():
 def test_score_ok_and_error():
     ok = score(ScoreItem(id="a", response=r"\boxed{\frac{1}{2}}", reference="0.5"), item_timeout_s=5.0)
     assert (ok.id, ok.status, ok.correct, ok.reward, ok.extracted) == ("a", ScoreStatus.ok, True, 1.0, r"\frac{1}{2}")
+    assert ok.detail == "answer from boxed; math-verify"
     bad = score(ScoreItem(id="b", response=r"\boxed{1}", reference=""), item_timeout_s=5.0)
     assert (bad.status, bad.reward, bad.correct) == (ScoreStatus.error, 0.0, False)
     assert bad.detail.startswith("BadReference: reference has no parseable answer")
+
+
+def test_strictness_reaches_the_verifier():
+    item = ScoreItem(id="a", response=r"\boxed{x = 2}", reference="2")
+    assert score(item, item_timeout_s=5.0).correct is True
+    assert score(item, item_timeout_s=5.0, options=VerifierOptions(strictness="strict")).correct is False
 
 
 def test_deadline_restores_an_outer_timer():

@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from latex2sympy2_extended.latex2sympy2 import NormalizationConfig
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
 from services.reward.answers import rules, runaway
@@ -19,7 +20,17 @@ from services.reward.answers.rules import Strictness
 # math-verify's own SIGALRM timers would collide with it. Its warning saying so would be noise.
 logging.getLogger("math_verify").setLevel(logging.ERROR)
 
-_LATEX = (LatexExtractionConfig(),)
+_LATEX = {
+    "standard": (LatexExtractionConfig(),),
+    # math-verify's own unit removal ("5\text{ cm}" -> 5) is the leniency "strict" switches off.
+    "strict": (
+        LatexExtractionConfig(
+            normalization_config=NormalizationConfig(
+                basic_latex=True, units=False, malformed_operators=True, nits=True, boxed="all", equations=False
+            )
+        ),
+    ),
+}
 _EXPR = (ExprExtractionConfig(),)
 
 
@@ -34,23 +45,23 @@ class Decision:
     detail: str
 
 
-def parse_answer(text: str) -> list[Any]:
+def parse_answer(text: str, strictness: Strictness = "standard") -> list[Any]:
     """math-verify's parse of one answer written as LaTeX (``$`` optional), else as a plain expression."""
     text = text.strip()
     if text.startswith("$") and text.endswith("$"):
         text = text.strip("$").strip()
     if not text:
         return []
-    parsed = parse("\\boxed{" + text + "}", extraction_config=_LATEX, parsing_timeout=None)
+    parsed = parse("\\boxed{" + text + "}", extraction_config=_LATEX[strictness], parsing_timeout=None)
     if parsed and not isinstance(parsed[0], str):
         return parsed
     return parse(text, extraction_config=_EXPR, parsing_timeout=None) or parsed
 
 
-def _parse_candidate(candidate: Candidate) -> list[Any]:
+def _parse_candidate(candidate: Candidate, strictness: Strictness) -> list[Any]:
     if candidate.source == "math-verify":
-        return parse(candidate.text, parsing_timeout=None)
-    return parse_answer(candidate.text)
+        return parse(candidate.text, extraction_config=(*_LATEX[strictness], *_EXPR), parsing_timeout=None)
+    return parse_answer(candidate.text, strictness)
 
 
 def _agree(gold: list[Any], pred: list[Any]) -> bool:
@@ -67,7 +78,7 @@ def _labelled_against_value(gold: str, pred: str) -> bool:
 def decide(response: str, reference: str, strictness: Strictness = "standard") -> Decision:
     gold = reference_answer(reference)
     runaway.check(gold.text)
-    gold_parsed = parse_answer(gold.text)
+    gold_parsed = parse_answer(gold.text, strictness)
     if not gold_parsed:
         raise BadReference(f"reference has no parseable answer: {reference[:200]!r}")
     candidates = response_candidates(response)
@@ -81,13 +92,13 @@ def decide(response: str, reference: str, strictness: Strictness = "standard") -
     if strictness == "strict" and all(_labelled_against_value(gold.text, c.text) for c in candidates):
         return Decision(False, first.text, f"{where}; strict: a labelled answer against an unlabelled reference")
 
-    parsed = [(c, _parse_candidate(c)) for c in candidates]
+    parsed = [(c, _parse_candidate(c, strictness)) for c in candidates]
     for candidate, pred in parsed:
         if _agree(gold_parsed, pred):
             return Decision(True, _shown(candidate, pred), f"answer from {candidate.source}; math-verify")
 
     gold_norm, gold_rules = rules.normalise(gold.text, strictness)
-    gold_norm_parsed = parse_answer(gold_norm) if gold_rules else gold_parsed
+    gold_norm_parsed = parse_answer(gold_norm, strictness) if gold_rules else gold_parsed
     for candidate, pred in parsed:
         if candidate.source == "math-verify":
             continue
@@ -95,7 +106,7 @@ def decide(response: str, reference: str, strictness: Strictness = "standard") -
         names = sorted(set(gold_rules + applied))
         if not names:
             continue
-        pred_norm = parse_answer(text) if applied else pred
+        pred_norm = parse_answer(text, strictness) if applied else pred
         if _agree(gold_norm_parsed, pred_norm):
             detail = f"answer from {candidate.source}; math-verify after {', '.join(names)}"
             return Decision(True, candidate.text, detail)

@@ -37,9 +37,7 @@ class Normalisation:
 # ----------------------------------------------------------------------------- normalisations
 
 
-_TRIG_DEGREES = re.compile(
-    r"\\(sin|cos|tan|cot|sec|csc)\s*(?:\(\s*)?(\d+(?:\.\d+)?)\s*\^\s*\{?\\circ\}?(?:\s*\))?"
-)
+_TRIG_DEGREES = re.compile(r"\\(sin|cos|tan|cot|sec|csc)\s*(?:\(\s*)?(\d+(?:\.\d+)?)\s*\^\s*\{?\\circ\}?(?:\s*\))?")
 
 
 def trig_degrees(text: str) -> str:
@@ -72,7 +70,7 @@ def repeating_decimals(text: str) -> str:
 
 def frac_variants(text: str) -> str:
     r"""``\dfrac``, ``\tfrac``, ``\cfrac`` -> ``\frac``."""
-    return re.sub(r"\\[dtc]frac\b", r"\\frac", text)
+    return re.sub(r"\\[dtc]frac(?![a-zA-Z])", r"\\frac", text)
 
 
 _MATRIX_ENV = re.compile(r"\\(begin|end)\{(?:bmatrix|Bmatrix|matrix|smallmatrix|array)\}(?:\{[lcr|\s]*\})?")
@@ -90,7 +88,7 @@ def matrix_environments(text: str) -> str:
 def latex_spacing(text: str) -> str:
     r"""Spacing and sizing commands that carry no value: ``\!``, ``\,``, ``~``, ``\left``, ``\displaystyle``."""
     text = re.sub(r"\\(?:left|right)(?![a-zA-Z])|\\displaystyle|\\[,;:! ]", " ", text)
-    return re.sub(r"(?<!\\)~", " ", text).strip()
+    return re.sub(r"\s+", " ", re.sub(r"(?<!\\)~", " ", text)).strip()
 
 
 _WRAPPER = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mathit|mbox|operatorname)\s*\{([^{}]*)\}")
@@ -261,6 +259,7 @@ def scalar_multiple(gold_parsed: list[Any], pred_parsed: list[Any]) -> bool | No
 def interval_or_inequality(gold_parsed: list[Any], pred_parsed: list[Any]) -> bool | None:
     """An interval against inequalities in one unknown (``[-2, 7]`` and ``-2 \\le x \\le 7``, or
     ``x \\in [-2, 7]``), either way round."""
+
     def as_set(values: list[Any]) -> Any:
         for value in values:
             if isinstance(value, Set):
