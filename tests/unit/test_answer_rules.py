@@ -28,6 +28,9 @@ NORMALISATION_CASES = {
         (r"\frac{5}{2}\text{ km}", r"\frac{5}{2}"),
         (r"4\sqrt{2}\text{ inches}", r"4\sqrt{2}"),
         (r"x + 2", r"x + 2"),
+        ("5x", "5x"),  # a variable, not a unit
+        ("3 n", "3 n"),
+        ("2 pi", "2 pi"),
     ],
     "approximation": [
         (r"\frac{\sqrt3}{3} \approx 0.577", r"\frac{\sqrt3}{3}"),
@@ -129,7 +132,10 @@ def test_interval_or_inequality(gold, pred, expected):
             [Candidate("3, 4", "2 boxes"), Candidate("x = 3, y = 4", "2 labelled boxes")],
         ),
         (r"First \boxed{2}, no wait: \boxed{3}", [Candidate("3", "boxed")]),
-        ("Area: $\\boxed{16}$.\nShaded: $\\boxed{16 - 4\\pi}$.", [Candidate(r"16 - 4\pi", "boxed")]),
+        (
+            "Area: $\\boxed{16}$.\nShaded: $\\boxed{16 - 4\\pi}$.",
+            [Candidate(r"16 - 4\pi", "boxed"), Candidate(r"16, 16 - 4\pi", "2 boxes of a case analysis")],
+        ),
         ("Sum is 10.\n#### 10", [Candidate("10", "####")]),
         (r"We get \boxed{5}. So the final answer is 6.", [Candidate("6", "answer phrase")]),
         (r"The answer is $x=1$ and $x=-2$.", [Candidate("x=1, x=-2", "answer phrase")]),

@@ -24,6 +24,7 @@ class Candidate:
 
 # Text between two boxes of one answer: separators and labels only, no second thoughts.
 _JOINER_MAX = 80
+_CASES_MAX = 600  # text between the boxes of two cases
 _SECOND_THOUGHT = re.compile(
     r"\b(?:wait|no|not|actually|instead|mistake|wrong|incorrect|re-?check|however|but|correct(?:ion|ed)?|oops|hmm|"
     r"let me|should be|rather|check)\b",
@@ -48,11 +49,19 @@ _PROSE = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{4,}")
 _SENTENCE_END = re.compile(r"[.!?]\$?\s+\S|\n")
 
 
-def _final_box_group(text: str, found: list[Box]) -> list[Box]:
+def _final_box_group(text: str, found: list[Box], extended: bool = False) -> list[Box]:
+    """The last box and the boxes just before it that belong to the same answer: joined by
+    separators within one sentence, or (``extended``) in the sentences before it, as a case
+    analysis boxes one answer per case. A second thought in between always ends the group."""
     group = [found[-1]]
     for box in reversed(found[:-1]):
         between = text[box.end : group[0].start]
-        if len(between) > _JOINER_MAX or _SENTENCE_END.search(between) or _SECOND_THOUGHT.search(between):
+        if _SECOND_THOUGHT.search(between):
+            break
+        if extended:
+            if len(between) > _CASES_MAX:
+                break
+        elif len(between) > _JOINER_MAX or _SENTENCE_END.search(between):
             break
         group.insert(0, box)
     return group
@@ -66,13 +75,17 @@ def _label_before(text: str, box: Box, floor: int) -> str | None:
 def _boxed_candidates(text: str, found: list[Box]) -> list[Candidate]:
     group = _final_box_group(text, found)
     if len(group) == 1:
-        return [Candidate(group[0].content, "boxed")]
-    candidates = [Candidate(", ".join(b.content for b in group), f"{len(group)} boxes")]
-    floors = [0, *(b.end for b in group[:-1])]
-    labels = [_label_before(text, b, floor) for b, floor in zip(group, floors)]
-    if all(labels) and len(set(labels)) == len(labels):
-        labelled = ", ".join(f"{label} = {b.content}" for label, b in zip(labels, group))
-        candidates.append(Candidate(labelled, f"{len(group)} labelled boxes"))
+        candidates = [Candidate(group[0].content, "boxed")]
+    else:
+        candidates = [Candidate(", ".join(b.content for b in group), f"{len(group)} boxes")]
+        floors = [0, *(b.end for b in group[:-1])]
+        labels = [_label_before(text, b, floor) for b, floor in zip(group, floors)]
+        if all(labels) and len(set(labels)) == len(labels):
+            labelled = ", ".join(f"{label} = {b.content}" for label, b in zip(labels, group))
+            candidates.append(Candidate(labelled, f"{len(group)} labelled boxes"))
+    cases = _final_box_group(text, found, extended=True)
+    if len(cases) > len(group):
+        candidates.append(Candidate(", ".join(b.content for b in cases), f"{len(cases)} boxes of a case analysis"))
     return candidates
 
 

@@ -108,15 +108,23 @@ def currency(text: str) -> str:
 _NUMBER = r"-?(?:\d+(?:\.\d+)?|\.\d+)"
 _TRAILING_UNIT = re.compile(
     rf"^(?P<n>{_NUMBER}|{_NUMBER}\s*\\%|\\frac\{{\d+\}}\{{\d+\}}|\d*\\sqrt\{{?\d+\}}?)\s*"
-    r"(?:\\(?:text|mathrm|mbox|textrm)\s*\{[^{}]*\}|[a-zA-Z][a-zA-Z .]*)(?:\s*\^\s*\{?[23]\}?)?\s*\.?$"
+    r"(?:\\(?:text|mathrm|mbox|textrm)\s*\{[^{}]*\}|(?P<word>[a-zA-Z][a-zA-Z .]*))(?:\s*\^\s*\{?[23]\}?)?\s*\.?$"
 )
+# A bare word after a number is a unit unless it could be a variable or a function: one letter
+# ("5x", "3 n"), or a name sympy reads as math.
+_NOT_UNITS = {"pi", "e", "i", "sin", "cos", "tan", "log", "ln", "exp", "sqrt", "and", "or"}
 
 
 def units(text: str) -> str:
     r"""A number and a unit (``5\text{ cm}``, ``12 \mathrm{~m}^2``, ``30^\circ``, ``7 apples``) -> the number."""
     text = re.sub(r"\s*\^\s*\{?\\circ\}?|°|\\degree\b", "", text)
     match = _TRAILING_UNIT.match(text.strip())
-    return match.group("n") if match else text
+    if not match:
+        return text
+    word = (match.group("word") or "").strip(" .")
+    if word and (len(word) == 1 or word.lower() in _NOT_UNITS):
+        return text
+    return match.group("n")
 
 
 _APPROX = re.compile(r"\\approx|≈|\\simeq|\\thickapprox|\\sim(?![a-z])")
@@ -205,7 +213,7 @@ def normalise(text: str, strictness: Strictness) -> tuple[str, list[str]]:
 # Each takes the written answers and math-verify's parse of each (lists, possibly empty) and
 # returns True or False when it applies, None when it does not.
 
-_CHOICE_GOLD = re.compile(r"^\(?([A-Ea-e])\)?\.?$")
+_CHOICE_GOLD = re.compile(r"^\(?([A-E])\)?\.?$")
 _CHOICE_PRED = re.compile(r"^\(?([A-E])\)?(?:[.:)]|\s|$)")
 
 
@@ -217,7 +225,7 @@ def choice_letter(gold: str, pred: str) -> bool | None:
     pred_match = _CHOICE_PRED.match(text_wrappers(pred).strip())
     if not pred_match:
         return None
-    return pred_match.group(1) == gold_match.group(1).upper()
+    return pred_match.group(1) == gold_match.group(1)
 
 
 _DECIMAL_COMMA = re.compile(r"-?\d+,\d+")
