@@ -111,7 +111,7 @@ def decide(response: str, reference: str, strictness: Strictness = "standard") -
             detail = f"answer from {candidate.source}; math-verify after {', '.join(names)}"
             return Decision(True, candidate.text, detail)
 
-    refusal = None
+    rejection = None
     for candidate, pred in parsed:
         verdict = _compare(gold.text, candidate.text, gold_parsed, pred)
         if verdict is not None:
@@ -119,8 +119,8 @@ def decide(response: str, reference: str, strictness: Strictness = "standard") -
             decision = Decision(correct, candidate.text, f"answer from {candidate.source}; rule {name}")
             if correct:
                 return decision
-            refusal = refusal or decision
-    return refusal or Decision(False, _shown(first, parsed[0][1]), f"{where}; math-verify: not equivalent")
+            rejection = rejection or decision
+    return rejection or Decision(False, _shown(first, parsed[0][1]), f"{where}; math-verify: not equivalent")
 
 
 def _compare(gold: str, pred: str, gold_parsed: list[Any], pred_parsed: list[Any]) -> tuple[str, bool] | None:
