@@ -46,7 +46,13 @@ NORMALISATION_CASES = {
         (r"2\frac{5}{3}", r"2\frac{5}{3}"),  # improper: a product, not a mixed number
     ],
     "connectives": [(r"1 \text{ and } 2", "1, 2"), ("x = 1 or x = 2", "x = 1, x = 2"), (r"3 \quad 4", "3, 4")],
-    "plus_minus": [(r"1 \pm \sqrt{2}", r"1+\sqrt{2}, 1-\sqrt{2}"), (r"\pm 3", "3, -3"), (r"x = \pm 3", r"x = \pm 3")],
+    "plus_minus": [
+        (r"1 \pm \sqrt{2}", r"1 +\sqrt{2}, 1 -\sqrt{2}"),
+        (r"\pm 3", "3, -3"),
+        (r"x = \pm 3", "x = 3, x = -3"),
+        (r"x = \frac{-1 \pm \sqrt{5}}{2}", r"x = \frac{-1 +\sqrt{5}}{2}, x = \frac{-1 -\sqrt{5}}{2}"),
+        (r"1 \pm 2 \pm 3", r"1 \pm 2 \pm 3"),  # two of them: four values, left alone
+    ],
 }
 
 

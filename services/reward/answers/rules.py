@@ -167,14 +167,20 @@ def connectives(text: str) -> str:
     return re.sub(r"\s*(?:\\text\{\s*(?:and|or)\s*\}|\b(?:and|or)\b|\\q?quad|;)\s*", ", ", text).strip(", ")
 
 
+_LABEL = re.compile(r"^\s*[A-Za-z](?:_\{?\w+\}?)?\s*=(?!=)\s*")
+
+
 def plus_minus(text: str) -> str:
-    r"""``1 \pm \sqrt{2}`` -> ``1+\sqrt{2}, 1-\sqrt{2}`` (one ``\pm`` in a one-part answer)."""
-    if text.count("\\pm") != 1 or "," in text or "=" in text:
+    r"""``1 \pm \sqrt{2}`` -> ``1+\sqrt{2}, 1-\sqrt{2}``; ``x = \frac{-1 \pm \sqrt5}{2}`` -> both roots,
+    each with the label (one ``\pm`` in a one-part answer)."""
+    label = _LABEL.match(text)
+    prefix, expr = (label.group(), text[label.end() :]) if label else ("", text)
+    if expr.count("\\pm") != 1 or "," in expr or "=" in expr:
         return text
-    before, after = (part.strip() for part in text.split("\\pm"))
-    if not after:
-        return text
-    return f"{before}+{after}, {before}-{after}" if before else f"{after}, -{after}"
+    plus, minus = (re.sub(r"\\pm\s*", sign, expr).strip() for sign in ("+", "-"))
+    if plus.startswith("+"):
+        plus = plus[1:].strip()
+    return f"{prefix}{plus}, {prefix}{minus}"
 
 
 # Order matters: wrappers go before units (which read \text{cm}), spacing before thousands.
