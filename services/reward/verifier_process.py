@@ -72,6 +72,9 @@ def error_result(item_id: str, detail: str) -> ScoreResult:
     return ScoreResult(id=item_id, reward=0.0, correct=False, status=ScoreStatus.error, detail=detail)
 
 
+REFUSED = "refused before verification, it could only end at the deadline"
+
+
 def refused_result(item_id: str, reason: str) -> ScoreResult:
     # Status "timeout": the item would have ended at the deadline, only sooner; callers treat both alike.
     return ScoreResult(
@@ -79,7 +82,7 @@ def refused_result(item_id: str, reason: str) -> ScoreResult:
         reward=0.0,
         correct=False,
         status=ScoreStatus.timeout,
-        detail=f"refused before verification, it could only end at the deadline: {reason}",
+        detail=f"{REFUSED}: {reason}",
     )
 
 

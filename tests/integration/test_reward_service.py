@@ -136,7 +136,8 @@ def test_notation(client, name, response, reference, correct):
 def test_many_items_in_one_request_keep_their_order(client):
     items = [item(f"{i}-{n[0]}", n[1], n[2]) for i, n in enumerate(NOTATIONS)]
     results = score(client, *items)
-    assert [r["correct"] for r in results] == [n[3] for n in NOTATIONS], [(r["id"], r["status"], r["detail"]) for r in results if r["status"] != "ok"]
+    not_ok = [(r["id"], r["status"], r["detail"]) for r in results if r["status"] != "ok"]
+    assert [r["correct"] for r in results] == [n[3] for n in NOTATIONS], not_ok
 
 
 def test_extracted_answer_and_the_rule_that_decided(client):
@@ -237,12 +238,18 @@ def one_item_latency(url: str) -> tuple[float, dict]:
     return elapsed, reply.json()["results"][0]
 
 
+def refusals(url: str) -> float:
+    lines = httpx.get(f"{url}/metrics").text.splitlines()
+    return float(next(line for line in lines if line.startswith("reward_item_refusals_total ")).split()[-1])
+
+
 def test_runaway_inputs_are_refused_at_once_and_hold_up_nobody(service):
     # Half of them against their own text as reference: refused all the same, never "correct".
     items = [
         item(f"runaway-{i}", RUNAWAYS[i % len(RUNAWAYS)], RUNAWAYS[i % len(RUNAWAYS)] if i % 2 else "1")
         for i in range(32)
     ]
+    refusals_before = refusals(service)
     thread, replies = post_in_background(service, items)
     time.sleep(0.2)
     elapsed, small = one_item_latency(service)
@@ -254,6 +261,7 @@ def test_runaway_inputs_are_refused_at_once_and_hold_up_nobody(service):
     assert [r["status"] for r in results] == ["timeout"] * 32
     assert not any(r["correct"] for r in results)
     assert all(r["detail"].startswith("refused before verification") for r in results), results
+    assert refusals(service) == refusals_before + 32
 
 
 FAIR_ITEM_TIMEOUT_S = 1.0
