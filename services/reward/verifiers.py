@@ -73,9 +73,11 @@ def verify_math(response: str, reference: str, options: VerifierOptions = Verifi
 
 
 # GSM8K: "#### 72" closes a solution; a model may box it or say "the answer is" instead.
-_GSM8K_MARK = re.compile(r"####\s*([^\n]*)")
+# "#### 72" closes the answer; "#### Step 2" is a Markdown heading.
+_GSM8K_MARK = re.compile(r"####\s*((?:\\?\$\s*)?-?[\d.,]+[^\n]*)")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
-_GSM8K_PHRASE = re.compile(r"answer\s*(?:is|:)\s*([^\n]*)", re.IGNORECASE)
+_HEADING = re.compile(r"^#+\s[^\n]*$", re.MULTILINE)
+_GSM8K_PHRASE = re.compile(r"answer\s*(?:is|:)\s*((?:\\?\$\s*)?-?\.?\d[^\n]*)", re.IGNORECASE)
 
 
 def _gsm8k_number(text: str) -> Decimal | None:
@@ -105,8 +107,8 @@ def verify_gsm8k(response: str, reference: str, options: VerifierOptions = Verif
         stated.append((boxed, "boxed"))
     elif phrases := _GSM8K_PHRASE.findall(response):
         stated.append((phrases[-1], "answer phrase"))
-    else:
-        stated.append((response, "last number"))
+    else:  # Markdown headings ("## Step 2") are no part of the answer
+        stated.append((_HEADING.sub("", response), "last number"))
     text, source = stated[0]
     value = _gsm8k_number(text)
     if value is None:

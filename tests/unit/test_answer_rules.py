@@ -143,6 +143,11 @@ def test_interval_or_inequality(gold, pred, expected):
             [Candidate(r"16 - 4\pi", "boxed"), Candidate(r"16, 16 - 4\pi", "2 boxes of a case analysis")],
         ),
         ("Sum is 10.\n#### 10", [Candidate("10", "####")]),
+        (
+            "#### Step 2: add\nSo $7 + 3 = 10$.",
+            [Candidate("7 + 3 = 10", "final display")],
+        ),
+        (r"The answer is \boxed{5}. This answer is right since 5 > 4.", [Candidate("5", "boxed")]),
         (r"We get \boxed{5}. So the final answer is 6.", [Candidate("6", "answer phrase")]),
         (r"The answer is $x=1$ and $x=-2$.", [Candidate("x=1, x=-2", "answer phrase")]),
         (r"The answer is 10\sqrt3 + \sqrt{4}.", [Candidate(r"10\sqrt3 + \sqrt{4}", "answer phrase")]),

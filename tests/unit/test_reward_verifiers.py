@@ -125,6 +125,8 @@ def test_runaway_inputs_are_refused_before_sympy(response):
         ("120 - 45 = 75 books remain.", "#### 75", True, "answer from last number"),
         ("120 - 45 = 75 books remain, on 3 shelves.", "#### 75", False, "answer from last number"),
         ("#### 71", "#### 72", False, "answer from ####"),
+        ("#### Step 1: add\n48 + 24 = 72\n#### Step 2: done", "#### 72", True, "answer from last number"),
+        ("This answer is easy: 48 + 24 = 72", "#### 72", True, "answer from last number"),
     ],
 )
 def test_verify_gsm8k(response, reference, correct, detail):

@@ -31,7 +31,8 @@ _SECOND_THOUGHT = re.compile(
     re.IGNORECASE,
 )
 _LABEL = re.compile(r"(?:^|[\s$(,;])([A-Za-z](?:_\{?\w+\}?)?)\s*=\s*\$?\s*$")
-_GSM8K = re.compile(r"####\s*([^\n]+)")
+# GSM8K's answer line; not a Markdown heading ("#### Step 2: ...").
+_GSM8K = re.compile(r"####\s*((?:\\?\$\s*)?-?[\d.,]+[^\n]*)")
 _ANSWER_PHRASE = re.compile(
     r"(?:final answer|the answer|answer)\s*(?:is|:|=|would be|will be)\s*:?\s*(?P<rest>[^\n]+)", re.IGNORECASE
 )
@@ -107,6 +108,9 @@ def _final_math(text: str) -> list[str]:
     return [_env_content(m) for m in group]
 
 
+_STATED = re.compile(r"[-+\d.\\({\[]|[A-Z](?![a-zA-Z])")
+
+
 def _strip_sentence(text: str) -> str:
     text = text.strip().strip("*").strip()
     return re.sub(r"[\s.;,!]+$", "", text)
@@ -118,7 +122,11 @@ def _phrase_candidate(rest: str) -> Candidate | None:
     maths = _final_math(rest)
     if maths:
         return Candidate(", ".join(maths), "answer phrase")
-    return Candidate(_strip_sentence(rest), "answer phrase")
+    text = _strip_sentence(rest)
+    # "This answer is reasonable because ..." states no answer; "is 72 apples", "is C", "is \frac12" do.
+    if not _STATED.match(text):
+        return None
+    return Candidate(text, "answer phrase")
 
 
 def _chain_tail(text: str) -> str | None:
