@@ -65,3 +65,21 @@ def test_deadline_restores_an_outer_timer():
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        "\\[" * 20_000,  # unclosed displays: one pass pairs the delimiters
+        "\\(" * 20_000,
+        "$" * 40_000,
+        "$1$ and " * 8_000,  # at most 12 parts make one answer
+        "\\boxed{1} and " * 4_000,
+        "the answer is " * 4_000,
+        "#### 1 " * 8_000,
+    ],
+    ids=["displays", "parens", "dollars", "and-chain", "box-chain", "phrases", "hashes"],
+)
+def test_hostile_text_is_answered_not_timed_out(response):
+    result = score(ScoreItem(id="h", response=response, reference="1"), item_timeout_s=5.0)
+    assert result.status is ScoreStatus.ok or result.detail.startswith("refused"), result

@@ -36,11 +36,11 @@ _GSM8K = re.compile(r"####\s*((?:\\?\$\s*)?-?[\d.,]+[^\n]*)")
 _ANSWER_PHRASE = re.compile(
     r"(?:final answer|the answer|answer)\s*(?:is|:|=|would be|will be)\s*:?\s*(?P<rest>[^\n]+)", re.IGNORECASE
 )
-# Inline and display math: \[..\], $$..$$, \(..\), $..$ (not \$, which is a dollar sign).
-_MATH_ENV = re.compile(
-    r"\\\[(?P<a>.+?)\\\]|(?<!\\)\$\$(?P<b>.+?)(?<!\\)\$\$|\\\((?P<c>.+?)\\\)|(?<![\\$])\$(?P<d>[^$]+?)(?<!\\)\$",
-    re.DOTALL,
-)
+# Delimiters of inline and display math: \[..\], $$..$$, \(..\), $..$ (\$ is a dollar sign).
+_DELIMITER = re.compile(r"\\[\[\]()$]|\$\$|\$")
+_CLOSER = {"\\[": "\\]", "\\(": "\\)", "$$": "$$", "$": "$"}
+# More parts than this are no one answer (and would cost math-verify seconds).
+_MAX_PARTS = 12
 _ENV_JOINER = re.compile(r"^[\s,;]*(?:,?\s*(?:and|or)\b)?[\s,;]*$", re.IGNORECASE)
 _BARE_MAX = 200
 # A word of four or more letters that is no LaTeX command: prose, not a bare answer.
@@ -57,12 +57,9 @@ def _final_box_group(text: str, found: list[Box], extended: bool = False) -> lis
     group = [found[-1]]
     for box in reversed(found[:-1]):
         between = text[box.end : group[0].start]
-        if _SECOND_THOUGHT.search(between):
+        if len(group) == _MAX_PARTS or len(between) > (_CASES_MAX if extended else _JOINER_MAX):
             break
-        if extended:
-            if len(between) > _CASES_MAX:
-                break
-        elif len(between) > _JOINER_MAX or _SENTENCE_END.search(between):
+        if _SECOND_THOUGHT.search(between) or (not extended and _SENTENCE_END.search(between)):
             break
         group.insert(0, box)
     return group
@@ -90,22 +87,45 @@ def _boxed_candidates(text: str, found: list[Box]) -> list[Candidate]:
     return candidates
 
 
-def _env_content(match: re.Match[str]) -> str:
-    content = next(g for g in match.group("a", "b", "c", "d") if g is not None)
-    return re.sub(r"[\s.,;]+$", "", content).strip()  # a display ending its sentence: "\\[ x = 2. \\]"
+@dataclass(frozen=True)
+class _Env:
+    start: int
+    end: int
+    content: str
+
+
+def _math_envs(text: str) -> list[_Env]:
+    """Math environments in order, paired in one pass over their delimiters (a regex with a lazy
+    ``.+?`` per opening would rescan the rest of the text from each unclosed one)."""
+    envs = []
+    opened: re.Match[str] | None = None
+    for match in _DELIMITER.finditer(text):
+        token = match.group()
+        if token == "\\$":
+            continue
+        if opened is None:
+            if token in _CLOSER:
+                opened = match
+        elif token == _CLOSER[opened.group()]:
+            # A display that ends its sentence: "\\[ x = 2. \\]".
+            content = re.sub(r"[\s.,;]+$", "", text[opened.end() : match.start()]).strip()
+            if content:
+                envs.append(_Env(opened.start(), match.end(), content))
+            opened = None
+    return envs
 
 
 def _final_math(text: str) -> list[str]:
     """The last math environment of ``text``, with the ones just before it joined by "and"/commas."""
-    envs = [m for m in _MATH_ENV.finditer(text) if _env_content(m)]
+    envs = _math_envs(text)
     if not envs:
         return []
     group = [envs[-1]]
     for env in reversed(envs[:-1]):
-        if not _ENV_JOINER.match(text[env.end() : group[0].start()]):
+        if len(group) == _MAX_PARTS or not _ENV_JOINER.match(text[env.end : group[0].start]):
             break
         group.insert(0, env)
-    return [_env_content(m) for m in group]
+    return [env.content for env in group]
 
 
 _STATED = re.compile(r"[-+\d.\\({\[]|[A-Z](?![a-zA-Z])")
@@ -176,9 +196,9 @@ def reference_answer(reference: str) -> Candidate:
     if gsm8k:
         return Candidate(_strip_sentence(gsm8k[-1].group(1)), "####")
     stripped = reference.strip()
-    whole_env = _MATH_ENV.fullmatch(stripped)
-    if whole_env:
-        return Candidate(_env_content(whole_env), "math env")
+    envs = _math_envs(stripped)
+    if len(envs) == 1 and envs[0].start == 0 and envs[0].end == len(stripped):
+        return Candidate(envs[0].content, "math env")
     if "\n" in stripped:  # a worked solution without a box: its stated answer
         phrases = list(_ANSWER_PHRASE.finditer(stripped))
         if phrases and (candidate := _phrase_candidate(phrases[-1].group("rest"))) is not None:
