@@ -18,12 +18,12 @@ class RewardSettings(ServiceSettings):
     # Verifier processes; each scores one item at a time. (Named before they were called verifier
     # processes; kept, since job files and PRFT_REWARD__WORKERS use it.)
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256)
-    # Hard deadline per item, from the moment it is handed to a worker.
+    # Hard deadline per item, from the moment it is handed to a verifier process.
     item_timeout_s: float = Field(5.0, gt=0.0, le=600.0)
     max_items_per_request: int = Field(1024, ge=1)
     max_text_bytes: int = Field(64 * 1024, ge=1)  # per response and per reference, UTF-8
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1)
-    # Address-space cap per worker: a runaway expression ends in MemoryError (status "error")
+    # Address-space cap per verifier process: a runaway expression ends in MemoryError (status "error")
     # instead of waking the kernel's OOM killer. None: no cap.
     worker_memory_mb: int | None = Field(4096, ge=256)
     worker_start_timeout_s: float = Field(60.0, gt=0.0)
