@@ -196,7 +196,7 @@ def test_slow_item_times_out_and_the_others_do_not_wait(client):
     assert all(by_id[g["id"]]["status"] == "ok" and by_id[g["id"]]["correct"] for g in good)
     assert by_id["wrong"]["status"] == "ok" and by_id["wrong"]["correct"] is False
     assert elapsed < ITEM_TIMEOUT_S + SLACK_S
-    # The worker survived or was replaced: the next request is served at full speed.
+    # The verifier process survived or was replaced: the next request is served at full speed.
     started = time.monotonic()
     assert all(r["correct"] for r in score(client, *good))
     assert time.monotonic() - started < SLACK_S
@@ -304,7 +304,7 @@ def health(client: httpx.Client) -> dict:
     return reply.json()
 
 
-def wait_for_workers(client: httpx.Client, count: int, timeout: float = 10.0) -> dict:
+def wait_for_processes(client: httpx.Client, count: int, timeout: float = 10.0) -> dict:
     deadline = time.monotonic() + timeout
     while (state := health(client))["workers"] < count:
         assert time.monotonic() < deadline, state
@@ -318,8 +318,8 @@ def restarts(client: httpx.Client, reason: str) -> float:
     return float(lines[0].split()[-1]) if lines else 0.0
 
 
-def test_stuck_worker_is_killed_and_replaced(client):
-    before = wait_for_workers(client, 2)
+def test_stuck_verifier_process_is_killed_and_replaced(client):
+    before = wait_for_processes(client, 2)
     stuck = before["worker_pids"][0]
     restarts_before = restarts(client, "timeout")
     os.kill(stuck, signal.SIGSTOP)  # neither answers nor reacts to its own timer
@@ -331,7 +331,7 @@ def test_stuck_worker_is_killed_and_replaced(client):
     assert statuses.count("timeout") == 1, results
     assert all(r["correct"] for r in results if r["status"] == "ok")
     assert ITEM_TIMEOUT_S - 0.05 < elapsed < ITEM_TIMEOUT_S + SLACK_S
-    after = wait_for_workers(client, 2)
+    after = wait_for_processes(client, 2)
     assert stuck not in after["worker_pids"]
     assert after["worker_restarts"] == before["worker_restarts"] + 1
     assert restarts(client, "timeout") == restarts_before + 1
@@ -351,13 +351,13 @@ def wait_dead(pid: int, timeout: float = 5.0) -> None:
         time.sleep(0.01)
 
 
-def test_dead_worker_is_replaced_without_failing_an_item(client):
-    before = wait_for_workers(client, 2)
+def test_dead_verifier_process_is_replaced_without_failing_an_item(client):
+    before = wait_for_processes(client, 2)
     os.kill(before["worker_pids"][1], signal.SIGKILL)  # as the kernel's OOM killer would
     wait_dead(before["worker_pids"][1])
     items = [item(f"i{i}", rf"\boxed{{{i}}}", str(i)) for i in range(6)]
     assert all(r["status"] == "ok" and r["correct"] for r in score(client, *items))
-    after = wait_for_workers(client, 2)
+    after = wait_for_processes(client, 2)
     assert before["worker_pids"][1] not in after["worker_pids"]
 
 
@@ -488,7 +488,7 @@ def test_wrong_method_and_path(client):
 
 
 def test_still_healthy_after_all_that(client):
-    state = wait_for_workers(client, 2)
+    state = wait_for_processes(client, 2)
     assert state["status"] == "ok"
     assert all(r["correct"] for r in score(client, item("a", r"\boxed{2}", "2")))
 
