@@ -25,8 +25,8 @@ def test_runaway_item_is_refused_at_once():
 
 
 def test_slow_item_is_interrupted_at_the_soft_deadline():
-    # Not a tower the cheap checks refuse, but a product of powers sympy still expands for long.
-    item = ScoreItem(id="x", response=r"\boxed{(x+y+z+1)^{200} (x-y+2z-1)^{200}}", reference=r"(x+1)^{400}")
+    # Not a tower the cheap checks refuse, but a power sympy expands in Python for seconds.
+    item = ScoreItem(id="x", response=r"\boxed{(x+y+z+1)^{60}}", reference=r"(x+y+z+1)^{59}")
     started = time.monotonic()
     result = score(item, item_timeout_s=0.5)
     elapsed = time.monotonic() - started
