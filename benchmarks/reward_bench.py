@@ -1,12 +1,14 @@
 """Reward service throughput: the same mixed items scored three ways, printed as a table.
 
-1. math-verify called directly, one item after another, in this process;
-2. the service (a real ``python -m services.reward`` process, over HTTP) with 1 worker;
-3. the same with 2 workers (``--workers`` to change the list).
+1. the service's math verifier (``services.reward.verifiers.verify_math``: answer extraction,
+   math-verify and the rules) called directly, one item after another, in this process;
+2. the service (a real ``python -m services.reward`` process, over HTTP) with 1 verifier process;
+3. the same with 2 verifier processes (``--workers`` to change the list).
 
 Figures: items/s, and p50/p99 latency per request (for the direct run: per batch of the same size).
-Goal: the service with W workers reaches 0.9 x W x the direct rate, and agrees with direct
-math-verify on every item it did not time out.
+Goal: the service with W verifier processes reaches 0.9 x W x the direct rate, and agrees with the
+direct run on every item it did not time out. For reference, a last line gives the rate of
+``math_verify.parse`` + ``verify`` alone on the same two strings (a different verdict on some).
 
     .venv/bin/python benchmarks/reward_bench.py [--items 1000] [--batch 25] [--concurrency 2]
 """
@@ -31,7 +33,7 @@ from rich.console import Console
 from rich.table import Table
 
 from launcher.processes import free_port, start_process, wait_http_ready
-from services.reward.verifiers import gold_text, prediction_text
+from services.reward.verifiers import verify_math
 from shared.api.http import RetryPolicy
 from shared.api.reward import Health, RewardClient, ScoreItem, ScoreResult
 
@@ -146,7 +148,7 @@ class Run:
 
 
 def direct(items: list[Item], batch: int) -> Run:
-    """Plain math-verify with its own defaults (signal timeouts), one item after another."""
+    """The service's verifier in this process (no deadline), one item after another."""
     correct: dict[str, bool] = {}
     latencies = []
     machine, own = _machine_cpu(), time.process_time()
@@ -154,14 +156,20 @@ def direct(items: list[Item], batch: int) -> Run:
     for i in range(0, len(items), batch):
         t = time.perf_counter()
         for item in items[i : i + batch]:
-            gold = parse(gold_text(item.reference))
-            pred = parse(prediction_text(item.response))
-            correct[item.id] = bool(verify(gold, pred))
+            correct[item.id] = verify_math(item.response, item.reference).correct
         latencies.append(time.perf_counter() - t)
     rate = len(items) / (time.perf_counter() - started)
     own = time.process_time() - own
     cpu = {"verify": own, "other": _machine_cpu() - machine - own}
-    return Run("math-verify direct, 1 process", None, rate, latencies, correct, {k: "ok" for k in correct}, cpu)
+    return Run("verifier direct, 1 process", None, rate, latencies, correct, {k: "ok" for k in correct}, cpu)
+
+
+def math_verify_alone(items: list[Item]) -> float:
+    """Items/s of ``parse`` + ``verify`` on the two strings as they are (math-verify's defaults)."""
+    started = time.perf_counter()
+    for item in items:
+        verify(parse(item.reference), parse(item.response))
+    return len(items) / (time.perf_counter() - started)
 
 
 async def _post_all(url: str, items: list[Item], batch: int, concurrency: int) -> tuple[float, list[float], list]:
@@ -228,9 +236,9 @@ class Service:
         }
         cpu["other"] = _machine_cpu() - machine - sum(cpu.values())
         if asyncio.run(_health(self.url)).worker_pids != pids:
-            raise RuntimeError("workers were replaced during the run: CPU figures would be wrong")
+            raise RuntimeError("verifier processes were replaced during the run: CPU figures would be wrong")
         return Run(
-            f"service, {self.workers} worker{'s' if self.workers > 1 else ''}",
+            f"service, {self.workers} verifier process{'es' if self.workers > 1 else ''}",
             self.workers,
             len(items) / elapsed,
             latencies,
@@ -249,7 +257,7 @@ def main() -> int:
     parser.add_argument("--items", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=25, help="items per request")
     parser.add_argument("--concurrency", type=int, default=2, help="requests in flight")
-    parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
+    parser.add_argument("--workers", default="1,2", help="comma-separated counts of verifier processes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=1, help="repeat all runs; report each one's fastest round")
     args = parser.parse_args()
@@ -257,7 +265,8 @@ def main() -> int:
     items = make_items(args.items, args.seed)
     warmup = make_items(100, args.seed + 1)
     for item in warmup[:20]:  # math-verify's first calls build its parsers
-        verify(parse(gold_text(item.reference)), parse(prediction_text(item.response)))
+        verify_math(item.response, item.reference)
+        verify(parse(item.reference), parse(item.response))
     worker_counts = [int(x) for x in args.workers.split(",")]
     rounds: list[list[Run]] = []
     with tempfile.TemporaryDirectory(prefix="reward-bench-") as logdir, contextlib.ExitStack() as stack:
@@ -313,8 +322,11 @@ def main() -> int:
         )
     Console(width=200).print(table)
     print(
-        f"correct per direct math-verify: {sum(base.correct.values())}/{len(items)}; "
+        f"correct per the direct verifier: {sum(base.correct.values())}/{len(items)}; "
         f"disagreements over all rounds: {mismatches}"
+    )
+    print(
+        f"for reference, math-verify alone (parse + verify on the raw strings): {math_verify_alone(items):.1f} items/s"
     )
     ok &= mismatches == 0
     if len(rounds) > 1:

@@ -13,19 +13,21 @@ from starlette.responses import JSONResponse, Response
 
 from services.reward.limits import BodySizeLimit, request_model
 from services.reward.metrics import CONTENT_TYPE, RequestMetrics, RewardMetrics
-from services.reward.pool import WorkerPool
+from services.reward.pool import VerifierPool
 from services.reward.settings import RewardSettings
+from services.reward.verifiers import VerifierOptions
 from shared.api.reward import Health, ScoreResponse
 
 
 def create_app(settings: RewardSettings) -> FastAPI:
     metrics = RewardMetrics()
-    pool = WorkerPool(
+    pool = VerifierPool(
         size=settings.workers,
         item_timeout_s=settings.item_timeout_s,
         memory_mb=settings.worker_memory_mb,
         start_timeout_s=settings.worker_start_timeout_s,
         observer=metrics,
+        options=VerifierOptions(strictness=settings.strictness),
     )
     ScoreRequest = request_model(settings)
 
@@ -40,7 +42,7 @@ def create_app(settings: RewardSettings) -> FastAPI:
     app = FastAPI(
         title="Prefix-RFT reward service",
         version="1.0",
-        description="Verified rewards for math answers; every item runs in a worker process under a deadline.",
+        description="Verified rewards for math answers; every item runs in a verifier process under a deadline.",
         lifespan=lifespan,
     )
     app.state.pool = pool
@@ -58,7 +60,7 @@ def create_app(settings: RewardSettings) -> FastAPI:
     @app.get("/healthz", response_model=Health)
     async def healthz() -> JSONResponse:
         health = Health(
-            status="ok" if pool.pids else "no live workers",
+            status="ok" if pool.pids else "no live verifier processes",
             workers=len(pool.pids),
             worker_pids=pool.pids,
             queued_items=pool.queued,

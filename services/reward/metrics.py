@@ -30,20 +30,30 @@ class RewardMetrics:
             "reward_items", "Scored items by verifier and status", ["verifier", "status"], registry=self.registry
         )
         self.item_seconds = Histogram(
-            "reward_item_seconds", "Time of one item in a worker", buckets=_LATENCY_BUCKETS, registry=self.registry
+            "reward_item_seconds",
+            "Time of one item in a verifier process",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.timeouts = Counter("reward_item_timeouts", "Items past their deadline", registry=self.registry)
-        self.worker_restarts = Counter(
-            "reward_worker_restarts", "Worker processes replaced, by reason", ["reason"], registry=self.registry
+        self.refusals = Counter(
+            "reward_item_refusals",
+            "Items refused before verification (status timeout): they could only have ended at the deadline",
+            registry=self.registry,
         )
-        self.workers = Gauge("reward_workers", "Live worker processes", registry=self.registry)
-        self.queued = Gauge("reward_queued_items", "Items waiting for a worker", registry=self.registry)
+        self.worker_restarts = Counter(
+            "reward_worker_restarts", "Verifier processes replaced, by reason", ["reason"], registry=self.registry
+        )
+        self.workers = Gauge("reward_workers", "Live verifier processes", registry=self.registry)
+        self.queued = Gauge("reward_queued_items", "Items waiting for a verifier process", registry=self.registry)
 
     # PoolObserver
     def item_done(self, item: ScoreItem, result: ScoreResult, seconds: float) -> None:
         self.items.labels(item.verifier, result.status.value).inc()
         self.item_seconds.observe(seconds)
-        if result.status is ScoreStatus.timeout:
+        if result.status is ScoreStatus.refused:
+            self.refusals.inc()
+        elif result.status is ScoreStatus.timeout:
             self.timeouts.inc()
 
     def worker_restarted(self, reason: str) -> None:

@@ -1,13 +1,15 @@
 """A pool of verifier processes with a hard deadline per item.
 
-concurrent.futures cannot kill a worker that is stuck, so this is a small supervisor of its own:
-one asyncio task per worker slot takes the next queued item, hands it to its process and waits for
-the result until the item's deadline. Past it, the item is answered "timeout", the process is
-killed and a fresh one takes the slot. Items go to whichever worker is free first, so one slow
-item holds up one slot, never the items behind it.
+concurrent.futures cannot kill a process that is stuck, so this is a small supervisor of its own:
+one asyncio task per slot takes the next queued item, hands it to its verifier process and waits
+for the result until the item's deadline. Past it, the item is answered "timeout", the process is
+killed and a fresh one takes the slot. Items go to whichever process is free first, so one slow
+item holds up one slot, never the items behind it; and the queue takes items round-robin between
+requests (``fair_queue``), so a request of many slow items cannot hold up another request.
 
-Workers are forked from a forkserver that has already imported the verifiers, so a replacement is
-ready in milliseconds instead of the second or two a fresh interpreter spends importing sympy.
+Verifier processes are forked from a forkserver that has already imported the verifiers, so a
+replacement is ready in milliseconds instead of the second or two a fresh interpreter spends
+importing sympy.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from services.reward import worker as worker_module
-from services.reward.protocol import READY, WorkerChannel
+from services.reward import verifier_process
+from services.reward.fair_queue import FairQueue
+from services.reward.protocol import READY, VerifierChannel
+from services.reward.verifiers import VerifierOptions
 from shared.api.reward import ScoreItem, ScoreResult
 
 log = logging.getLogger(__name__)
@@ -36,7 +40,7 @@ class PoolObserver(Protocol):
     def worker_restarted(self, reason: str) -> None: ...
 
 
-class WorkerStartError(RuntimeError):
+class VerifierStartError(RuntimeError):
     pass
 
 
@@ -47,9 +51,9 @@ class _Job:
 
 
 @dataclass
-class _Worker:
+class _VerifierProcess:
     process: multiprocessing.process.BaseProcess
-    channel: WorkerChannel
+    channel: VerifierChannel
 
     async def call(self, item: ScoreItem, timeout: float) -> ScoreResult:
         reply = self.channel.next_frame()
@@ -60,7 +64,7 @@ class _Worker:
     async def stop(self, kill: bool) -> None:
         if kill:
             self.process.kill()
-        self.channel.close()  # a live worker reads EOF and exits
+        self.channel.close()  # a live process reads EOF and exits
         # join() blocks; a killed process is reaped in microseconds, a live one finishes its item.
         await asyncio.to_thread(self.process.join, 5.0)
         if self.process.is_alive():
@@ -69,7 +73,7 @@ class _Worker:
         self.process.close()
 
 
-class WorkerPool:
+class VerifierPool:
     def __init__(
         self,
         size: int,
@@ -77,39 +81,40 @@ class WorkerPool:
         memory_mb: int | None = None,
         start_timeout_s: float = 60.0,
         observer: PoolObserver | None = None,
+        options: VerifierOptions | None = None,
     ):
         self.size = size
+        self.options = options or VerifierOptions()
         self.item_timeout_s = item_timeout_s
         self.memory_mb = memory_mb
         self.start_timeout_s = start_timeout_s
         self.observer = observer
         self.restarts = 0
-        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
-        self._workers: list[_Worker | None] = [None] * size
+        self._queue: FairQueue[_Job] = FairQueue()
+        self._procs: list[_VerifierProcess | None] = [None] * size
         self._slots: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        _CONTEXT.set_forkserver_preload([worker_module.__name__])
-        # The first start launches the forkserver, which imports the verifiers once for all workers.
+        _CONTEXT.set_forkserver_preload([verifier_process.__name__])
+        # The first start launches the forkserver, which imports the verifiers once for all processes.
         first = await self._spawn()
         rest = await asyncio.gather(*(self._spawn() for _ in range(self.size - 1)))
-        self._workers = [first, *rest]
+        self._procs = [first, *rest]
         self._slots = [asyncio.create_task(self._run_slot(i), name=f"reward-slot-{i}") for i in range(self.size)]
 
     async def close(self) -> None:
         for task in self._slots:
             task.cancel()
         await asyncio.gather(*self._slots, return_exceptions=True)
-        await asyncio.gather(*(w.stop(kill=False) for w in self._workers if w is not None))
-        self._workers = [None] * self.size
-        while not self._queue.empty():
-            job = self._queue.get_nowait()
+        await asyncio.gather(*(w.stop(kill=False) for w in self._procs if w is not None))
+        self._procs = [None] * self.size
+        for job in self._queue.drain():
             if not job.future.done():
                 job.future.cancel()
 
     @property
     def pids(self) -> list[int]:
-        return [w.process.pid for w in self._workers if w is not None and w.process.pid is not None]
+        return [w.process.pid for w in self._procs if w is not None and w.process.pid is not None]
 
     @property
     def queued(self) -> int:
@@ -119,8 +124,7 @@ class WorkerPool:
         """Results in the order of ``items``; each item finishes ok, timeout or error, none raises."""
         loop = asyncio.get_running_loop()
         jobs = [_Job(item, loop.create_future()) for item in items]
-        for job in jobs:
-            self._queue.put_nowait(job)
+        self._queue.put_lane(jobs)
         try:
             return list(await asyncio.gather(*(job.future for job in jobs)))
         finally:
@@ -134,70 +138,70 @@ class WorkerPool:
             job = await self._queue.get()
             if job.future.done():
                 continue
-            worker = self._workers[index]
-            assert worker is not None
-            if not worker.channel.idle_and_healthy:
-                # Died while idle (killed from outside): not this item's fault, so it gets a fresh worker.
-                log.warning("reward worker %s died while idle", worker.process.pid)
-                worker = await self._replace(index, worker, "died")
+            proc = self._procs[index]
+            assert proc is not None
+            if not proc.channel.idle_and_healthy:
+                # Died while idle (killed from outside): not this item's fault, so it gets a fresh verifier process.
+                log.warning("reward verifier process %s died while idle", proc.process.pid)
+                proc = await self._replace(index, proc, "died")
             started = time.perf_counter()
             restart = None
             try:
-                result = await worker.call(job.item, self.item_timeout_s)
+                result = await proc.call(job.item, self.item_timeout_s)
             except asyncio.TimeoutError:
-                result = worker_module.timeout_result(job.item.id, self.item_timeout_s)
+                result = verifier_process.timeout_result(job.item.id, self.item_timeout_s)
                 restart = "timeout"
             except (EOFError, OSError, ValueError) as exc:
                 # Gone (EOF, reset) or talking nonsense (a frame that is no ScoreResult): replace it.
-                log.warning("reward worker %s failed on item %r: %r", worker.process.pid, job.item.id, exc)
-                result = worker_module.error_result(job.item.id, "the verifier process died on this item")
+                log.warning("reward verifier process %s failed on item %r: %r", proc.process.pid, job.item.id, exc)
+                result = verifier_process.error_result(job.item.id, "the verifier process died on this item")
                 restart = "died"
             if not job.future.done():
                 job.future.set_result(result)
             if self.observer is not None:
                 self.observer.item_done(job.item, result, time.perf_counter() - started)
             if restart is not None:
-                await self._replace(index, worker, restart)
+                await self._replace(index, proc, restart)
 
-    async def _replace(self, index: int, worker: _Worker, reason: str) -> _Worker:
-        self._workers[index] = None
-        await worker.stop(kill=True)
+    async def _replace(self, index: int, proc: _VerifierProcess, reason: str) -> _VerifierProcess:
+        self._procs[index] = None
+        await proc.stop(kill=True)
         self.restarts += 1
         if self.observer is not None:
             self.observer.worker_restarted(reason)
-        self._workers[index] = fresh = await self._respawn()
+        self._procs[index] = fresh = await self._respawn()
         return fresh
 
-    async def _respawn(self) -> _Worker:
+    async def _respawn(self) -> _VerifierProcess:
         delay = 0.1
         while True:
             try:
                 return await self._spawn()
-            except (WorkerStartError, OSError) as exc:
+            except (VerifierStartError, OSError) as exc:
                 # A transient failure (fork refused, memory short) must not shrink the pool for good.
-                log.error("reward worker failed to start (%s); retrying in %.1f s", exc, delay)
+                log.error("reward verifier process failed to start (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
-    async def _spawn(self) -> _Worker:
+    async def _spawn(self) -> _VerifierProcess:
         mine, theirs = socket.socketpair()
         process = _CONTEXT.Process(
-            target=worker_module.main,
-            args=(theirs, self.item_timeout_s, self.memory_mb),
-            name="reward-worker",
+            target=verifier_process.main,
+            args=(theirs, self.item_timeout_s, self.memory_mb, self.options),
+            name="reward-verifier",
             daemon=True,
         )
         # Blocking, but short: the forkserver forks a preloaded process (only the very first start
         # waits for the forkserver to import the verifiers, at service start-up).
         process.start()
         theirs.close()
-        worker = _Worker(process, await WorkerChannel.open(mine))
+        proc = _VerifierProcess(process, await VerifierChannel.open(mine))
         try:
-            hello = await asyncio.wait_for(worker.channel.next_frame(), self.start_timeout_s)
+            hello = await asyncio.wait_for(proc.channel.next_frame(), self.start_timeout_s)
         except (asyncio.TimeoutError, EOFError, OSError) as exc:
-            await worker.stop(kill=True)
-            raise WorkerStartError(f"worker did not start: {exc!r}") from exc
+            await proc.stop(kill=True)
+            raise VerifierStartError(f"verifier process did not start: {exc!r}") from exc
         if hello != READY:
-            await worker.stop(kill=True)
-            raise WorkerStartError(f"worker sent {hello!r} instead of {READY!r}")
-        return worker
+            await proc.stop(kill=True)
+            raise VerifierStartError(f"verifier process sent {hello!r} instead of {READY!r}")
+        return proc

@@ -1,8 +1,8 @@
-"""Wire format between the supervisor and its worker processes: length-prefixed frames over a
+"""Wire format between the supervisor and its verifier processes: length-prefixed frames over a
 socketpair, each holding one pydantic model as JSON (ScoreItem in, ScoreResult out).
 
 A socket rather than a multiprocessing Pipe: the supervisor's side is non-blocking, so a send to a
-stuck worker is bounded by the item's deadline like everything else instead of blocking the event loop.
+stuck process is bounded by the item's deadline like everything else instead of blocking the event loop.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import socket
 import struct
 
 _HEADER = struct.Struct("!I")
-READY = b"ready"  # first frame of a worker once it can take items
+READY = b"ready"  # first frame of a verifier process once it can take items
 
 
 def send_frame(sock: socket.socket, payload: bytes) -> None:
@@ -44,9 +44,9 @@ def _recv_exactly(sock: socket.socket, size: int) -> bytes | None:
     return bytes(buf)
 
 
-class WorkerChannel(asyncio.Protocol):
-    """The supervisor's end of a worker's socket, as an asyncio protocol: the socket stays registered
-    with the event loop, so a frame costs one wake-up, and a write never blocks (it is buffered)."""
+class VerifierChannel(asyncio.Protocol):
+    """The supervisor's end of a verifier process's socket, as an asyncio protocol: the socket stays
+    registered with the event loop, so a frame costs one wake-up, and a write never blocks (it is buffered)."""
 
     def __init__(self) -> None:
         self._transport: asyncio.Transport | None = None
@@ -56,17 +56,17 @@ class WorkerChannel(asyncio.Protocol):
         self.closed = False
 
     @classmethod
-    async def open(cls, sock: socket.socket) -> WorkerChannel:
+    async def open(cls, sock: socket.socket) -> VerifierChannel:
         _, channel = await asyncio.get_running_loop().connect_accepted_socket(cls, sock)
         return channel
 
     def next_frame(self) -> asyncio.Future[bytes]:
-        """A future for the next frame from the worker; EOFError in it if the worker goes away first."""
+        """A future for the process's next frame; EOFError in it if the process goes away first."""
         future = asyncio.get_running_loop().create_future()
         if self._unclaimed:
             future.set_result(self._unclaimed.popleft())
         elif self.closed:
-            future.set_exception(EOFError("worker closed its socket"))
+            future.set_exception(EOFError("verifier process closed its socket"))
         else:
             self._waiter = future
         return future
@@ -77,7 +77,7 @@ class WorkerChannel(asyncio.Protocol):
 
     @property
     def idle_and_healthy(self) -> bool:
-        """An idle worker never speaks: a frame nobody asked for, or a closed socket, means trouble."""
+        """An idle process never speaks: a frame nobody asked for, or a closed socket, means trouble."""
         return not self.closed and not self._unclaimed
 
     def close(self) -> None:
@@ -110,5 +110,5 @@ class WorkerChannel(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_exception(EOFError(f"worker closed its socket ({exc!r})"))
+            self._waiter.set_exception(EOFError(f"verifier process closed its socket ({exc!r})"))
         self._waiter = None

@@ -1,28 +1,32 @@
-"""Verifiers: pure functions ``(response, reference) -> Verdict``, registered by name.
+"""Verifiers: pure functions ``(response, reference, options) -> Verdict``, registered by name.
 
 Requests name a verifier per item (``"math"`` by default). Add one with::
 
     @register("my_check")
-    def my_check(response: str, reference: str) -> Verdict: ...
+    def my_check(response: str, reference: str, options: VerifierOptions) -> Verdict: ...
 
-in this module (worker processes import it, so a verifier registered elsewhere is not seen by them).
+in this module (verifier processes import it, so a verifier registered elsewhere is not seen by them).
 
-Verifiers here run without any timeout of their own: the worker process that calls them enforces
-the item's deadline (math-verify's own timeouts use ``signal.alarm``, which the worker's deadline
-timer would collide with).
+Verifiers here run without any timeout of their own: the verifier process that calls them enforces
+the item's deadline (math-verify's own timeouts use ``signal.alarm``, which the process's deadline
+timer would collide with). They raise ``answers.runaway.Runaway`` for inputs that could only end
+at that deadline.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
 
-from math_verify import parse, verify
 from pydantic import BaseModel, ConfigDict
 
-# Its timeouts are switched off on purpose (see above); its warning saying so would be noise.
-logging.getLogger("math_verify").setLevel(logging.ERROR)
+from services.reward.answers import runaway
+from services.reward.answers.boxes import last_boxed
+from services.reward.answers.decide import BadReference, decide
+from services.reward.answers.rules import Strictness
+
+__all__ = ["VERIFIERS", "BadReference", "Verdict", "VerifierOptions", "last_boxed", "register"]
 
 
 class Verdict(BaseModel):
@@ -31,13 +35,18 @@ class Verdict(BaseModel):
     correct: bool
     reward: float
     extracted: str | None = None
+    detail: str | None = None  # which reading of the answer and which rule decided
 
 
-class BadReference(ValueError):
-    """The reference holds no answer the verifier can use: a data problem, not a wrong response."""
+class VerifierOptions(BaseModel):
+    """What the service's settings pass to every verifier (``RewardSettings.strictness``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    strictness: Strictness = "standard"
 
 
-Verifier = Callable[[str, str], Verdict]
+Verifier = Callable[[str, str, VerifierOptions], Verdict]
 
 VERIFIERS: dict[str, Verifier] = {}
 
@@ -52,68 +61,64 @@ def register(name: str) -> Callable[[Verifier], Verifier]:
     return decorator
 
 
-# Opening of a \boxed group, a backslash escape (so \{ and \} are not grouping braces), or a brace.
-_TOKENS = re.compile(r"\\boxed\s*\{|\\.|[{}]", re.DOTALL)
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last well-formed, non-empty ``\\boxed{...}`` in ``text`` (stripped), else None.
-
-    "Last" is the one that opens last; a truncated ``\\boxed{`` at the end is skipped in favour of
-    an earlier complete one. One pass, so adversarial inputs cost linear time.
-    """
-    stack: list[int | None] = []  # content start for a \boxed group, None for a plain group
-    best: tuple[int, int] | None = None
-    for match in _TOKENS.finditer(text):
-        token = match.group()
-        if token.startswith("\\boxed"):
-            stack.append(match.end())
-        elif token == "{":
-            stack.append(None)
-        elif token == "}" and stack:
-            start = stack.pop()
-            if start is not None and text[start : match.start()].strip():
-                if best is None or start > best[0]:
-                    best = (start, match.start())
-    return None if best is None else text[best[0] : best[1]].strip()
-
-
-def _boxed(answer: str) -> str:
-    return "\\boxed{" + answer + "}"
-
-
-def gold_text(reference: str) -> str:
-    """What math-verify parses for the reference: its last \\boxed{} answer, else the whole reference as
-    one answer (bare LaTeX such as ``(1, 2]`` or ``2\\sqrt{2}`` only parses right inside a math env)."""
-    answer = last_boxed(reference)
-    return _boxed(answer if answer is not None else reference.strip())
-
-
-def prediction_text(response: str) -> str:
-    """What math-verify parses for the response: its last \\boxed{} answer, else the whole response
-    (math-verify then finds the answer itself). math-verify alone would merge every \\boxed{} of a
-    response into one set."""
-    answer = last_boxed(response)
-    return _boxed(answer) if answer is not None else response
+def _verdict(correct: bool, extracted: str | None, detail: str | None) -> Verdict:
+    return Verdict(correct=correct, reward=1.0 if correct else 0.0, extracted=extracted, detail=detail)
 
 
 @register("math")
-def verify_math(response: str, reference: str) -> Verdict:
-    gold = parse(gold_text(reference), parsing_timeout=None)
-    if not gold:
-        raise BadReference(f"reference has no parseable answer: {reference[:200]!r}")
-    answer = last_boxed(response)
-    pred = parse(prediction_text(response), parsing_timeout=None)
-    correct = bool(verify(gold, pred, timeout_seconds=None))
-    if answer is None and pred:
-        # math-verify returns the parsed value first and the matched text last.
-        answer = pred[-1] if isinstance(pred[-1], str) else str(pred[0])
-    return Verdict(correct=correct, reward=1.0 if correct else 0.0, extracted=answer)
+def verify_math(response: str, reference: str, options: VerifierOptions = VerifierOptions()) -> Verdict:
+    """The answer the response states against the reference's answer (see ``answers``)."""
+    decision = decide(response, reference, options.strictness)
+    return _verdict(decision.correct, decision.extracted, decision.detail)
+
+
+# GSM8K: "#### 72" closes a solution; a model may box it or say "the answer is" instead.
+# "#### 72" closes the answer; "#### Step 2" is a Markdown heading.
+_GSM8K_MARK = re.compile(r"####\s*((?:\\?\$\s*)?-?[\d.,]+[^\n]*)")
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+_HEADING = re.compile(r"^#+\s[^\n]*$", re.MULTILINE)
+_GSM8K_PHRASE = re.compile(r"answer\s*(?:is|:)\s*((?:\\?\$\s*)?-?\.?\d[^\n]*)", re.IGNORECASE)
+
+
+def _gsm8k_number(text: str) -> Decimal | None:
+    """The number of a GSM8K answer: "72", "$1,200", "18 dollars", "\\$7.50" -> its value."""
+    numbers = _NUMBER.findall(text.replace("\\$", "").replace("{,}", ","))
+    if not numbers:
+        return None
+    try:
+        return Decimal(numbers[-1].replace(",", "")).normalize()
+    except InvalidOperation:
+        return None
+
+
+@register("gsm8k")
+def verify_gsm8k(response: str, reference: str, options: VerifierOptions = VerifierOptions()) -> Verdict:
+    """GSM8K's convention: the reference's ``#### N``; the response's ``#### N``, else its last box,
+    else its "answer is", else its last number; equal as exact decimals."""
+    marks = _GSM8K_MARK.findall(reference)
+    expected = _gsm8k_number(marks[-1] if marks else reference)
+    if expected is None:
+        raise BadReference(f"reference has no GSM8K answer (#### N or a number): {reference[:200]!r}")
+    runaway.check(response[-2000:])
+    stated: list[tuple[str, str]] = []
+    if marks := _GSM8K_MARK.findall(response):
+        stated.append((marks[-1], "####"))
+    elif (boxed := last_boxed(response)) is not None:
+        stated.append((boxed, "boxed"))
+    elif phrases := _GSM8K_PHRASE.findall(response):
+        stated.append((phrases[-1], "answer phrase"))
+    else:  # Markdown headings ("## Step 2") are no part of the answer
+        stated.append((_HEADING.sub("", response), "last number"))
+    text, source = stated[0]
+    value = _gsm8k_number(text)
+    if value is None:
+        return _verdict(False, None, f"no number in the answer from {source}")
+    return _verdict(value == expected, str(value), f"answer from {source}; exact decimal comparison")
 
 
 @register("format")
-def verify_format(response: str, reference: str) -> Verdict:
+def verify_format(response: str, reference: str, options: VerifierOptions = VerifierOptions()) -> Verdict:
     """Rewards a well-formed, non-empty \\boxed{} answer, whatever its value."""
     answer = last_boxed(response)
     ok = answer is not None
-    return Verdict(correct=ok, reward=1.0 if ok else 0.0, extracted=answer)
+    return _verdict(ok, answer, None)

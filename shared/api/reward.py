@@ -25,6 +25,8 @@ class ScoreRequest(Message):
 class ScoreStatus(str, Enum):
     ok = "ok"
     timeout = "timeout"
+    # Cut before verification by a cheap check: the input could only have ended at the deadline.
+    refused = "refused"
     error = "error"
 
 

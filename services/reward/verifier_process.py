@@ -1,9 +1,10 @@
-"""A verifier worker process: takes one item at a time from its socket and answers with its result.
+"""A verifier process: takes one item at a time from its socket and answers with its result.
 
 The item's deadline is enforced twice. Here, a timer (SIGALRM, so this must be the main thread of
-the process) interrupts the verifier just before the deadline, which keeps the worker alive and
+the process) interrupts the verifier just before the deadline, which keeps the process alive and
 cheap. In the supervisor, a hard deadline kills this process should the timer not get through (a
-long computation in C that never returns to the interpreter).
+long computation in C that never returns to the interpreter). Before either, the verifiers refuse
+inputs that could only end at the deadline (``answers.runaway``), answered at once as "timeout".
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import socket
 import time
 from collections.abc import Iterator
 
+from services.reward.answers.runaway import Runaway
 from services.reward.protocol import READY, recv_frame, send_frame
-from services.reward.verifiers import VERIFIERS
+from services.reward.verifiers import VERIFIERS, VerifierOptions
 from shared.api.reward import ScoreItem, ScoreResult, ScoreStatus
 
 
@@ -25,7 +27,7 @@ class DeadlineExceeded(BaseException):
 
 
 def soft_budget(item_timeout_s: float) -> float:
-    """The worker's own deadline: early enough that its answer beats the supervisor's kill."""
+    """The process's own deadline: early enough that its answer beats the supervisor's kill."""
     return item_timeout_s - min(0.25, item_timeout_s / 10)
 
 
@@ -70,36 +72,53 @@ def error_result(item_id: str, detail: str) -> ScoreResult:
     return ScoreResult(id=item_id, reward=0.0, correct=False, status=ScoreStatus.error, detail=detail)
 
 
-def score(item: ScoreItem, item_timeout_s: float) -> ScoreResult:
+REFUSED = "refused before verification, it could only end at the deadline"
+
+
+def refused_result(item_id: str, reason: str) -> ScoreResult:
+    return ScoreResult(
+        id=item_id,
+        reward=0.0,
+        correct=False,
+        status=ScoreStatus.refused,
+        detail=f"{REFUSED}: {reason}",
+    )
+
+
+def score(item: ScoreItem, item_timeout_s: float, options: VerifierOptions | None = None) -> ScoreResult:
     verifier = VERIFIERS[item.verifier]
     try:
         with deadline(soft_budget(item_timeout_s)):
-            verdict = verifier(item.response, item.reference)
+            verdict = verifier(item.response, item.reference, options or VerifierOptions())
     except DeadlineExceeded:
         return timeout_result(item.id, item_timeout_s)
-    except Exception as exc:  # one bad input costs one item, never the worker and the items after it
+    except Runaway as exc:
+        return refused_result(item.id, str(exc))
+    except Exception as exc:  # one bad input costs one item, never the process and the items after it
         return error_result(item.id, f"{type(exc).__name__}: {str(exc)[:500]}")
-    return ScoreResult(id=item.id, reward=verdict.reward, correct=verdict.correct, extracted=verdict.extracted)
+    return ScoreResult(
+        id=item.id, reward=verdict.reward, correct=verdict.correct, extracted=verdict.extracted, detail=verdict.detail
+    )
 
 
-def _warm_up(item_timeout_s: float) -> None:
+def _warm_up(item_timeout_s: float, options: VerifierOptions) -> None:
     # The first verification builds math-verify's regexes and the LaTeX parser (~0.1 s): pay it
     # before announcing readiness rather than in the first request's latency.
-    score(ScoreItem(id="warm-up", response="\\boxed{\\frac{1}{2}}", reference="0.5"), item_timeout_s)
+    score(ScoreItem(id="warm-up", response="\\boxed{\\frac{1}{2}}", reference="0.5"), item_timeout_s, options)
 
 
-def main(sock: socket.socket, item_timeout_s: float, memory_mb: int | None) -> None:
-    # Ctrl-C reaches the whole process group; the supervisor decides when workers stop.
+def main(sock: socket.socket, item_timeout_s: float, memory_mb: int | None, options: VerifierOptions) -> None:
+    # Ctrl-C reaches the whole process group; the supervisor decides when verifier processes stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if memory_mb is not None:
         limit = memory_mb * 1024 * 1024
         _, hard = resource.getrlimit(resource.RLIMIT_AS)
         resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
-    _warm_up(item_timeout_s)
+    _warm_up(item_timeout_s, options)
     send_frame(sock, READY)
     while (frame := recv_frame(sock)) is not None:
         item = ScoreItem.model_validate_json(frame)
-        result = score(item, item_timeout_s).model_dump_json().encode()
+        result = score(item, item_timeout_s, options).model_dump_json().encode()
         try:
             send_frame(sock, result)
         except (BrokenPipeError, ConnectionResetError):
