@@ -92,6 +92,17 @@ class LearnerSettings(ServiceSettings):
             return AlgorithmSettings.preset(value["name"], **overrides)
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _lr_shorthand(cls, data: Any) -> Any:
+        # `learner.lr` is what users type (TRL, verl): it sets optimizer.lr, where the value lives.
+        if isinstance(data, dict) and "lr" in data:
+            data = dict(data)
+            optimizer = dict(data.get("optimizer") or {})
+            optimizer["lr"] = data.pop("lr")
+            data["optimizer"] = optimizer
+        return data
+
     @model_validator(mode="after")
     def _batches_divide(self) -> LearnerSettings:
         if self.batch_prompts % self.mini_batch_prompts:

@@ -45,7 +45,7 @@ def small_config(tmp_path) -> Path:
 def test_a_short_run_writes_its_report_and_leaves_no_process(tmp_path, small_config, default_base_dir):
     out = tmp_path / "run"
     args = ["run", "--steps", "3", "--eval-problems", "8", "--eval-every", "2", "--config", str(small_config),
-            "--out", str(out), "--set", "learner.optimizer.lr=2e-4"]
+            "--out", str(out), "--set", "learner.lr=2e-4"]
     done = subprocess.run(_prefix_rft(*args, cwd=tmp_path), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 

@@ -25,7 +25,8 @@ def _no_prft_environment(monkeypatch):
 
 def test_run_records_a_set_learning_rate_in_job_yaml(tmp_path):
     run_dir = tmp_path / "run"
-    options = RunOptions(steps=3, sets=parse_sets(["learner.optimizer.lr=2e-4", "rollout.max_model_len=4096"]))
+    # learner.lr is the shorthand users type; the value lives at learner.optimizer.lr.
+    options = RunOptions(steps=3, sets=parse_sets(["learner.lr=2e-4", "rollout.max_model_len=4096"]))
     path = build_job_config(options, run_dir).dump(tmp_path / "job.yaml")
     written = yaml.safe_load(path.read_text())
     assert written["learner"]["optimizer"]["lr"] == 2e-4 and written["rollout"]["max_model_len"] == 4096
