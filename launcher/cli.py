@@ -72,11 +72,14 @@ def build_default_model_command(
 def failing_cleanly(died: str, interrupted: str):
     """A job that stopped its processes (a service died, Ctrl-C or SIGTERM) ends with a message, not a trace."""
     from launcher.deployment import ProcessDied
+    from shared.api.http import ServiceRefused, ServiceUnavailable
 
     try:
         yield
     except ProcessDied as exc:
         fail(f"{died}: {exc}")
+    except (ServiceRefused, ServiceUnavailable) as exc:
+        fail(str(exc))
     except KeyboardInterrupt:
         fail(interrupted)
 
@@ -240,6 +243,7 @@ def eval_command(
 
     from launcher.deployment import LocalDeployment, ProcessDied
     from launcher.evaluate import EvalSettings, evaluate, problems_for_split
+    from shared.api.http import ServiceRefused, ServiceUnavailable
     from shared.modeling import load_tokenizer
 
     setup_logging("WARNING")
@@ -266,7 +270,7 @@ def eval_command(
                 deployment.reward_url = reward_url
                 rollout_url = rollout_url or deployment.start_rollout_worker(model, 0, consume_tasks=False)
         result = asyncio.run(evaluate(selected, load_tokenizer(model), rollout_url, reward_url, split, settings))
-    except ProcessDied as exc:
+    except (ProcessDied, ServiceRefused, ServiceUnavailable) as exc:
         fail(str(exc))
     finally:
         if deployment is not None:
