@@ -94,6 +94,10 @@ def build_engine(settings: LearnerSettings, model_dir: Path, info: DistInfo):
     with zero3:
         model = load_model(model_dir, dtype=model_dtype(settings))
     model.config.use_cache = False
+    if settings.checkpointing:
+        # Non-reentrant: works when the inputs need no gradient (the embeddings' output does) and
+        # is the variant torch recommends; the re-entrant one would need enable_input_require_grads.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     opt = settings.optimizer
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=settings.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay
