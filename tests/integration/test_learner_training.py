@@ -192,7 +192,7 @@ def sampled_groups(tmp_path_factory, default_init_dir):
     process, url = start_rollout(tmp_path_factory.mktemp("temperature"), default_init_dir)
     groups = []
     try:
-        with httpx.Client(base_url=url, timeout=120) as client:
+        with httpx.Client(base_url=url, timeout=600) as client:
             for index, problem in enumerate(problems):
                 prompt = prompt_token_ids(tokenizer, problem.prompt)
                 demo = response_token_ids(tokenizer, problem.demonstrations[0])
