@@ -72,8 +72,9 @@ def measure(args, engine, info, settings, batch) -> Row:
     from services.learner.engine import set_gradient_checkpointing
     from services.learner.trainer import Trainer
 
-    row = Row(settings.sampling.max_tokens, settings.checkpointing, settings.micro_batch_tokens is not None)
-    set_gradient_checkpointing(engine.module, settings.checkpointing)
+    checkpointing = settings.use_gradient_checkpointing
+    row = Row(settings.sampling.max_tokens, checkpointing, settings.micro_batch_tokens is not None)
+    set_gradient_checkpointing(engine.module, checkpointing)
     trainer = Trainer(engine, settings, info)
     row.passes = len(trainer._mini(batch.to(info.device), 0, batch.rows).micros)
     cuda = info.device.type == "cuda"

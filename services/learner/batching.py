@@ -47,7 +47,7 @@ class TrainBatch:
         if micro_batch_size < 1:
             raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
         starts = range(0, self.rows, micro_batch_size)
-        return [self._rows(start, min(start + micro_batch_size, self.rows)) for start in starts]
+        return [self.slice_rows(start, min(start + micro_batch_size, self.rows)) for start in starts]
 
     def split_by_tokens(self, budget: int) -> list[TrainBatch]:
         """Consecutive chunks whose rows' tokens add up to at most ``budget``; a longer row goes alone.
@@ -64,9 +64,10 @@ class TrainBatch:
                 start, used = index, 0
             used += length
         bounds.append((start, len(lengths)))
-        return [self._rows(a, b) for a, b in bounds]
+        return [self.slice_rows(a, b) for a, b in bounds]
 
-    def _rows(self, start: int, stop: int) -> TrainBatch:
+    def slice_rows(self, start: int, stop: int) -> TrainBatch:
+        """Rows [start, stop), trimmed to the longest of them."""
         width = max(int(self.attention_mask[start:stop].sum(dim=1).max()), 1)
         values = {}
         for f in dataclasses.fields(self):

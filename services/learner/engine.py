@@ -94,7 +94,7 @@ def build_engine(settings: LearnerSettings, model_dir: Path, info: DistInfo):
     with zero3:
         model = load_model(model_dir, dtype=model_dtype(settings))
     model.config.use_cache = False
-    set_gradient_checkpointing(model, settings.checkpointing)
+    set_gradient_checkpointing(model, settings.use_gradient_checkpointing)
     opt = settings.optimizer
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=settings.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay

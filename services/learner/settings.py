@@ -120,7 +120,7 @@ class LearnerSettings(ServiceSettings):
         return PAPER_LR if self.model else DEFAULT_MODEL_LR
 
     @property
-    def checkpointing(self) -> bool:
+    def use_gradient_checkpointing(self) -> bool:
         if self.gradient_checkpointing is not None:
             return self.gradient_checkpointing
         return self.model is not None

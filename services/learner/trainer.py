@@ -114,7 +114,8 @@ class Trainer:
 
         ``version``: the weight version the engine holds now, when it is one that was published. The
         continuation tokens it sampled give the step's training/inference mismatch metrics
-        (``logprob_mismatch_*``, over every rank); None: not measured.
+        (``logprob_mismatch_*``, over every rank, so every rank passes the same value); None: not
+        measured.
         """
         settings = self.settings
         batch = batch.to(self.info.device)
@@ -167,7 +168,7 @@ class Trainer:
         splits = []
         for r in range(world):
             lo, hi = min(start + r * per_rank, stop), min(start + (r + 1) * per_rank, stop)
-            splits.append(batch._rows(lo, hi).split_by_tokens(budget) if hi > lo else [])
+            splits.append(batch.slice_rows(lo, hi).split_by_tokens(budget) if hi > lo else [])
         passes = max(len(split) for split in splits)
         mini.micros = splits[rank] + [empty_micro(batch)] * (passes - len(splits[rank]))
         return mini

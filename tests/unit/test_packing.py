@@ -73,7 +73,7 @@ def test_rows_attending_across_the_boundary_would_differ():
     then builds a plain causal mask, attention crossing rows) give other log-probs for the second row."""
     model = tiny_model("sdpa")
     batch = collate(groups(), AlgorithmSettings(n_rollouts=4), pad_token_id=0)
-    two = batch._rows(0, 2)
+    two = batch.slice_rows(0, 2)
     sequence = pack(two)
     with torch.no_grad():
         apart = model(input_ids=sequence.input_ids, position_ids=sequence.position_ids, use_cache=False).logits
