@@ -125,14 +125,16 @@ def run_memory(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------- 2. packed against padded
 
 
-def default_job_groups(n_prompts: int = 16, n_rollouts: int = 8, max_tokens: int = 256, seed: int = 0):
-    """The default job's first step: rows sampled from the base policy, as its rollout workers would."""
+def default_job_groups(model_dir: Path | None, n_prompts: int = 16, n_rollouts: int = 8, max_tokens: int = 256,
+                       seed: int = 0):
+    """The default job's first step: rows sampled from the base policy (or ``model_dir``), as its
+    rollout workers would."""
     from services.learner.settings import LearnerSettings
     from shared.base_policy import default_base_policy
     from shared.messages import RolloutKind, Trajectory, TrajectoryGroup
     from shared.modeling import load_model, load_tokenizer, prompt_token_ids, response_token_ids
 
-    model_dir = default_base_policy()
+    model_dir = model_dir or default_base_policy()
     tokenizer = load_tokenizer(model_dir)
     model = load_model(model_dir).eval()
     problems = LearnerSettings().task.problems("train")[:n_prompts]
@@ -171,7 +173,7 @@ def run_throughput(args: argparse.Namespace) -> None:
     from services.learner.batching import collate
     from services.learner.settings import LearnerSettings
 
-    groups, model_dir, pad = default_job_groups()
+    groups, model_dir, pad = default_job_groups(args.policy)
     defaults = LearnerSettings()
     batch = collate(groups, defaults.algorithm, pad)
     lengths = batch.attention_mask.sum(dim=1)
@@ -205,6 +207,8 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--shapes", choices=["builtin", "wide"], default="builtin")
+    parser.add_argument("--policy", type=Path, default=None, help="model the rows are sampled from and trained "
+                        "(default: the built-in base policy, what the default job starts from)")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
