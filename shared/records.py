@@ -54,6 +54,11 @@ class TrainerMetrics(_Record):
     loss_tokens: float | None = None
     grad_norm: float | None = None
     lr: float | None = None
+    # Training/inference mismatch: |log pi_learner - log pi_behaviour| over the continuation tokens
+    # sampled at the version the learner holds (steps that start from published weights only).
+    logprob_mismatch_mean: float | None = None
+    logprob_mismatch_max: float | None = None
+    logprob_mismatch_tokens: float | None = None
 
 
 class BatchStats(_Record):

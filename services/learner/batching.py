@@ -46,17 +46,72 @@ class TrainBatch:
         """
         if micro_batch_size < 1:
             raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
-        chunks = []
-        for start in range(0, self.rows, micro_batch_size):
-            stop = min(start + micro_batch_size, self.rows)
-            width = int(self.attention_mask[start:stop].sum(dim=1).max()) if stop > start else 0
-            width = max(width, 1)
-            values = {}
-            for f in dataclasses.fields(self):
-                value = getattr(self, f.name)[start:stop]
-                values[f.name] = value[:, :width] if value.dim() == 2 else value
-            chunks.append(TrainBatch(**values))
-        return chunks
+        starts = range(0, self.rows, micro_batch_size)
+        return [self.slice_rows(start, min(start + micro_batch_size, self.rows)) for start in starts]
+
+    def split_by_tokens(self, budget: int) -> list[TrainBatch]:
+        """Consecutive chunks whose rows' tokens add up to at most ``budget``; a longer row goes alone.
+
+        Consecutive, so the mini-batch's row order (which breaks entropy-clipping ties) is kept.
+        """
+        if budget < 1:
+            raise ValueError(f"budget must be >= 1, got {budget}")
+        lengths = self.attention_mask.sum(dim=1).tolist()
+        bounds, start, used = [], 0, 0
+        for index, length in enumerate(lengths):
+            if index > start and used + length > budget:
+                bounds.append((start, index))
+                start, used = index, 0
+            used += length
+        bounds.append((start, len(lengths)))
+        return [self.slice_rows(a, b) for a, b in bounds]
+
+    def slice_rows(self, start: int, stop: int) -> TrainBatch:
+        """Rows [start, stop), trimmed to the longest of them."""
+        width = max(int(self.attention_mask[start:stop].sum(dim=1).max()), 1)
+        values = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)[start:stop]
+            values[f.name] = value[:, :width] if value.dim() == 2 else value
+        return TrainBatch(**values)
+
+
+@dataclass
+class Packed:
+    """The real tokens of a padded batch laid end to end: one sequence of T tokens, no padding.
+
+    ``position_ids`` restart at 0 on each row, which is how the model (and transformers' attention
+    masks) tell rows apart: no token attends across a row boundary.
+    """
+
+    input_ids: torch.Tensor  # long [1, T]
+    position_ids: torch.Tensor  # long [1, T]
+    rows: torch.Tensor  # long [T]: the padded row of each packed token
+    columns: torch.Tensor  # long [T]: its position in that row
+    shape: tuple[int, int]  # the padded batch's [B, S]
+
+    def unpack(self, values: torch.Tensor) -> torch.Tensor:
+        """[1, T] per-token values of the packed sequence -> [B, S], 0 on padding.
+
+        Column 0 stays 0, as in the padded path: its packed value came from the previous row's
+        last logits.
+        """
+        out = values.new_zeros(self.shape)
+        inside = self.columns > 0
+        return out.index_put((self.rows[inside], self.columns[inside]), values[0, inside])
+
+
+def pack(batch: TrainBatch) -> Packed:
+    """Pack the rows of ``batch`` (right-padded, as every TrainBatch is)."""
+    real = batch.attention_mask.bool()
+    rows, columns = real.nonzero(as_tuple=True)  # row-major: row after row, positions in order
+    return Packed(
+        input_ids=batch.input_ids[rows, columns][None],
+        position_ids=columns[None],
+        rows=rows,
+        columns=columns,
+        shape=tuple(batch.input_ids.shape),
+    )
 
 
 @dataclass

@@ -191,6 +191,7 @@ class Rank0(Follower):
         self.publisher = _open_publisher(settings, self.streams)
         self.books = Bookkeeping(settings, state, metrics, self.window, self.streams.trajectories)
         self.published_step: int | None = None
+        self._held_weights_published = False
         self.timings = Timings()
         self._from_checkpoint = False
         self._idle = False
@@ -265,11 +266,14 @@ class Rank0(Follower):
             self.timings.wait_s = 0.0
         self.phase = "training"
         done = self.state.step + 1
+        held_version = self.state.version if self._held_weights_published else None
+        self._held_weights_published = False  # this step changes them; publish() says when they are again
         return Plan(
             "train",
             step=self.state.step,
             batch=batch,
             sft=sft,
+            held_version=held_version,
             publish=done % self.settings.publish_every == 0 or done == self.settings.total_steps,
             checkpoint=done % self.settings.checkpoint_every == 0 or done == self.settings.total_steps,
         )
@@ -304,6 +308,7 @@ class Rank0(Follower):
             uri = weights_url(self.settings.public_base_url(), version)
         self.publisher.publish(version, uri)
         self.published_step = self.state.step
+        self._held_weights_published = True
         return time.monotonic() - started
 
     def record(self, plan: Plan, trainer_metrics: dict[str, float], train_s: float, publish_s: float | None) -> None:

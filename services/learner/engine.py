@@ -94,6 +94,7 @@ def build_engine(settings: LearnerSettings, model_dir: Path, info: DistInfo):
     with zero3:
         model = load_model(model_dir, dtype=model_dtype(settings))
     model.config.use_cache = False
+    set_gradient_checkpointing(model, settings.use_gradient_checkpointing)
     opt = settings.optimizer
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=settings.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay
@@ -105,6 +106,16 @@ def build_engine(settings: LearnerSettings, model_dir: Path, info: DistInfo):
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config, dist_init_required=False
     )
     return engine
+
+
+def set_gradient_checkpointing(model, enabled: bool) -> None:
+    """Recompute each decoder layer's activations in the backward pass (or stop doing so)."""
+    if enabled:
+        # Non-reentrant: works when the inputs need no gradient (the embeddings' output does) and
+        # is the variant torch recommends; the re-entrant one would need enable_input_require_grads.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif model.is_gradient_checkpointing:
+        model.gradient_checkpointing_disable()
 
 
 class _Zero3Holder:

@@ -93,7 +93,7 @@ class Loop:
 
     def step(self, plan: Plan) -> None:
         started = time.monotonic()
-        trainer_metrics = self.trainer.train(plan.batch, plan.sft)
+        trainer_metrics = self.trainer.train(plan.batch, plan.sft, plan.held_version)
         train_s = time.monotonic() - started
         publish_s = self.hooks.publish(plan) if plan.publish else None
         self.hooks.record(plan, trainer_metrics, train_s, publish_s)

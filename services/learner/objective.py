@@ -29,7 +29,9 @@ and, for generated tokens, the behaviour policy pi_beh that sampled them:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -41,14 +43,15 @@ _CHUNK_LOGITS = 1 << 24
 
 
 class _TokenLogprobEntropy(torch.autograd.Function):
-    """log softmax(logits)[target] and the entropy of softmax(logits), per row of [N, V] logits.
+    """log softmax(logits / T)[target] and the entropy of softmax(logits / T), per row of [N, V] logits.
 
     Chunked over rows in both passes and saving only the logits (which the model's graph keeps
-    anyway) and the per-row log-normaliser, so no [N, V] softmax is kept for the backward pass.
+    anyway) and the per-row log-normaliser, so no [N, V] softmax is kept for the backward pass. The
+    temperature is applied chunk by chunk for the same reason (``logits / T`` would be a copy).
     """
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor):
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, temperature: float):
         n, vocab = logits.shape
         chunk = max(1, _CHUNK_LOGITS // vocab)
         dtype = torch.promote_types(logits.dtype, torch.float32)  # bf16 logits are reduced in fp32
@@ -57,6 +60,8 @@ class _TokenLogprobEntropy(torch.autograd.Function):
         lse = torch.empty(n, dtype=dtype, device=logits.device)
         for s in range(0, n, chunk):
             part = logits[s : s + chunk].to(dtype)
+            if temperature != 1.0:
+                part = part / temperature
             part_lse = torch.logsumexp(part, dim=-1)
             probs = (part - part_lse[:, None]).exp_()
             lse[s : s + chunk] = part_lse
@@ -64,38 +69,68 @@ class _TokenLogprobEntropy(torch.autograd.Function):
             logprob[s : s + chunk] = part.gather(1, targets[s : s + chunk, None]).squeeze(1) - part_lse
         ctx.save_for_backward(logits, targets, lse, entropy)
         ctx.chunk = chunk
+        ctx.temperature = temperature
         return logprob, entropy
 
     @staticmethod
     def backward(ctx, grad_logprob: torch.Tensor, grad_entropy: torch.Tensor):
         logits, targets, lse, entropy = ctx.saved_tensors
         grad = torch.empty_like(logits)
+        temperature = ctx.temperature
         for s in range(0, logits.shape[0], ctx.chunk):
             e = s + ctx.chunk
-            logp = logits[s:e].to(lse.dtype) - lse[s:e, None]
+            scaled = logits[s:e].to(lse.dtype)
+            if temperature != 1.0:
+                scaled = scaled / temperature
+            logp = scaled - lse[s:e, None]
             probs = logp.exp()
             # d logp[y] / d z = onehot(y) - p ;  d H / d z = -p (log p + H); in place to spare [chunk, V] buffers
             g = logp.add_(entropy[s:e, None]).mul_(grad_entropy[s:e, None]).add_(grad_logprob[s:e, None])
             g.mul_(probs).neg_()
             g.scatter_add_(1, targets[s:e, None], grad_logprob[s:e, None])
+            if temperature != 1.0:
+                g.div_(temperature)  # d(z / T) / dz
             grad[s:e] = g
-        return grad, None
+        return grad, None, None
 
 
-def token_logprobs_and_entropy(logits: torch.Tensor, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def token_logprobs_and_entropy(
+    logits: torch.Tensor, input_ids: torch.Tensor, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """[B, S, V] logits, [B, S] ids -> ([B, S] log pi(token_p | < p), [B, S] entropy of pi(. | < p)).
 
-    Aligned to the token position: the logits at p-1 give the values at p; position 0 gets 0. Both
-    outputs are at least float32 and carry gradients.
+    pi = softmax(logits / temperature): at the rollout's temperature these are log-probs of the
+    distribution the engine sampled from, which its behaviour log-probs are. Aligned to the token
+    position: the logits at p-1 give the values at p; position 0 gets 0. Both outputs are at least
+    float32 and carry gradients.
     """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
     b, s, vocab = logits.shape
     # The logits at the last position predict nothing; giving them target 0 avoids copying a [B, S-1, V] slice.
     targets = torch.cat([input_ids[:, 1:], torch.zeros_like(input_ids[:, :1])], dim=1)
-    logprob, entropy = _TokenLogprobEntropy.apply(logits.reshape(b * s, vocab), targets.reshape(-1))
+    logprob, entropy = _TokenLogprobEntropy.apply(
+        logits.reshape(b * s, vocab), targets.reshape(-1), float(temperature)
+    )
     zero = logprob.new_zeros(b, 1)
     logprob = torch.cat([zero, logprob.view(b, s)[:, :-1]], dim=1)
     entropy = torch.cat([zero, entropy.view(b, s)[:, :-1]], dim=1)
     return logprob, entropy
+
+
+def top_entropy(values: torch.Tensor, top: float) -> tuple[torch.Tensor, float | None]:
+    """Positions in ``values`` (1-D) of the k = ceil(top * n) highest, and the k-th highest value.
+
+    Ties are broken by position (the earlier one wins, a stable sort), so exactly k are chosen
+    however many values equal the k-th. ``top * n`` is rounded to 9 decimals first, so that
+    0.2 * 15 keeps 3, not 4. (empty, None) when ``values`` is empty.
+    """
+    n = values.numel()
+    if n == 0:
+        return values.new_zeros(0, dtype=torch.long), None
+    k = min(n, math.ceil(round(top * n, 9)))
+    order = torch.sort(values, descending=True, stable=True).indices[:k]
+    return order, float(values[order[-1]])
 
 
 def entropy_keep_mask(entropy: torch.Tensor, candidates: torch.Tensor, top: float) -> tuple[torch.Tensor, float | None]:
@@ -103,19 +138,60 @@ def entropy_keep_mask(entropy: torch.Tensor, candidates: torch.Tensor, top: floa
 
     Exactly k = ceil(top * n) of the n candidate tokens are kept: those of highest entropy, ties
     broken by position in row-major order (the earlier token wins), so the count never depends on
-    ties. ``top * n`` is rounded to 9 decimals first, so that 0.2 * 15 keeps 3 tokens, not 4.
-    Returns (all False, None) when there is no candidate.
+    ties. Returns (all False, None) when there is no candidate.
     """
-    keep = torch.zeros_like(candidates, dtype=torch.bool)
-    n = int(candidates.sum())
-    if n == 0:
-        return keep, None
-    k = min(n, math.ceil(round(top * n, 9)))
-    values = entropy.detach()[candidates]
-    order = torch.sort(values, descending=True, stable=True).indices[:k]
-    flat_positions = candidates.reshape(-1).nonzero().squeeze(1)
-    keep.view(-1)[flat_positions[order]] = True
-    return keep, float(values[order[-1]])
+    masks, threshold = entropy_keep_masks([entropy], [candidates], top)
+    return masks[0], threshold
+
+
+Gather = Callable[[torch.Tensor], tuple[torch.Tensor, int]]
+
+
+def entropy_keep_masks(
+    entropies: Sequence[torch.Tensor], candidates: Sequence[torch.Tensor], top: float, gather: Gather | None = None
+) -> tuple[list[torch.Tensor], float | None]:
+    """``entropy_keep_mask`` over one mini-batch given in parts: the same k tokens as one call on it.
+
+    ``entropies`` and ``candidates`` are the parts (micro-batches) this process holds, in the
+    mini-batch's row order. With several ranks, ``gather(local)`` returns every rank's candidate
+    entropies concatenated in rank order (ranks hold consecutive rows) and the offset of this
+    rank's own; the order of the concatenation is then the mini-batch's row-major order, which is
+    what breaks ties in the single call.
+    """
+    local = torch.cat([e.detach()[c].float() for e, c in zip(entropies, candidates, strict=True)])
+    values, offset = gather(local) if gather is not None else (local, 0)
+    order, threshold = top_entropy(values, top)
+    mine = order[(order >= offset) & (order < offset + local.numel())] - offset
+    kept = torch.zeros(local.numel(), dtype=torch.bool, device=local.device)
+    kept[mine] = True
+    masks = []
+    start = 0
+    for c in candidates:
+        mask = torch.zeros_like(c, dtype=torch.bool)
+        count = int(c.sum())
+        mask[c] = kept[start : start + count]
+        start += count
+        masks.append(mask)
+    return masks, threshold
+
+
+LossScale = Literal["constant", "micro_batch_max_length"]
+
+
+def loss_divisor(batch: TrainBatch, agg_constant: int, loss_scale: LossScale) -> float:
+    """What the token sums of ``batch`` are divided by.
+
+    ``constant`` (Dr.GRPO as method.md states it): the run's constant times the rows, so each row's
+    token sum / constant is averaged over rows. ``micro_batch_max_length`` (the authors' code, verl's
+    "seq-mean-token-sum-norm"): the longest response of these rows; the trainer then divides by the
+    number of micro-batches instead of weighting by rows, so the step's loss is the mean over
+    micro-batches of (token sum / longest response), about rows-per-micro-batch times larger than
+    ``constant`` when the longest response is the constant.
+    """
+    if loss_scale == "constant":
+        return float(agg_constant * batch.rows)
+    response = batch.loss_mask | batch.prefix_mask
+    return float(max(int(response.sum(dim=1).max()), 1))
 
 
 @dataclass
@@ -153,6 +229,7 @@ def policy_loss(
     sft: bool = False,
     *,
     entropy_keep: torch.Tensor | None = None,
+    loss_scale: LossScale = "constant",
 ) -> LossOutput:
     """The loss of the module docstring over the rows of ``batch``.
 
@@ -160,7 +237,8 @@ def policy_loss(
     ``old_logprobs`` are pi_prox's log-probs (no gradient) or None. ``entropy_keep``, when given,
     replaces the entropy-clipping decision made from these rows: a trainer that wants the top
     fraction over a whole mini-batch split into several calls computes it with ``entropy_keep_mask``
-    over the mini-batch and passes each call its rows.
+    over the mini-batch and passes each call its rows. ``loss_scale`` chooses the divisor of the
+    token sums (see ``loss_divisor``).
     """
     if sft:
         return _sft_loss(new_logprobs, entropy, batch)
@@ -200,7 +278,7 @@ def policy_loss(
     demo_loss = -advantages * pi / (pi + settings.luffy_gamma)
 
     token_loss = torch.where(ppo, ppo_loss, 0.0) + torch.where(demo, demo_loss, 0.0)
-    denominator = agg_constant * new_logprobs.shape[0]
+    denominator = loss_divisor(batch, agg_constant, loss_scale)
     pg_loss = token_loss.sum() / denominator
 
     entropy_mask = continuation if settings.entropy_on_continuation_only else loss_mask

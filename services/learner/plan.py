@@ -21,6 +21,9 @@ class Plan:
     checkpoint: bool = False
     save_engine: bool = True  # False: the last checkpoint is at this step already
     final: bool = False
+    # The published version the engine's weights are at the start of this step (None: trained since);
+    # the trainer compares its log-probs with the engine's on the tokens sampled at that version.
+    held_version: int | None = None
 
 
 def broadcast(plan: Plan | None, world_size: int) -> Plan | None:

@@ -58,6 +58,19 @@ class LearnerSettings(ServiceSettings):
     # forward pass without gradient when the mini-batch spans several passes or ranks) or over each
     # forward pass alone.
     entropy_clip_scope: Literal["mini_batch", "micro_batch"] = "mini_batch"
+    # Recompute each layer's activations in the backward pass instead of keeping them: memory of a
+    # long row falls to about one layer's, for about a third more compute. None: on for a given
+    # model, off for the built-in one (its activations are small).
+    gradient_checkpointing: bool | None = None
+    # Padding-free packing: a micro-batch takes consecutive rows while their tokens fit this budget
+    # (a longer row goes alone) and runs them as one sequence, attention kept within each row.
+    # None: no packing, micro-batches of ``micro_batch`` rows padded to their longest.
+    micro_batch_tokens: int | None = Field(None, ge=2)
+    # The divisor of the policy loss's token sums (docs/method.md, "Loss scale"). "constant": the
+    # run's constant times the mini-batch's rows (Dr.GRPO as the paper states it).
+    # "micro_batch_max_length": each micro-batch's sum over its longest response, then the mean over
+    # micro-batches, as the authors' code does.
+    loss_scale: Literal["constant", "micro_batch_max_length"] = "constant"
     optimizer: OptimizerSettings = OptimizerSettings()
     deepspeed: DeepSpeedSettings = DeepSpeedSettings()
     seed: int = 0
@@ -116,6 +129,18 @@ class LearnerSettings(ServiceSettings):
         if self.optimizer.lr is not None:
             return self.optimizer.lr
         return PAPER_LR if self.model else DEFAULT_MODEL_LR
+
+    @property
+    def use_gradient_checkpointing(self) -> bool:
+        if self.gradient_checkpointing is not None:
+            return self.gradient_checkpointing
+        return self.model is not None
+
+    @property
+    def logprob_temperature(self) -> float:
+        """The temperature the learner's log-probs and entropies are taken at: the rollouts' own, so
+        the ratio to the engine's behaviour log-probs compares one distribution (greedy: 1)."""
+        return self.sampling.temperature or 1.0
 
     @property
     def agg_constant(self) -> int:

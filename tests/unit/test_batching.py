@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from services.learner.algorithm import AlgorithmSettings
-from services.learner.batching import TrainBatch, collate, sft_batch
+from services.learner.batching import TrainBatch, collate, pack, sft_batch
 from shared.messages import RolloutKind, Trajectory, TrajectoryGroup
 
 PAD = 0
@@ -120,3 +120,27 @@ def test_sft_batch():
     assert _rows(batch.advantages) == [[0, 0, 1, 1, 1], [0, 1, 0, 0, 0]]
     assert _rows(batch.behaviour_logprobs) == [[0.0] * 5, [0.0] * 5]
     assert _rows(batch.policy_versions) == [-1, -1]
+
+
+def test_split_by_tokens_takes_consecutive_rows_within_the_budget():
+    # rows of 4, 4 and 7 tokens
+    batch = collate([_group(_on_policy(), _on_policy(), _hybrid())], AlgorithmSettings(), PAD)
+    assert [c.rows for c in batch.split_by_tokens(8)] == [2, 1]
+    assert [c.rows for c in batch.split_by_tokens(15)] == [3]
+    assert [c.rows for c in batch.split_by_tokens(11)] == [2, 1]  # 4 + 4 + 7 > 11
+    # a row longer than the budget goes alone, never dropped nor cut
+    chunks = batch.split_by_tokens(3)
+    assert [c.rows for c in chunks] == [1, 1, 1]
+    assert chunks[2].input_ids.shape == (1, 7)
+    with pytest.raises(ValueError, match="budget"):
+        batch.split_by_tokens(0)
+
+
+def test_pack_lays_rows_end_to_end_with_positions_restarting_per_row():
+    batch = collate([_group(_on_policy(), _hybrid())], AlgorithmSettings(), PAD)
+    packed = pack(batch)
+    assert packed.input_ids.tolist() == [[11, 12, 31, 32, 11, 12, 21, 22, 23, 24, 25]]
+    assert packed.position_ids.tolist() == [[0, 1, 2, 3, 0, 1, 2, 3, 4, 5, 6]]
+    values = torch.arange(1.0, 12.0)[None]
+    # back to the padded layout; column 0 (which no logits predict) and padding stay 0
+    assert packed.unpack(values).tolist() == [[0, 2, 3, 4, 0, 0, 0], [0, 6, 7, 8, 9, 10, 11]]

@@ -3,6 +3,7 @@ pieces refer to each other correctly (selectors, ports, names, volumes, GPUs).""
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from importlib import resources as importlib_resources
@@ -374,3 +375,95 @@ def test_compose_builds_the_image_from_the_dockerfile():
             assert (DEPLOY / "compose" / build["context"] / build["dockerfile"]).resolve() == (
                 DEPLOY / "docker" / "Dockerfile"
             )
+
+
+# ---- Kubernetes: the multi-node learner component ----------------------------------------------
+
+
+@functools.cache
+def multinode_manifests() -> list[dict]:
+    """The GPU overlay with the multi-node learner component, as a user's kustomization adds it."""
+    variant = deploy_checkout() / "deploy" / "k8s" / "multinode"
+    variant.mkdir(exist_ok=True)
+    variant.joinpath("kustomization.yaml").write_text(
+        "resources: [../overlays/gpu]\ncomponents: [../components/multinode-learner]\n"
+    )
+    return kustomize(variant)
+
+
+def test_multinode_learner_validates_against_the_kubernetes_schemas():
+    kv = kubernetes_validate()
+    for resource in multinode_manifests():
+        for version in [v or kv.latest_version() for v in K8S_VERSIONS]:
+            try:
+                kv.validate(resource, version, strict=True)
+            except kv.ValidationError as exc:
+                where = "/".join(str(p) for p in exc.path)
+                pytest.fail(f"{resource['kind']}/{resource['metadata']['name']} at {where}: {exc.message}")
+        if resource["kind"] != "Namespace":
+            assert resource["metadata"].get("namespace") == "prefix-rft", resource["metadata"]["name"]
+        assert resource["metadata"].get("labels", {}).get("app.kubernetes.io/part-of") == "prefix-rft"
+
+
+def _flags(args: list[str]) -> dict[str, str]:
+    return dict(a[2:].split("=", 1) for a in args if a.startswith("--") and "=" in a)
+
+
+def test_multinode_learner_ranks_meet_through_a_headless_service():
+    resources = multinode_manifests()
+    learner = one(resources, "StatefulSet", "learner")
+    spec = learner["spec"]
+    container = spec["template"]["spec"]["containers"][0]
+    flags = _flags(container["args"])
+    # One torchrun node per pod, all started at once (torchrun waits for every node).
+    assert int(flags["nnodes"]) == spec["replicas"] > 1
+    assert spec["podManagementPolicy"] == "Parallel"
+    assert int(flags["nproc-per-node"]) == gpus(container)
+    # Node rank = the pod's ordinal, so global rank 0 is always on learner-0.
+    assert flags["node-rank"] == "$(NODE_RANK)"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['apps.kubernetes.io/pod-index']"
+    # Rendezvous at learner-0 through the governing headless Service, on a port the pods declare,
+    # resolvable before any pod is ready.
+    governing = one(resources, "Service", spec["serviceName"])
+    assert governing["spec"]["clusterIP"] == "None" and governing["spec"]["publishNotReadyAddresses"] is True
+    assert selects(governing["spec"]["selector"], pod_labels(learner))
+    assert flags["master-addr"] == f"learner-0.{spec['serviceName']}"
+    declared = {p["name"]: p["containerPort"] for p in container["ports"]}
+    (port,) = governing["spec"]["ports"]
+    assert declared[port["targetPort"]] == port["port"] == int(flags["master-port"])
+
+
+def test_multinode_learner_serves_http_from_rank_0_only():
+    resources = multinode_manifests()
+    learner = one(resources, "StatefulSet", "learner")
+    container = learner["spec"]["template"]["spec"]["containers"][0]
+    http = one(resources, "Service", "learner")
+    selector = http["spec"]["selector"]
+    assert selector.pop("statefulset.kubernetes.io/pod-name") == "learner-0"
+    assert selects(selector, pod_labels(learner))
+    # Pods other than learner-0 answer no HTTP: one template for all, so no HTTP probe at all.
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert probe not in container, probe
+    # torchrun runs the same `prefix-rft learner` the single-pod learner runs.
+    assert container["command"][-1] == "torchrun"
+    argv = container["args"][container["args"].index("--no-python") + 1 :]
+    assert argv[:2] == ["prefix-rft", "learner"]
+    from tests.unit.test_deploy_settings import cli_commands, env_name_error
+
+    options = {opt for param in cli_commands()["learner"].params for opt in getattr(param, "opts", [])}
+    assert all(word in options for word in argv[2:] if word.startswith("-")), argv
+    errors = [e for e in (env_name_error("learner", e["name"]) for e in container["env"]) if e]
+    assert not errors, errors
+
+
+def test_multinode_learner_shares_one_run_directory():
+    # Every rank writes its DeepSpeed files into the same checkpoint and reads the commit marker.
+    resources = multinode_manifests()
+    learner = one(resources, "StatefulSet", "learner")
+    assert "volumeClaimTemplates" not in learner["spec"]
+    volumes = {v["name"]: v for v in learner["spec"]["template"]["spec"]["volumes"]}
+    claim = one(resources, "PersistentVolumeClaim", volumes["runs"]["persistentVolumeClaim"]["claimName"])
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    mounts = {m["name"]: m["mountPath"] for m in learner["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]}
+    assert mounts["runs"] == "/var/lib/prefix-rft"

@@ -14,7 +14,13 @@ import torch
 from services.learner import objective
 from services.learner.algorithm import AlgorithmSettings
 from services.learner.batching import TrainBatch
-from services.learner.objective import entropy_keep_mask, policy_loss, token_logprobs_and_entropy
+from services.learner.objective import (
+    entropy_keep_mask,
+    entropy_keep_masks,
+    loss_divisor,
+    policy_loss,
+    token_logprobs_and_entropy,
+)
 
 # No entropy clip and no entropy bonus unless a test asks for them.
 PLAIN = AlgorithmSettings(entropy_clip=False, entropy_coef=0.0)
@@ -93,6 +99,30 @@ def test_token_logprobs_and_entropy_match_log_softmax_in_chunks(monkeypatch):
     expected_h = -(reference.exp() * reference).sum(-1)[:, :-1]
     assert torch.allclose(logprobs[:, 1:], expected_lp) and torch.all(logprobs[:, 0] == 0)
     assert torch.allclose(entropy[:, 1:], expected_h) and torch.all(entropy[:, 0] == 0)
+
+
+@pytest.mark.parametrize("temperature", [0.7, 1.3])
+def test_token_logprobs_and_entropy_are_those_of_the_tempered_distribution(monkeypatch, temperature):
+    """The engine samples from softmax(logits / T) and reports that distribution's log-probs: the
+    learner's must be of the same one, values and gradients, chunked or not."""
+    torch.manual_seed(1)
+    logits = torch.randn(2, 5, 13, dtype=torch.float64, requires_grad=True)
+    ids = torch.randint(0, 13, (2, 5))
+    monkeypatch.setattr(objective, "_CHUNK_LOGITS", 13 * 3)
+    assert torch.autograd.gradcheck(lambda z: token_logprobs_and_entropy(z, ids, temperature), (logits,))
+    logprobs, entropy = token_logprobs_and_entropy(logits, ids, temperature)
+    reference = torch.log_softmax(logits / temperature, dim=-1)
+    expected_lp = reference[:, :-1].gather(2, ids[:, 1:, None]).squeeze(2)
+    expected_h = -(reference.exp() * reference).sum(-1)[:, :-1]
+    assert torch.allclose(logprobs[:, 1:], expected_lp) and torch.allclose(entropy[:, 1:], expected_h)
+    # ...and not of the untempered one, by more than any tolerance the mismatch metric could hide
+    plain, _ = token_logprobs_and_entropy(logits, ids)
+    assert (plain[:, 1:] - logprobs[:, 1:]).abs().mean() > 0.05
+
+
+def test_token_logprobs_refuse_a_temperature_of_zero():
+    with pytest.raises(ValueError, match="temperature"):
+        token_logprobs_and_entropy(torch.zeros(1, 2, 3), torch.zeros(1, 2, dtype=torch.long), 0.0)
 
 
 # ----------------------------------------------------------------------------- PPO clip and dual clip
@@ -238,6 +268,19 @@ def test_dr_grpo_aggregation_divides_by_the_constant_and_the_number_of_rows():
     assert float(out8.loss) == pytest.approx(-5 / 24, abs=1e-6)
 
 
+def test_authors_loss_scale_divides_by_the_longest_response_of_the_rows():
+    # responses of 3, 1 and 4 positions (the frozen prefix counts: it is part of the response)
+    batch = make_batch(["..CCC", ".C", "FFCC"], [1.0, 2.0, 1.0])
+    assert loss_divisor(batch, 7, "constant") == 21.0
+    assert loss_divisor(batch, 7, "micro_batch_max_length") == 4.0
+    new = torch.zeros(3, 5)
+    batch.behaviour_logprobs = new.clone()
+    out, g = run(batch, new.tolist(), loss_scale="micro_batch_max_length", agg=7)
+    # token losses -1 x 3, -2, -1 x 2: sum -7 / 4
+    assert float(out.loss) == pytest.approx(-7 / 4)
+    assert g[1, 1].item() == pytest.approx(-2 / 4)
+
+
 def test_entropy_bonus_is_aggregated_like_the_loss():
     batch = make_batch(["PCC", "C__"], [0.0, 0.0])
     entropy = leaf([[0.5, 1.0, 2.0], [3.0, 0.0, 0.0]])
@@ -308,6 +351,54 @@ def test_entropy_keep_count(n, top, k):
     assert int(keep.sum()) == k
     assert keep[0, n - k :].all()  # the k largest
     assert threshold == n - k
+
+
+def _parts(entropy: torch.Tensor, candidates: torch.Tensor, bounds: list[tuple[int, int]]):
+    return [entropy[a:b] for a, b in bounds], [candidates[a:b] for a, b in bounds]
+
+
+@pytest.mark.parametrize("top", [0.2, 0.5])
+def test_equal_entropies_across_micro_batches_and_ranks_keep_exactly_k(top):
+    """A mini-batch of 6 rows whose 23 candidates all have the same entropy, split over 2 ranks of
+    3 rows, each in micro-batches of 2 and 1 rows: exactly k = ceil(top x 23) tokens are kept, the
+    same ones as one call on the whole mini-batch (the earliest in row-major order)."""
+    width = 5
+    candidates = torch.zeros(6, width, dtype=torch.bool)
+    for row, (start, stop) in enumerate([(1, 4), (2, 5), (0, 5), (1, 4), (1, 5), (0, 5)]):
+        candidates[row, start:stop] = True
+    n = int(candidates.sum())
+    assert n == 23
+    entropy = torch.full((6, width), 0.7)
+    single, single_threshold = entropy_keep_mask(entropy, candidates, top)
+    k = math.ceil(top * n)
+    assert int(single.sum()) == k
+
+    ranks = [(0, 3), (3, 6)]
+    micro_bounds = [(0, 2), (2, 3)]
+    shares = []
+    for a, b in ranks:
+        e, c = _parts(entropy[a:b], candidates[a:b], micro_bounds)
+        shares.append((e, c))
+    every_rank = torch.cat([torch.cat([x[m] for x, m in zip(e, c)]) for e, c in shares])
+    kept_rows = []
+    for rank, (e, c) in enumerate(shares):
+        offset = sum(int(m.sum()) for _, earlier in shares[:rank] for m in earlier)
+
+        def gather(local, offset=offset):
+            assert torch.equal(local, every_rank[offset : offset + local.numel()])
+            return every_rank, offset
+
+        masks, threshold = entropy_keep_masks(e, c, top, gather)
+        assert threshold == single_threshold
+        kept_rows.append(torch.cat([torch.nn.functional.pad(m, (0, width - m.shape[1])) for m in masks]))
+    kept = torch.cat(kept_rows)
+    assert int(kept.sum()) == k
+    assert torch.equal(kept, single)
+
+    # one rank, three micro-batches: the same decision
+    e, c = _parts(entropy, candidates, [(0, 2), (2, 5), (5, 6)])
+    masks, _ = entropy_keep_masks(e, c, top)
+    assert torch.equal(torch.cat(masks), single)
 
 
 def test_entropy_clip_on_a_batch_without_prefix_tokens():
