@@ -9,7 +9,15 @@ REDIS_STAMP := $(VENV)/.redis-server
 PYTEST_ARGS ?=
 RUN_ARGS ?=
 
-.PHONY: install test run lint clean
+.PHONY: install test run lint clean images docker-engine
+
+# Docker images: the engine (installed and started when missing, as root can), then
+# deploy/docker/build-images.sh, which takes its settings from the environment or from make's
+# command line (DEBIAN_MIRROR, CA_BUNDLE, WHEELS, TORCH_CPU_INDEX_URL, PIP_INDEX_URL, IMAGE, DOCKER;
+# see the script and docs/deploy.md). make passes those on unexported: an `export` here would turn
+# an unset one into an empty one, which means "none" to the script.
+DOCKER ?= docker
+export DOCKER
 
 install: $(STAMP) $(REDIS_STAMP)
 
@@ -30,7 +38,8 @@ $(REDIS_STAMP): | $(VENV)/bin/python
 	redis-server --version
 	touch $@
 
-test: install
+# The compose tests (marker `compose`) run the images: build them first (cached: seconds).
+test: install images
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 run: install
@@ -41,3 +50,15 @@ lint: install
 
 clean:
 	rm -rf $(VENV) runs .cache
+
+docker-engine:
+	@command -v dockerd >/dev/null && command -v debootstrap >/dev/null && command -v docker-compose >/dev/null \
+	  || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker.io docker-compose debootstrap; }
+	@$(DOCKER) info >/dev/null 2>&1 || { \
+	  echo "starting dockerd (log: /var/log/dockerd.log)"; \
+	  setsid -f dockerd >>/var/log/dockerd.log 2>&1 </dev/null; \
+	  for i in $$(seq 60); do $(DOCKER) info >/dev/null 2>&1 && exit 0; sleep 1; done; \
+	  echo "dockerd did not start: see /var/log/dockerd.log" >&2; exit 1; }
+
+images: docker-engine
+	deploy/docker/build-images.sh
