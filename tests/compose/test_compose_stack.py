@@ -21,7 +21,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.unit.test_deploy_tools import prepared_checkout
+from tests.helpers.deploy import prepared_checkout
 
 # A cold build (no image, no layer cache) takes far longer than the suite's 600 s per test; this
 # limit is for the stack itself: start-up, training, scaling, restarts.

@@ -449,9 +449,11 @@ def test_multinode_learner_serves_http_from_rank_0_only():
     assert container["command"][-1] == "torchrun"
     argv = container["args"][container["args"].index("--no-python") + 1 :]
     assert argv[:2] == ["prefix-rft", "learner"]
-    from tests.unit.test_deploy_settings import cli_commands, env_name_error
+    from services.learner.entry import build_parser
+    from tests.helpers.settings_paths import env_name_error
 
-    options = {opt for param in cli_commands()["learner"].params for opt in getattr(param, "opts", [])}
+    # `prefix-rft learner` hands its arguments to the learner's own parser.
+    options = set(build_parser()._option_string_actions)
     assert all(word in options for word in argv[2:] if word.startswith("-")), argv
     errors = [e for e in (env_name_error("learner", e["name"]) for e in container["env"]) if e]
     assert not errors, errors
