@@ -7,11 +7,11 @@ import math
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from shared.processes import free_port
 
 from services.learner.engine import DistInfo
 from services.learner.objective import entropy_keep_mask, entropy_keep_masks
 from services.learner.trainer import _all_gather_1d
+from shared.net import free_port
 
 TOPS = (0.2, 0.8)
 WIDTH = 6
