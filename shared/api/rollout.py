@@ -13,6 +13,8 @@ from shared.api.http import RetryPolicy, async_client, checked
 from shared.api.weights import PUSH_ROUTE, auth_header
 from shared.schema import Message, TokenIds
 
+SEED_MAX = 2**64 - 1  # what the engine (and torch) can take
+
 
 class SamplingParams(Message):
     # The bounds are vLLM's own (it refuses a temperature above 2 and an empty stop string, and cannot
@@ -20,7 +22,7 @@ class SamplingParams(Message):
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_tokens: int = Field(256, ge=1)
-    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)  # what the engine (and torch) can take
+    seed: int | None = Field(None, ge=-(2**63), le=SEED_MAX)  # what the engine (and torch) can take
     stop: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list, max_length=16)
 
 
@@ -47,6 +49,14 @@ class GenerateRequest(Message):
             raise ValueError("'prompt' is empty")
         if self.prompt is None and self.chat_template is not None:
             raise ValueError("'chat_template' applies to a text 'prompt' only; 'prompt_token_ids' are used as given")
+        return self
+
+    @model_validator(mode="after")
+    def _every_sample_seed_fits(self) -> GenerateRequest:
+        # vLLM seeds sample i of n with seed + i; past 64 bits the engine fails (found by the edge-value test).
+        seed = self.sampling.seed
+        if seed is not None and seed + self.n - 1 > SEED_MAX:
+            raise ValueError(f"sampling.seed + n - 1 must be at most {SEED_MAX} (sample i is seeded with seed + i)")
         return self
 
 

@@ -103,3 +103,13 @@ def test_a_metric_is_found_by_name_and_labels_and_summed_over_the_others():
             ]
 
     assert asyncio.run(read()) == [1.0, 2.0, 3.0, None]
+
+
+def test_a_seed_that_would_overflow_for_the_last_sample_is_refused():
+    from pydantic import ValidationError
+
+    from shared.api.rollout import SEED_MAX, GenerateRequest
+
+    GenerateRequest(prompt_token_ids=[1], n=3, sampling={"seed": SEED_MAX - 2})
+    with pytest.raises(ValidationError, match="seed \\+ n - 1"):
+        GenerateRequest(prompt_token_ids=[1], n=3, sampling={"seed": SEED_MAX - 1})
