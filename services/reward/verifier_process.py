@@ -58,31 +58,24 @@ def deadline(seconds: float) -> Iterator[None]:
         raise DeadlineExceeded
 
 
+def unscored_result(item_id: str, status: ScoreStatus, detail: str) -> ScoreResult:
+    """An item that got no verdict: reward 0, never correct, and why in ``detail``."""
+    return ScoreResult(id=item_id, reward=0.0, correct=False, status=status, detail=detail)
+
+
 def timeout_result(item_id: str, item_timeout_s: float) -> ScoreResult:
-    return ScoreResult(
-        id=item_id,
-        reward=0.0,
-        correct=False,
-        status=ScoreStatus.timeout,
-        detail=f"verification exceeded the {item_timeout_s:g} s deadline",
-    )
+    return unscored_result(item_id, ScoreStatus.timeout, f"verification exceeded the {item_timeout_s:g} s deadline")
 
 
 def error_result(item_id: str, detail: str) -> ScoreResult:
-    return ScoreResult(id=item_id, reward=0.0, correct=False, status=ScoreStatus.error, detail=detail)
+    return unscored_result(item_id, ScoreStatus.error, detail)
 
 
 REFUSED = "refused before verification, it could only end at the deadline"
 
 
 def refused_result(item_id: str, reason: str) -> ScoreResult:
-    return ScoreResult(
-        id=item_id,
-        reward=0.0,
-        correct=False,
-        status=ScoreStatus.refused,
-        detail=f"{REFUSED}: {reason}",
-    )
+    return unscored_result(item_id, ScoreStatus.refused, f"{REFUSED}: {reason}")
 
 
 def score(item: ScoreItem, item_timeout_s: float, options: VerifierOptions | None = None) -> ScoreResult:
