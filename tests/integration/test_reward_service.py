@@ -23,6 +23,18 @@ MAX_TEXT_BYTES = 4096
 MAX_BODY_BYTES = 256 * 1024
 
 
+def _serve_reward(tmp_path_factory, name: str, port: int, env: dict[str, str]):
+    """A real reward service on ``port``, configured by ``env``; its URL while the fixture lasts."""
+    log = tmp_path_factory.mktemp(name) / "reward.log"
+    process = start_process(name, [sys.executable, "-m", "services.reward", "--port", str(port)], log, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http_ready(process, f"{url}/healthz", timeout=60)
+        yield url
+    finally:
+        process.stop()
+
+
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     port = free_port()
@@ -33,14 +45,7 @@ def service(tmp_path_factory):
         "PRFT_REWARD__MAX_TEXT_BYTES": str(MAX_TEXT_BYTES),
         "PRFT_REWARD__MAX_BODY_BYTES": str(MAX_BODY_BYTES),
     }
-    log = tmp_path_factory.mktemp("reward") / "reward.log"
-    process = start_process("reward", [sys.executable, "-m", "services.reward", "--port", str(port)], log, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http_ready(process, f"{url}/healthz", timeout=60)
-        yield url
-    finally:
-        process.stop()
+    yield from _serve_reward(tmp_path_factory, "reward", port, env)
 
 
 @pytest.fixture(scope="module")
@@ -272,14 +277,7 @@ def fair_service(tmp_path_factory):
     """A service whose 2 verifier processes spend the whole deadline on each slow item."""
     port = free_port()
     env = {"PRFT_REWARD__WORKERS": "2", "PRFT_REWARD__ITEM_TIMEOUT_S": str(FAIR_ITEM_TIMEOUT_S)}
-    log = tmp_path_factory.mktemp("reward-fair") / "reward.log"
-    process = start_process("reward-fair", [sys.executable, "-m", "services.reward", "--port", str(port)], log, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http_ready(process, f"{url}/healthz", timeout=60)
-        yield url
-    finally:
-        process.stop()
+    yield from _serve_reward(tmp_path_factory, "reward-fair", port, env)
 
 
 def test_a_request_of_slow_items_does_not_hold_up_another_request(fair_service):
