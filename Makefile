@@ -14,8 +14,10 @@ RUN_ARGS ?=
 # Docker images: the engine (installed and started when missing, as root can), then
 # deploy/docker/build-images.sh, which takes its settings from the environment or from make's
 # command line (DEBIAN_MIRROR, CA_BUNDLE, WHEELS, TORCH_CPU_INDEX_URL, PIP_INDEX_URL, IMAGE, DOCKER;
-# see the script and docs/deploy.md). make passes those on unexported: an `export` here would turn
-# an unset one into an empty one, which means "none" to the script.
+# MODELS, PREFIX_RFT; see the script and docs/deploy.md). make passes those on unexported: an
+# `export` here would turn an unset one into an empty one, which means "none" to the script.
+# The venv's CLI, when installed, builds the default model on the host (once, in ~/.cache/prefix-rft,
+# which the tests use too) for the image to copy instead of training its own.
 DOCKER ?= docker
 export DOCKER
 
@@ -38,12 +40,10 @@ $(REDIS_STAMP): | $(VENV)/bin/python
 	redis-server --version
 	touch $@
 
-test: install
+# The compose tests (marker `compose`) run the images: build them first (cached: seconds).
+test: install images
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# The compose tests (marker `compose`, left out of `make test` until they pass end to end in CI's
-# time: a cold image build trains the default model inside the build) run the images: build them
-# first (cached: seconds).
 test-compose: install images
 	$(PY) -m pytest -m compose $(PYTEST_ARGS)
 
@@ -66,4 +66,4 @@ docker-engine:
 	  echo "dockerd did not start: see /var/log/dockerd.log" >&2; exit 1; }
 
 images: docker-engine
-	deploy/docker/build-images.sh
+	PREFIX_RFT="$${PREFIX_RFT-$$(test -x $(VENV)/bin/prefix-rft && echo $(VENV)/bin/prefix-rft)}" deploy/docker/build-images.sh

@@ -5,7 +5,8 @@
 #      prefix-rft/redis:7-bookworm     stand-in for redis:7.4-alpine            (base/redis.Dockerfile)
 #   3. prefix-rft:cpu                  the project's image, on the python stand-in (Dockerfile)
 # Step 1 runs once (it needs root and debootstrap; --rebuild-base repeats it); steps 2 and 3 are
-# ordinary cached builds, seconds when nothing changed.
+# ordinary cached builds, seconds when nothing changed (--no-cache: a cold build of all three,
+# to measure one or to get past a broken layer; pip's downloads stay cached).
 #
 # Settings (environment; `make images VAR=...` passes them):
 #   DEBIAN_MIRROR        Debian mirror for debootstrap and apt in the builds (http://deb.debian.org/debian)
@@ -16,6 +17,12 @@
 #   TORCH_CPU_INDEX_URL  index with the +cpu torch (default: PyTorch's; "" when WHEELS has it, which
 #                        is the default when WHEELS holds a torch wheel)
 #   PIP_INDEX_URL        a PyPI mirror; HTTP_PROXY, HTTPS_PROXY, NO_PROXY are passed on when set
+#   MODELS               the host's model cache, where the built-in default model is found and
+#                        copied into deploy/docker/models/ for the build ($PRFT_CACHE_DIR or
+#                        ~/.cache/prefix-rft); "" for none: the build trains its own (CPU-minutes)
+#   PREFIX_RFT           the project's CLI (a command, e.g. `.venv/bin/prefix-rft`), run first as
+#                        `$PREFIX_RFT build-default-model --cache-dir $MODELS`: it builds the model
+#                        there once, or finds it (`make images` passes the venv's when there is one)
 #   IMAGE                the project's image name (prefix-rft:cpu); EXTRA (cpu) picks the engine
 #   DOCKER               the docker client (docker); it must build with BuildKit (buildx, or a
 #                        client older than 23 such as Debian's docker.io)
@@ -30,7 +37,14 @@ IMAGE=${IMAGE:-prefix-rft:cpu}
 EXTRA=${EXTRA:-cpu}
 DOCKER=${DOCKER:-docker}
 rebuild_base=no
-[ "${1:-}" = --rebuild-base ] && rebuild_base=yes
+no_cache=""
+for arg in "$@"; do
+    case "$arg" in
+        --rebuild-base) rebuild_base=yes ;;
+        --no-cache) rebuild_base=yes no_cache=--no-cache ;;
+        *) echo "build-images: unknown argument $arg (--rebuild-base, --no-cache)" >&2; exit 2 ;;
+    esac
+done
 
 say() { printf 'build-images: %s\n' "$*" >&2; }
 
@@ -65,7 +79,8 @@ if ! client=$(buildkit_client); then
     exit 1
 fi
 export DOCKER_BUILDKIT=1
-build() { "$client" build "$@"; }
+# shellcheck disable=SC2086 # no_cache: none or one word
+build() { "$client" build $no_cache "$@"; }
 
 # 1. The base image, from Debian's packages.
 if [ "$rebuild_base" = yes ] || ! "$client" image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
@@ -118,6 +133,26 @@ fi
 if [ -n "${PIP_INDEX_URL:-}" ]; then
     set -- "$@" --build-arg PIP_INDEX_URL="$PIP_INDEX_URL"
 fi
+
+# The built-in default model: trained on this machine once, not in every cold build.
+models=${MODELS-${PRFT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/prefix-rft}}
+if [ -n "$models" ] && [ -n "${PREFIX_RFT:-}" ]; then
+    say "the default model: $PREFIX_RFT build-default-model --cache-dir $models"
+    # shellcheck disable=SC2086 # PREFIX_RFT: a command, words on purpose
+    $PREFIX_RFT build-default-model --cache-dir "$models" >&2
+fi
+rm -rf deploy/docker/models/default-*
+handed_in=no
+if [ -n "$models" ]; then
+    for model in "$models"/default-*/; do
+        [ -f "${model}config.json" ] || continue
+        # -p: the same files with the same times, so an unchanged model keeps the layer cached.
+        cp -Rp "${model%/}" deploy/docker/models/
+        handed_in=yes
+    done
+fi
+[ "$handed_in" = yes ] || say "no default model in '$models': the image build trains its own (CPU-minutes)"
+
 # shellcheck disable=SC2086 # proxy_args: words on purpose
 build $proxy_args "$@" -t "$IMAGE" -f deploy/docker/Dockerfile .
 say "built $IMAGE on $PYTHON_IMAGE, and $REDIS_IMAGE; for compose:"
