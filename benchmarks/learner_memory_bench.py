@@ -137,7 +137,7 @@ def default_job_groups(model_dir: Path | None, n_prompts: int = 16, n_rollouts: 
     model_dir = model_dir or default_base_policy()
     tokenizer = load_tokenizer(model_dir)
     model = load_model(model_dir).eval()
-    problems = LearnerSettings().task.problems("train")[:n_prompts]
+    problems = LearnerSettings().dataset.problems("train")[:n_prompts]
     torch.manual_seed(seed)
     groups = []
     for index, problem in enumerate(problems):
