@@ -2,7 +2,6 @@
 of 1 to 8 GPUs, and a clear refusal when the job asks for more than there are."""
 
 import pytest
-
 from typer.testing import CliRunner
 
 from launcher.cli import app
