@@ -11,14 +11,19 @@
    from the built-in base policy at temperature 1, up to 256 tokens.
 
     PYTHONPATH=. .venv/bin/python benchmarks/learner_memory_bench.py [--memory-rows 4] [--row-tokens 2048]
-        [--micro-batch 2] [--steps 3] [--shapes builtin|wide]
+        [--micro-batch 2] [--steps 3] [--shapes builtin|wide] [--prompts 16]
         [--skip-memory] [--skip-throughput]
+
+Sampling the rows is the slow part on a busy machine (tens of minutes at a load of 10 on 2 cores):
+they are kept in the system's temporary folder and reused by the next run with the same model and
+prompts.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import json
 import os
 import subprocess
@@ -128,16 +133,35 @@ def run_memory(args: argparse.Namespace) -> None:
 def default_job_groups(model_dir: Path | None, n_prompts: int = 16, n_rollouts: int = 8, max_tokens: int = 256,
                        seed: int = 0):
     """The default job's first step: rows sampled from the base policy (or ``model_dir``), as its
-    rollout workers would."""
-    from services.learner.settings import LearnerSettings
-    from shared.base_policy import default_base_policy
-    from shared.messages import RolloutKind, Trajectory, TrajectoryGroup
-    from shared.modeling import load_model, load_tokenizer, prompt_token_ids, response_token_ids
+    rollout workers would; from the cache when an earlier run sampled the same ones."""
+    from pydantic import TypeAdapter
 
-    model_dir = model_dir or default_base_policy()
+    from shared.base_policy import default_base_policy
+    from shared.messages import TrajectoryGroup
+    from shared.modeling import load_tokenizer
+
+    model_dir = (model_dir or default_base_policy()).resolve()
     tokenizer = load_tokenizer(model_dir)
+    key = hashlib.sha256(f"{model_dir}|{n_prompts}|{n_rollouts}|{max_tokens}|{seed}".encode()).hexdigest()[:12]
+    cache = BENCH_DIR / f"default-job-rows-{key}.json"
+    adapter = TypeAdapter(list[TrajectoryGroup])
+    if cache.is_file():
+        print(f"rows from {cache}", flush=True)
+        return adapter.validate_json(cache.read_bytes()), model_dir, tokenizer.pad_token_id
+    print(f"sampling {n_prompts} prompts x {n_rollouts} rows from {model_dir} (kept in {cache})", flush=True)
+    groups = sample_groups(model_dir, tokenizer, n_prompts, n_rollouts, max_tokens, seed)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_bytes(adapter.dump_json(groups))
+    return groups, model_dir, tokenizer.pad_token_id
+
+
+def sample_groups(model_dir: Path, tokenizer, n_prompts: int, n_rollouts: int, max_tokens: int, seed: int):
+    from services.learner.settings import LearnerSettings
+    from shared.messages import RolloutKind, Trajectory, TrajectoryGroup
+    from shared.modeling import load_model, prompt_token_ids, response_token_ids
+
     model = load_model(model_dir).eval()
-    problems = LearnerSettings().task.problems("train")[:n_prompts]
+    problems = LearnerSettings().dataset.problems("train")[:n_prompts]
     torch.manual_seed(seed)
     groups = []
     for index, problem in enumerate(problems):
@@ -166,14 +190,15 @@ def default_job_groups(model_dir: Path | None, n_prompts: int = 16, n_rollouts: 
                 ))
         groups.append(TrajectoryGroup(id=f"g{index}", prompt_id=problem.id, issued_at_version=0, step=0,
                                       worker_id="bench", prompt_token_ids=prompt, trajectories=trajectories))
-    return groups, model_dir, tokenizer.pad_token_id
+        print(f"  prompt {index + 1}/{n_prompts}", flush=True)
+    return groups
 
 
 def run_throughput(args: argparse.Namespace) -> None:
     from services.learner.batching import collate
     from services.learner.settings import LearnerSettings
 
-    groups, model_dir, pad = default_job_groups(args.policy)
+    groups, model_dir, pad = default_job_groups(args.policy, n_prompts=args.prompts)
     defaults = LearnerSettings()
     batch = collate(groups, defaults.algorithm, pad)
     lengths = batch.attention_mask.sum(dim=1)
@@ -186,6 +211,7 @@ def run_throughput(args: argparse.Namespace) -> None:
           f"{defaults.micro_batch} rows hold {padded_tokens} positions ({1 - real / padded_tokens:.0%} padding)")
     rows = []
     for name, extra in (("padded", {}), ("packed", {"micro_batch_tokens": budget})):
+        print(f"training {name}: a warm-up step and {args.steps} timed", flush=True)
         trainer, _ = trainer_for(model_dir, **extra)
         passes = len(trainer._mini(batch, 0, batch.rows).micros)
         trainer.train(batch, sft=False)  # warm-up
@@ -209,6 +235,8 @@ def main() -> None:
     parser.add_argument("--shapes", choices=["builtin", "wide"], default="builtin")
     parser.add_argument("--policy", type=Path, default=None, help="model the rows are sampled from and trained "
                         "(default: the built-in base policy, what the default job starts from)")
+    parser.add_argument("--prompts", type=int, default=16, help="prompts of the throughput batch (8 rows each; "
+                        "the default job's is 16)")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)

@@ -54,6 +54,34 @@ def checked_job(config: Path | None, sets: dict):
         fail(str(exc))
 
 
+def checked_placement(job) -> None:
+    """GPUs the machine lacks stop a job before anything starts (each run of a comparison places its own)."""
+    from launcher.gpus import place_job
+
+    try:
+        place_job(job, rollout_workers=1)
+    except SettingsError as exc:
+        fail(str(exc))
+
+
+LEARNER_RANKS_HELP = (
+    "Learner processes (DeepSpeed data-parallel ranks under torchrun; gloo on CPUs). Default: 1, or --learner-gpus."
+)
+LEARNER_GPUS_HELP = "GPUs of the learner, one rank each (default on a GPU machine: --learner-ranks)."
+ROLLOUT_GPUS_HELP = (
+    "GPUs of the rollout workers, one worker per rollout.engine_args.tensor_parallel_size GPUs "
+    "(default on a GPU machine: --rollout-workers x that)."
+)
+
+
+def placement_sets(learner_ranks: int | None, learner_gpus: int | None, rollout_gpus: int | None) -> dict:
+    """The placement options as a job document (the job file's placement section), under the --set overrides."""
+    from shared.settings import dotted
+
+    given = {"learner_ranks": learner_ranks, "learner_gpus": learner_gpus, "rollout_gpus": rollout_gpus}
+    return dotted({f"placement.{key}": value for key, value in given.items() if value is not None})
+
+
 @app.command("build-default-model")
 def build_default_model_command(
     cache_dir: Path = typer.Option(
@@ -128,6 +156,9 @@ def run_command(
     eval_problems: int = typer.Option(128, min=1, help="Problems per evaluation split."),
     eval_every: int = typer.Option(20, min=0, help="Evaluate during training every N steps (0: never)."),
     pin_cores: bool = typer.Option(True, help="Give the learner and the workers disjoint CPU cores."),
+    learner_ranks: int = typer.Option(None, min=1, help=LEARNER_RANKS_HELP),
+    learner_gpus: int = typer.Option(None, min=1, help=LEARNER_GPUS_HELP),
+    rollout_gpus: int = typer.Option(None, min=1, help=ROLLOUT_GPUS_HELP),
     sets: list[str] = typer.Option(None, "--set", metavar="SECTION.KEY=VALUE", help=SET_HELP),
 ) -> None:
     """Run a whole Prefix-RFT training job locally: redis, reward, rollout workers, learner, evaluation, report."""
@@ -135,6 +166,7 @@ def run_command(
 
     from launcher.run import RunOptions, run_job
     from services.learner.algorithm import AlgorithmName
+    from shared.settings import deep_merge
 
     setup_logging("WARNING")
     names = ", ".join(a.value for a in AlgorithmName)
@@ -158,7 +190,7 @@ def run_command(
             eval_problems=eval_problems,
             eval_every=eval_every,
             pin_cores=pin_cores,
-            sets=parsed_sets(sets),
+            sets=deep_merge(placement_sets(learner_ranks, learner_gpus, rollout_gpus), parsed_sets(sets)),
         )
     except ValidationError as exc:
         fail(str(exc))
@@ -189,6 +221,9 @@ def compare_command(
     ),
     out: Path = typer.Option(Path("runs/compare"), help="Where the runs and figures go (reused when re-run)."),
     results: Path = typer.Option(Path("docs/results.md"), help="The markdown report to write."),
+    learner_ranks: int = typer.Option(None, min=1, help=LEARNER_RANKS_HELP + " Every run."),
+    learner_gpus: int = typer.Option(None, min=1, help=LEARNER_GPUS_HELP + " Every run."),
+    rollout_gpus: int = typer.Option(None, min=1, help=ROLLOUT_GPUS_HELP + " Every run."),
     sets: list[str] = typer.Option(None, "--set", metavar="SECTION.KEY=VALUE", help=SET_HELP + " Every run."),
 ) -> None:
     """Train every algorithm, ablation and demonstration quantity from the same base policy over several
@@ -196,6 +231,7 @@ def compare_command(
     from pydantic import ValidationError
 
     from launcher.compare import MAIN_VARIANTS, VARIANTS, CompareOptions, command_line, run_compare
+    from shared.settings import deep_merge
 
     setup_logging("WARNING")
     names = {"all": list(VARIANTS), "main": list(MAIN_VARIANTS)}.get(variants, variants.split(","))
@@ -206,8 +242,8 @@ def compare_command(
         seed_list = [int(s) for s in seeds.split(",")]
     except ValueError:
         fail(f"--seeds {seeds!r}: expected comma-separated integers")
-    overrides = parsed_sets(sets)
-    checked_job(config, overrides)
+    overrides = deep_merge(placement_sets(learner_ranks, learner_gpus, rollout_gpus), parsed_sets(sets))
+    checked_placement(checked_job(config, overrides))
     try:
         options = CompareOptions(
             variants=names, seeds=seed_list, steps=steps, eval_problems=eval_problems, eval_every=eval_every,

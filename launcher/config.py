@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.learner.settings import LearnerSettings
 from services.reward.settings import RewardSettings
@@ -21,14 +21,32 @@ from shared.settings import (
     COMMON_SECTIONS,
     AuthSettings,
     RedisSettings,
+    ServiceSettings,
     SettingsError,
     dotted,
     load_settings,
     read_document,
 )
 
+
+class PlacementSettings(ServiceSettings):
+    """Where a local job's processes run: learner ranks and GPUs (``prefix-rft run``'s ``--learner-ranks``,
+    ``--learner-gpus`` and ``--rollout-gpus``). Only the launcher reads it: see launcher.gpus.place_processes."""
+
+    yaml_section: ClassVar[str] = "placement"
+
+    # Learner processes (DeepSpeed data-parallel ranks under torchrun). None: one per learner GPU, else 1.
+    learner_ranks: int | None = Field(None, ge=1)
+    # GPUs of the learner, one rank each. None: learner_ranks on a GPU machine; refused on one without.
+    learner_gpus: int | None = Field(None, ge=1)
+    # GPUs of the rollout workers, rollout.engine_args.tensor_parallel_size each; this decides how many
+    # workers start. None: the rollout workers' count times their tensor parallel size.
+    rollout_gpus: int | None = Field(None, ge=1)
+
+
 SERVICE_SETTINGS: dict[str, type] = {"reward": RewardSettings, "rollout": RolloutSettings, "learner": LearnerSettings}
-SECTIONS = (*COMMON_SECTIONS, *SERVICE_SETTINGS)
+LAUNCHER_SETTINGS: dict[str, type] = {"placement": PlacementSettings}
+SECTIONS = (*COMMON_SECTIONS, *SERVICE_SETTINGS, *LAUNCHER_SETTINGS)
 
 # The launcher's defaults for a job on one machine, under the user's file: sized so that the default
 # job (the built-in model and task) finishes in about 15 minutes on 2 cores.
@@ -56,10 +74,11 @@ class JobConfig(BaseModel):
     reward: RewardSettings
     rollout: RolloutSettings
     learner: LearnerSettings
+    placement: PlacementSettings = PlacementSettings()
 
     @model_validator(mode="after")
     def _one_redis_and_token(self) -> JobConfig:
-        for name in SERVICE_SETTINGS:
+        for name in (*SERVICE_SETTINGS, *LAUNCHER_SETTINGS):
             section = getattr(self, name)
             section.redis, section.auth = self.redis, self.auth
         return self
@@ -95,7 +114,7 @@ class JobConfig(BaseModel):
             _check_sections(f"config file {config}", read_document(config))
         sections = {
             name: load_settings(settings, config, sets=_part(sets, name), defaults=_part(defaults, name))
-            for name, settings in SERVICE_SETTINGS.items()
+            for name, settings in {**SERVICE_SETTINGS, **LAUNCHER_SETTINGS}.items()
         }
         learner = sections["learner"]
         return cls(redis=learner.redis, auth=learner.auth, **sections).check()
@@ -103,7 +122,7 @@ class JobConfig(BaseModel):
     def with_redis_url(self, url: str) -> JobConfig:
         """The same job on the Redis at ``url`` (a private redis-server's, known once it has started)."""
         redis = RedisSettings(url=url, namespace=self.redis.namespace)
-        sections = {name: getattr(self, name).model_copy() for name in SERVICE_SETTINGS}
+        sections = {name: getattr(self, name).model_copy() for name in (*SERVICE_SETTINGS, *LAUNCHER_SETTINGS)}
         return JobConfig(redis=redis, auth=self.auth, **sections)
 
     def document(self) -> dict[str, Any]:
@@ -114,6 +133,8 @@ class JobConfig(BaseModel):
         }
         for name in SERVICE_SETTINGS:
             document[name] = getattr(self, name).model_dump(mode="json", exclude=set(COMMON_SECTIONS))
+        # The services skip it; it records how the job was laid out.
+        document["placement"] = self.placement.model_dump(mode="json", exclude={*COMMON_SECTIONS, "log_level"})
         return document
 
     def dump(self, path: Path) -> Path:

@@ -70,8 +70,11 @@ class LocalDeployment:
         wait_http_ready(process, f"{self.reward_url}/healthz", timeout=120)
         return self.reward_url
 
-    def start_rollout_worker(self, model: Path, index: int, consume_tasks: bool = True) -> str:
-        """``consume_tasks=False`` serves HTTP only (evaluation without Redis)."""
+    def start_rollout_worker(
+        self, model: Path, index: int, consume_tasks: bool = True, env: dict[str, str] | None = None
+    ) -> str:
+        """``consume_tasks=False`` serves HTTP only (evaluation without Redis). ``env``: what only this
+        worker gets (its CUDA_VISIBLE_DEVICES)."""
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         sets = {
@@ -86,6 +89,7 @@ class LocalDeployment:
         env = {
             "VLLM_RPC_BASE_PATH": str(self.run_dir / f"vllm-rpc-{index}"),
             "VLLM_CACHE_ROOT": str(self.run_dir / f"vllm-cache-{index}"),
+            **(env or {}),
         }
         cores = self.cores.workers[index % len(self.cores.workers)] if self.cores else None
         process = self._start(f"rollout-{index}", self.service_argv("rollout", sets), env, cores)
@@ -93,10 +97,22 @@ class LocalDeployment:
         self.rollout_urls.append(url)
         return url
 
-    def start_learner(self, resume: bool = False) -> str:
+    def start_learner(self, resume: bool = False, ranks: int = 1, env: dict[str, str] | None = None) -> str:
+        """One process, or with ``ranks`` > 1 torchrun starting that many (data-parallel, gloo on CPUs,
+        NCCL on GPUs) in its process group, so stopping it stops them all. Rank 0 serves HTTP.
+        ``env``: what only the learner gets (its CUDA_VISIBLE_DEVICES; rank i takes the i-th device)."""
         port = free_port()
         argv = self.service_argv("learner", {"learner.port": port}, *(["--resume"] if resume else []))
-        process = self._start("learner", argv, cores=self.cores.learner if self.cores else None)
+        if ranks > 1:
+            argv = [
+                "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(ranks),
+                "--master-addr", "127.0.0.1", "--master-port", str(free_port()), *argv,
+            ]
+        cores = self.cores.learner if self.cores else None
+        env = dict(env or {})
+        if cores is not None and ranks > 1:  # the ranks share the learner's cores
+            env["OMP_NUM_THREADS"] = str(max(1, len(cores) // ranks))
+        process = self._start("learner", argv, env, cores)
         self.learner_url = f"http://127.0.0.1:{port}"
         wait_http_ready(process, f"{self.learner_url}/v1/status", timeout=300)
         return self.learner_url
@@ -121,9 +137,8 @@ class LocalDeployment:
     def _start(
         self, name: str, module_argv: list[str], env: dict[str, str] | None = None, cores: tuple[int, ...] | None = None
     ) -> ManagedProcess:
-        env = {"PYTHONUNBUFFERED": "1", **(env or {})}
-        if cores is not None:
-            env = {**env, **thread_env(cores)}
+        """``env`` over the thread pools sized to ``cores``."""
+        env = {"PYTHONUNBUFFERED": "1", **(thread_env(cores) if cores is not None else {}), **(env or {})}
         process = start_process(name, [sys.executable, *module_argv], self.run_dir / "logs" / f"{name}.log", env=env)
         if cores is not None:
             pin(process.pid, cores)

@@ -14,8 +14,11 @@ from collections.abc import Mapping, Sequence
 
 from pydantic import BaseModel, Field
 
+from launcher.config import JobConfig
+from shared.settings import SettingsError
 
-class NotEnoughGpus(ValueError):
+
+class NotEnoughGpus(SettingsError):
     """The job asks for more GPUs than the machine shows, or for a split that does not divide."""
 
 
@@ -73,3 +76,87 @@ def plan_gpus(request: GpuRequest, visible: Sequence[str]) -> GpuPlan:
     tp = request.tensor_parallel
     rollout = [tuple(rest[start : start + tp]) for start in range(0, len(rest), tp)]
     return GpuPlan(learner=learner, rollout=rollout)
+
+
+class Placement(BaseModel):
+    """How many learner ranks and rollout workers a local job starts, and their devices (None: no GPU plan)."""
+
+    learner_ranks: int = Field(ge=1)
+    rollout_workers: int = Field(ge=1)
+    gpus: GpuPlan | None = None
+    note: str | None = None  # why the processes share the machine's devices, for the launcher to show
+
+    def learner_env(self) -> dict[str, str]:
+        return self.gpus.learner_env() if self.gpus else {}
+
+    def rollout_env(self, worker: int) -> dict[str, str]:
+        return self.gpus.rollout_env(worker) if self.gpus else {}
+
+
+def place_processes(
+    learner_ranks: int | None,
+    learner_gpus: int | None,
+    rollout_gpus: int | None,
+    rollout_workers: int,
+    tensor_parallel: int,
+    visible: Sequence[str],
+) -> Placement:
+    """The processes of a local job and their devices.
+
+    Without GPUs the learner runs ``learner_ranks`` ranks (gloo) and asking for GPUs is refused. With
+    GPUs each learner rank gets one device and each rollout worker ``tensor_parallel``; a job that
+    asks for nothing gets one rank and ``rollout_workers`` workers on devices of their own when there
+    are enough, else (one GPU, say) all of them on the devices they find, as before.
+    """
+    asked = {"--learner-gpus": learner_gpus, "--rollout-gpus": rollout_gpus}
+    if not visible:
+        given = [f"{flag} {value} (placement.{flag[2:].replace('-', '_')})" for flag, value in asked.items()
+                 if value is not None]
+        if given:
+            raise NotEnoughGpus(
+                f"{' and '.join(given)}: this machine shows no GPU (CUDA_VISIBLE_DEVICES or the driver); "
+                "on CPUs use --learner-ranks N for a learner of N ranks (gloo)"
+            )
+        return Placement(learner_ranks=learner_ranks or 1, rollout_workers=rollout_workers)
+    if learner_ranks is not None and learner_gpus is not None and learner_ranks != learner_gpus:
+        raise NotEnoughGpus(
+            f"--learner-ranks {learner_ranks} and --learner-gpus {learner_gpus} disagree: on GPUs the learner "
+            "runs one rank per GPU (give one of them)"
+        )
+    if rollout_gpus is not None:
+        workers = rollout_gpus // tensor_parallel
+        if rollout_workers > 1 and rollout_workers * tensor_parallel != rollout_gpus:
+            raise NotEnoughGpus(
+                f"--rollout-workers {rollout_workers} and --rollout-gpus {rollout_gpus} disagree: each worker takes "
+                f"{tensor_parallel} GPU(s) (rollout.engine_args.tensor_parallel_size), so {rollout_gpus} GPUs make "
+                f"{max(workers, 1)} worker(s)"
+            )
+    request = GpuRequest(
+        learner_gpus=learner_gpus or learner_ranks or 1,
+        rollout_gpus=rollout_gpus or rollout_workers * tensor_parallel,
+        tensor_parallel=tensor_parallel,
+    )
+    try:
+        plan = plan_gpus(request, visible)
+    except NotEnoughGpus:
+        if learner_ranks is not None or any(value is not None for value in asked.values()):
+            raise
+        note = (
+            f"this machine shows {len(visible)} GPU(s), fewer than one for the learner and {tensor_parallel} for "
+            f"each of {rollout_workers} rollout worker(s): every process sees all of them"
+        )
+        return Placement(learner_ranks=1, rollout_workers=rollout_workers, note=note)
+    return Placement(learner_ranks=plan.learner_ranks, rollout_workers=len(plan.rollout), gpus=plan)
+
+
+def place_job(job: JobConfig, rollout_workers: int, visible: Sequence[str] | None = None) -> Placement:
+    """:func:`place_processes` for a job's placement section, on this machine's GPUs (or ``visible``)."""
+    placement = job.placement
+    return place_processes(
+        placement.learner_ranks,
+        placement.learner_gpus,
+        placement.rollout_gpus,
+        rollout_workers,
+        int(job.rollout.engine_args.get("tensor_parallel_size", 1)),
+        visible_gpus() if visible is None else visible,
+    )

@@ -24,6 +24,7 @@ from launcher.config import LOCAL_JOB_DEFAULTS, JobConfig
 from launcher.cpus import available_cores, plan_cores
 from launcher.deployment import LocalDeployment
 from launcher.evaluate import EvalResult, EvalSettings, evaluate
+from launcher.gpus import Placement, place_job
 from launcher.pipeline import pipeline_stats, worker_busy_seconds
 from launcher.report import AccuracyPoint, RunReport, print_summary, write_report
 from services.learner.algorithm import AlgorithmName
@@ -70,6 +71,7 @@ def run_job(options: RunOptions, console: Console) -> RunReport:
     started = time.monotonic()
     run_dir = _run_dir(options)
     job = build_job_config(options, run_dir)  # a bad setting stops the run here, before anything starts
+    placement = place_job(job, options.rollout_workers)  # so do GPUs the machine lacks
     # SIGTERM (kill, a scheduler ending the job) stops the run as Ctrl-C does, so the processes it
     # started are stopped too: each runs in a session of its own and would outlive it.
     if threading.current_thread() is threading.main_thread():
@@ -79,8 +81,9 @@ def run_job(options: RunOptions, console: Console) -> RunReport:
     splits = _eval_splits(options)
     config_path = job.dump(run_dir / "job.yaml")
     console.print(f"run directory: [bold]{run_dir}[/bold]")
+    _show_placement(placement, console)
 
-    cores = plan_cores(available_cores(), options.rollout_workers) if options.pin_cores else None
+    cores = plan_cores(available_cores(), placement.rollout_workers) if options.pin_cores else None
     deployment = LocalDeployment(run_dir=run_dir, config_path=config_path, redis_url=options.redis_url, cores=cores)
     try:
         with console.status("starting redis-server and the reward service"):
@@ -88,17 +91,17 @@ def run_job(options: RunOptions, console: Console) -> RunReport:
             job = job.with_redis_url(deployment.start_redis())
             job.dump(config_path)
             deployment.start_reward(options.reward_workers)
-        with console.status(f"starting {options.rollout_workers} rollout worker(s) (vLLM)"):
-            for index in range(options.rollout_workers):
-                deployment.start_rollout_worker(model_path, index)
+        with console.status(f"starting {placement.rollout_workers} rollout worker(s) (vLLM)"):
+            for index in range(placement.rollout_workers):
+                deployment.start_rollout_worker(model_path, index, env=placement.rollout_env(index))
         tokenizer = load_tokenizer(model_path)
         before = (
             _evaluate_all(deployment, tokenizer, splits, options, console, "before") if options.evaluate_before else {}
         )
         busy_before = worker_busy_seconds(deployment.rollout_urls)
         train_started = time.monotonic()
-        with console.status("starting the learner (DeepSpeed)"):
-            deployment.start_learner()
+        with console.status(f"starting the learner (DeepSpeed, {placement.learner_ranks} rank(s))"):
+            deployment.start_learner(ranks=placement.learner_ranks, env=placement.learner_env())
         curve = _follow_training(deployment, tokenizer, splits, options, console, run_dir)
         train_time = time.monotonic() - train_started
         busy = [b - a for a, b in zip(busy_before, worker_busy_seconds(deployment.rollout_urls))]
@@ -131,7 +134,25 @@ def run_job(options: RunOptions, console: Console) -> RunReport:
     )
     write_report(report, metrics, run_dir)
     print_summary(report, console)
+    _show_rank_digests(run_dir, console)
     return report
+
+
+def _show_placement(placement: Placement, console: Console) -> None:
+    if placement.note:
+        console.print(f"[yellow]note:[/yellow] {placement.note}")
+    if placement.gpus is not None:
+        workers = ", ".join(f"rollout-{i} {','.join(d)}" for i, d in enumerate(placement.gpus.rollout))
+        console.print(f"GPUs: learner {','.join(placement.gpus.learner)}; {workers}")
+
+
+def _show_rank_digests(run_dir: Path, console: Console) -> None:
+    """Data-parallel ranks must end with the same weights: their checksums, from the learner's final record."""
+    final = FinalRecord.read(run_dir / "learner")
+    if final is None or not final.rank_digests or len(final.rank_digests) < 2:
+        return
+    verdict = "equal" if len(set(final.rank_digests)) == 1 else "[red]DIFFERENT[/red]"
+    console.print(f"learner ranks' weight checksums: {', '.join(final.rank_digests)} ({verdict})")
 
 
 def _run_dir(options: RunOptions) -> Path:

@@ -149,6 +149,8 @@ class Follower:
         if self.settings.deepspeed.zero_stage == 3:
             return None
         mine = digest(self.engine.module.state_dict())
+        # In every rank's log too, so a user can compare them without the final record.
+        log.info("rank %d ends with weights digest %s", self.info.rank, mine)
         if self.info.world_size == 1:
             return [mine]
         gathered: list = [None] * self.info.world_size

@@ -11,9 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
-from shared.records import metrics_file
+from shared.records import FinalRecord, metrics_file
 from tests.helpers.jobs import SMALL_JOB
 
 pytestmark = pytest.mark.integration
@@ -74,6 +76,31 @@ def test_a_short_run_writes_its_report_and_leaves_no_process(tmp_path, small_con
     assert [p["name"] for p in processes if _alive(p["pid"])] == []
     for p in processes:
         assert Path(p["log"]).is_file()
+
+
+def test_a_run_with_two_learner_ranks_ends_with_the_same_weights_on_both(tmp_path, small_config, default_base_dir):
+    out = tmp_path / "run"
+    args = ["run", "--learner-ranks", "2", "--steps", "2", "--eval-problems", "4", "--eval-every", "0",
+            "--config", str(small_config), "--out", str(out)]
+    done = subprocess.run(_prefix_rft(*args, cwd=tmp_path), capture_output=True, text=True, timeout=900)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+
+    assert yaml.safe_load((out / "job.yaml").read_text())["placement"]["learner_ranks"] == 2
+    steps = metrics_file(out / "learner").read()
+    assert [s.step for s in steps] == [1, 2] and steps[-1].trained_groups_total == 2 * 4
+    # Each rank's checksum of its weights: gathered into the final record, and in its own log line.
+    final = FinalRecord.read(out / "learner")
+    assert final.step == 2 and len(final.rank_digests) == 2
+    assert final.rank_digests[0] == final.rank_digests[1], final.rank_digests
+    log = (out / "logs" / "learner.log").read_text()
+    for rank in (0, 1):
+        assert f"rank {rank} ends with weights digest {final.rank_digests[0]}" in log, log[-3000:]
+    assert "weight checksums" in output and "(equal)" in output  # what the user sees at the end
+    # The checksum is of trained weights: the published ones differ from the base policy's.
+    published = load_file(out / "learner" / "weights" / f"v{final.version}" / "model.safetensors")
+    initial = load_file(default_base_dir / "model.safetensors")
+    assert any(not torch.equal(published[name], initial[name]) for name in initial)
 
 
 def _start_training(tmp_path: Path, config: Path) -> tuple[subprocess.Popen, Path]:
