@@ -167,7 +167,7 @@ def check_model_folder(path: str | Path) -> Path:
     if not any((path / name).is_file() for name in WEIGHT_FILES):
         missing.append("weights (model.safetensors)")
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
-        missing.append(f"a tokenizer (none of {', '.join(TOKENIZER_FILES)})")
+        missing.append(f"tokenizer files ({', '.join(TOKENIZER_FILES[:-1])} or {TOKENIZER_FILES[-1]})")
     if missing:
         raise ModelFolderError(
             f"{path} is not a complete model folder: it has no {' and no '.join(missing)}. "
