@@ -132,7 +132,8 @@ def run_job(options: RunOptions, console: Console) -> RunReport:
     )
     write_report(report, metrics, run_dir)
     print_summary(report, console)
-    console.print(f"final model folder: [bold]{export_final(run_dir).out}[/bold]")
+    if FinalRecord.read(run_dir / "learner") is not None:  # the learner took its last step
+        console.print(f"final model folder: [bold]{export_final(run_dir).out}[/bold]")
     return report
 
 
