@@ -28,6 +28,8 @@ learner:
   checkpoint_every: 2
   algorithm: {n_rollouts: 4}
   sampling: {temperature: 1.0, max_tokens: 24}
+rollout:
+  max_model_len: 1024  # not SmolLM2's 8192: vLLM's start-up profiles a batch of this many tokens
 """
 
 
@@ -83,7 +85,7 @@ def test_run_export_and_eval_on_smollm2(tmp_path, smollm2_dir):
     result_file = tmp_path / "eval.json"
     done = subprocess.run(
         _prefix_rft("eval", "--model", str(out), "--split", str(data), "--problems", "2", "--k", "0",
-                    "--max-tokens", "32", "--out", str(result_file)),
+                    "--max-tokens", "32", "--config", str(config), "--out", str(result_file)),
         capture_output=True, text=True, timeout=900,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
