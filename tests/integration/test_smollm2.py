@@ -33,7 +33,9 @@ def hf(smollm2_dir):
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory, smollm2_dir):
-    process, url = start_rollout(tmp_path_factory.mktemp("smollm2-rollout"), smollm2_dir)
+    # A 1024-token context, not SmolLM2's 8192: vLLM's start-up profiles a batch of that many tokens.
+    env = {"PRFT_ROLLOUT__MAX_MODEL_LEN": "1024"}
+    process, url = start_rollout(tmp_path_factory.mktemp("smollm2-rollout"), smollm2_dir, extra_env=env)
     try:
         with httpx.Client(base_url=url, timeout=300) as client:
             _wait_until_generating(client)
