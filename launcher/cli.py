@@ -82,6 +82,16 @@ def placement_sets(learner_ranks: int | None, learner_gpus: int | None, rollout_
     return dotted({f"placement.{key}": value for key, value in given.items() if value is not None})
 
 
+def checked_model(model: Path) -> None:
+    """A --model folder that cannot be served (no tokenizer, weights or config) stops with what is missing."""
+    from shared.modeling import ModelFolderError, load_tokenizer
+
+    try:
+        load_tokenizer(model)
+    except ModelFolderError as exc:
+        fail(f"--model {exc}")
+
+
 @app.command("build-default-model")
 def build_default_model_command(
     cache_dir: Path = typer.Option(
@@ -175,6 +185,8 @@ def run_command(
     for flag, path in (("--model", model), ("--data", data), ("--config", config)):
         if path is not None and not path.exists():
             fail(f"{flag} {path}: no such file or directory")
+    if model is not None:
+        checked_model(model)
     try:
         options = RunOptions(
             model=model,
@@ -284,8 +296,8 @@ def eval_command(
 
     setup_logging("WARNING")
     job = checked_job(config, parsed_sets(sets))
-    if model is not None and not (model / "config.json").is_file():
-        fail(f"--model {model}: not a Hugging Face model directory (no config.json)")
+    if model is not None:
+        checked_model(model)
     try:
         selected = problems_for_split(split, problems)
     except ValueError as exc:
@@ -314,6 +326,40 @@ def eval_command(
     typer.echo(result.model_dump_json(indent=2))
     if out is not None:
         out.write_text(result.model_dump_json(indent=2))
+
+
+@app.command("export")
+def export_command(
+    run_dir: Path = typer.Argument(..., help="A run directory (holds learner/weights/)."),
+    out: Path = typer.Argument(..., help="The model folder to write (must not exist, or be empty)."),
+    version: int = typer.Option(None, min=0, help="Weights version to export (default: the run's final weights)."),
+) -> None:
+    """Write a run's weights as a complete Hugging Face model folder (weights, config, tokenizer, chat
+    template, generation config) that transformers, vLLM and `prefix-rft eval --model` load."""
+    from launcher.export import ExportError, export
+    from shared.modeling import ModelFolderError
+
+    try:
+        exported = export(run_dir, out, version)
+    except (ExportError, ModelFolderError) as exc:
+        fail(str(exc))
+    typer.echo(f"exported v{exported.version} of {run_dir} to {out}")
+
+
+@app.command("import-gguf")
+def import_gguf_command(
+    gguf_file: Path = typer.Argument(..., help="A GGUF model file (llama.cpp's format)."),
+    out: Path = typer.Argument(..., help="The model folder to write (must not exist, or be empty)."),
+) -> None:
+    """Turn a GGUF file into a Hugging Face model folder (de-quantised to float32) for --model."""
+    from launcher.gguf import GgufImportError, import_gguf
+    from shared.modeling import ModelFolderError
+
+    try:
+        import_gguf(gguf_file, out)
+    except (GgufImportError, ModelFolderError) as exc:
+        fail(str(exc))
+    typer.echo(str(out))
 
 
 @app.command("ledger")

@@ -24,6 +24,7 @@ from launcher.config import LOCAL_JOB_DEFAULTS, JobConfig
 from launcher.cpus import available_cores, plan_cores
 from launcher.deployment import LocalDeployment
 from launcher.evaluate import EvalResult, EvalSettings, evaluate
+from launcher.export import export_final
 from launcher.gpus import Placement, place_job
 from launcher.pipeline import pipeline_stats, worker_busy_seconds
 from launcher.report import AccuracyPoint, RunReport, print_summary, write_report
@@ -135,6 +136,8 @@ def run_job(options: RunOptions, console: Console) -> RunReport:
     write_report(report, metrics, run_dir)
     print_summary(report, console)
     _show_rank_digests(run_dir, console)
+    if FinalRecord.read(run_dir / "learner") is not None:  # the learner took its last step
+        console.print(f"final model folder: [bold]{export_final(run_dir).out}[/bold]")
     return report
 
 

@@ -16,6 +16,15 @@ from pathlib import Path
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from shared.datasets.arithmetic import ArithmeticDataset
 from shared.modeling import (
@@ -107,19 +116,36 @@ def warm_up(init_dir: Path, spec: DefaultPolicySpec, out_dir: Path) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.warmup.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine_with_warmup(spec.warmup))
     model.train()
-    for step in range(spec.warmup.steps):
-        batch = rng.sample(examples, spec.warmup.batch_size)
-        input_ids, labels = _pad(batch, tokenizer.pad_token_id)
-        loss = model(input_ids=input_ids, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step % 50 == 0 or step == spec.warmup.steps - 1:
-            log.info("warm-up step %d/%d loss %.4f", step + 1, spec.warmup.steps, loss.item())
+    with _warmup_progress() as progress:
+        task = progress.add_task("warming up the base policy", total=spec.warmup.steps, loss=float("nan"))
+        for step in range(spec.warmup.steps):
+            batch = rng.sample(examples, spec.warmup.batch_size)
+            input_ids, labels = _pad(batch, tokenizer.pad_token_id)
+            loss = model(input_ids=input_ids, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            progress.update(task, advance=1, loss=loss.item())
+            if step % 50 == 0 or step == spec.warmup.steps - 1:
+                log.info("warm-up step %d/%d loss %.4f", step + 1, spec.warmup.steps, loss.item())
     model.eval()
     save_model(model, tokenizer, out_dir)
+
+
+def _warmup_progress() -> Progress:
+    # On stderr: `prefix-rft build-default-model` prints the model's path on stdout for scripts.
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("steps, loss {task.fields[loss]:.4f}"),
+        TimeElapsedColumn(),
+        TextColumn("left"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )
 
 
 def _sft_example(tokenizer, prompt: str, demonstration: str) -> tuple[list[int], list[int]]:

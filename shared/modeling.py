@@ -111,11 +111,26 @@ def build_default_model(spec: DefaultModelSpec, corpus: Iterable[str], out_dir: 
 def save_model(model: torch.nn.Module, tokenizer, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
+    write_companions(out_dir, tokenizer, getattr(model, "generation_config", None))
+
+
+def write_companions(out_dir: Path, tokenizer, generation_config=None) -> None:
+    """Everything but the weights that makes ``out_dir`` a model folder transformers and vLLM load:
+    tokenizer files, chat template and generation config (``config.json`` comes with the weights)."""
     tokenizer.save_pretrained(out_dir)
-    # vLLM reads generation defaults from here; keep them neutral so requests decide.
-    (out_dir / "generation_config.json").write_text(
-        json.dumps({"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id})
-    )
+    if generation_config is not None and _has_own_defaults(generation_config):
+        generation_config.save_pretrained(out_dir)
+    else:
+        # vLLM reads generation defaults from here; keep them neutral so requests decide.
+        (out_dir / "generation_config.json").write_text(
+            json.dumps({"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id})
+        )
+
+
+def _has_own_defaults(generation_config) -> bool:
+    """A checkpoint's own generation config (e.g. its sampling defaults) is kept; one transformers
+    made up from the model config is replaced by the neutral one."""
+    return getattr(generation_config, "_from_model_config", False) is False
 
 
 def cached_build(cache_dir: Path, name: str, build) -> Path:
@@ -134,9 +149,45 @@ def cached_build(cache_dir: Path, name: str, build) -> Path:
     return target
 
 
-def load_tokenizer(path: str | Path):
+class ModelFolderError(ValueError):
+    """A directory that is not a usable model folder; the message says what is missing."""
+
+
+# Any one of these makes a tokenizer transformers can load (fast, SentencePiece, or byte-level BPE).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+WEIGHT_FILES = (
+    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"
+)
+
+
+def check_model_folder(path: str | Path) -> Path:
+    """``path`` if it holds a config, weights and tokenizer files; ModelFolderError naming what is missing."""
     path = _checked_dir(path)
-    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    missing = []
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        missing.append("weights (model.safetensors)")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        missing.append(f"tokenizer files ({', '.join(TOKENIZER_FILES[:-1])} or {TOKENIZER_FILES[-1]})")
+    if missing:
+        raise ModelFolderError(
+            f"{path} is not a complete model folder: it has no {' and no '.join(missing)}. "
+            "A run's complete folders are its final/ directory and `prefix-rft export RUN_DIR OUT`."
+        )
+    return path
+
+
+def load_tokenizer(path: str | Path):
+    """The folder's tokenizer, checked to be usable: ModelFolderError (never an empty tokenizer) when not."""
+    path = check_model_folder(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelFolderError(f"{path}: its tokenizer does not load: {exc}") from exc
+    if not tokenizer("1 + 1 = 2", add_special_tokens=False)["input_ids"]:
+        raise ModelFolderError(f"{path}: its tokenizer encodes text to no tokens (an empty vocabulary)")
+    if tokenizer.eos_token_id is None:
+        raise ModelFolderError(f"{path}: its tokenizer has no end-of-sequence token (eos_token)")
+    return tokenizer
 
 
 def load_model(path: str | Path, dtype: torch.dtype = torch.float32):
@@ -147,7 +198,7 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32):
 def _checked_dir(path: str | Path) -> Path:
     path = Path(path)
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} is not a Hugging Face model directory (no config.json)")
+        raise ModelFolderError(f"{path} is not a Hugging Face model directory (no config.json)")
     return path
 
 

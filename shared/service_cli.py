@@ -32,3 +32,16 @@ def load_or_exit(parser: argparse.ArgumentParser, cls: type[S], args: argparse.N
         return load_settings(cls, args.config, sets=parse_sets(args.sets), **given)
     except SettingsError as exc:
         parser.exit(2, f"error: {exc}\n")
+
+
+def model_folder_or_exit(parser: argparse.ArgumentParser, model: str | Path | None, setting: str) -> None:
+    """A service given a model folder without a usable tokenizer (or weights, or config) ends with a
+    message saying what is missing, before its engine starts (vLLM would fail later, in a traceback)."""
+    if model is None:
+        return
+    from shared.modeling import ModelFolderError, load_tokenizer
+
+    try:
+        load_tokenizer(model)
+    except ModelFolderError as exc:
+        parser.exit(2, f"error: {setting}: {exc}\n")

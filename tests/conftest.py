@@ -46,3 +46,11 @@ def default_base_dir() -> Path:
     from shared.base_policy import default_base_policy
 
     return default_base_policy()
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct converted from its GGUF file (cached on disk across runs)."""
+    from tests.helpers.checkpoints import converted_smollm2
+
+    return converted_smollm2()

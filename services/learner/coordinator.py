@@ -303,7 +303,7 @@ class Rank0(Follower):
         if plan.new_version:
             self.state.version += 1
         version = self.state.version
-        path = self.store.save(self.engine.module, state_dict, version)
+        path = self.store.save(self.engine.module, state_dict, version, self.tokenizer)
         if self.settings.weights_uri == "file":
             uri = path.resolve().as_uri()
         else:

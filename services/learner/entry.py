@@ -8,7 +8,7 @@ import logging
 import os
 from collections.abc import Sequence
 
-from shared.service_cli import load_or_exit, service_parser
+from shared.service_cli import load_or_exit, model_folder_or_exit, service_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +29,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from services.learner.settings import LearnerSettings
 
     settings = load_or_exit(parser, LearnerSettings, args)
+    model_folder_or_exit(parser, settings.model, "learner.model")
     rank = os.environ.get("RANK", "0")
     logging.basicConfig(
         level=settings.python_log_level,

@@ -50,7 +50,7 @@ def serve(settings: LearnerSettings, resume: bool) -> None:
     is_main = int(os.environ.get("RANK", "0")) == 0
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     metrics = StepMetrics(metrics_file(settings.run_dir))
-    store = WeightStore(settings.run_dir / "weights", settings.keep_weights)
+    store = WeightStore(settings.run_dir / "weights", settings.keep_weights, settings.keep_weights_every)
     status = StatusSource()
     server = None
     if is_main:

@@ -81,6 +81,8 @@ class LearnerSettings(ServiceSettings):
     checkpoint_every: int = Field(20, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     keep_weights: int = Field(3, ge=1)  # weight versions kept on disk and served
+    # ... and every version numbered a multiple of this (0: none): milestones to evaluate or export
+    keep_weights_every: int = Field(20, ge=0)
     publish_initial: bool = True  # publish version 0 (the starting weights) at a fresh start
 
     run_dir: Path = Path("runs/learner")

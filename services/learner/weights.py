@@ -1,4 +1,5 @@
-"""Weight versions: full weights to safetensors, the Redis record, and the push to live workers.
+"""Weight versions: complete model folders (full weights to safetensors), the Redis record, and the
+push to live workers.
 
 A version is written to a temporary directory and renamed into place, so ``GET /v1/weights/{v}``
 never serves a half-written file. Pushing runs on its own thread, to every worker at once, and only
@@ -25,6 +26,7 @@ from shared.api.rollout import RolloutClient, WeightUpdate
 from shared.api.weights import WEIGHTS_FILE
 from shared.bus import WeightsRecordStore, WorkerRegistry
 from shared.messages import WeightsRecord, WorkerInfo
+from shared.modeling import write_companions
 from shared.records import PushReport
 
 log = logging.getLogger(__name__)
@@ -51,11 +53,15 @@ def digest(state_dict: dict[str, torch.Tensor]) -> str:
 
 
 class WeightStore:
-    """``root/v{N}/model.safetensors`` (+ config.json), the newest ``keep`` versions."""
+    """``root/v{N}/``: each version a complete model folder (weights, config, tokenizer, chat template,
+    generation config) that transformers, vLLM and ``prefix-rft eval --model`` load as it is. The newest
+    ``keep`` versions are kept, and every version numbered a multiple of ``keep_every`` (0: none), so a
+    long run leaves milestones to evaluate or export."""
 
-    def __init__(self, root: Path, keep: int):
+    def __init__(self, root: Path, keep: int, keep_every: int = 0):
         self.root = root
         self.keep = keep
+        self.keep_every = keep_every
         root.mkdir(parents=True, exist_ok=True)
 
     def directory(self, version: int) -> Path:
@@ -71,7 +77,7 @@ class WeightStore:
                 found.append(int(entry.name[1:]))
         return sorted(found)
 
-    def save(self, module, state_dict: dict[str, torch.Tensor], version: int) -> Path:
+    def save(self, module, state_dict: dict[str, torch.Tensor], version: int, tokenizer) -> Path:
         target = self.directory(version)
         tmp = self.root / f".v{version}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -79,6 +85,7 @@ class WeightStore:
         module.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True, max_shard_size="10000GB")
         if not (tmp / WEIGHTS_FILE).is_file():
             raise RuntimeError(f"save_pretrained wrote no {WEIGHTS_FILE} in {tmp}: {sorted(os.listdir(tmp))}")
+        write_companions(tmp, tokenizer, getattr(module, "generation_config", None))
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
         self.prune(version)
@@ -86,7 +93,8 @@ class WeightStore:
 
     def prune(self, newest: int) -> None:
         for version in self.versions():
-            if version <= newest - self.keep:
+            milestone = self.keep_every > 0 and version % self.keep_every == 0
+            if version <= newest - self.keep and not milestone:
                 shutil.rmtree(self.directory(version), ignore_errors=True)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from shared.service_cli import load_or_exit, service_parser
+from shared.service_cli import load_or_exit, model_folder_or_exit, service_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,10 +33,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     from services.rollout.main import serve
     from services.rollout.settings import RolloutSettings
 
-    serve(
-        load_or_exit(
-            parser, RolloutSettings, args, model=args.model, host=args.host, port=args.port,
-            public_url=args.public_url, worker_id=args.worker_id, reward_url=args.reward_url,
-            worker_enabled=args.worker, log_level=args.log_level,
-        )
+    settings = load_or_exit(
+        parser, RolloutSettings, args, model=args.model, host=args.host, port=args.port,
+        public_url=args.public_url, worker_id=args.worker_id, reward_url=args.reward_url,
+        worker_enabled=args.worker, log_level=args.log_level,
     )
+    model_folder_or_exit(parser, settings.model, "rollout.model")
+    serve(settings)

@@ -14,7 +14,7 @@ from services.learner.app import BackgroundServer, StatusSource, create_app
 from services.learner.metrics import StepMetrics
 from services.learner.weights import Publisher, WeightStore
 from shared.bus import Keys, WeightsRecordStore, WorkerRegistry
-from shared.modeling import load_model
+from shared.modeling import load_model, load_tokenizer
 from shared.records import LearnerStatus, metrics_file
 from tests.helpers.records import step_record
 from tests.helpers.rollout import TOKEN
@@ -24,11 +24,12 @@ pytestmark = pytest.mark.integration
 
 
 def test_store_serves_and_prunes_versions(tmp_path, default_init_dir):
-    model = load_model(default_init_dir)
-    store = WeightStore(tmp_path / "weights", keep=2)
-    for version in range(3):
-        store.save(model, model.state_dict(), version)
-    assert store.versions() == [1, 2]
+    model, tokenizer = load_model(default_init_dir), load_tokenizer(default_init_dir)
+    store = WeightStore(tmp_path / "weights", keep=2, keep_every=2)
+    for version in range(6):
+        store.save(model, model.state_dict(), version, tokenizer)
+    # The newest two, and the milestones (multiples of 2) however old.
+    assert store.versions() == [0, 2, 4, 5]
     metrics = StepMetrics(metrics_file(tmp_path))
     metrics.record(step_record(1, loss=0.5, staleness_hist={"0": 3}))
     port = free_port()
@@ -39,16 +40,21 @@ def test_store_serves_and_prunes_versions(tmp_path, default_init_dir):
         base = f"http://127.0.0.1:{port}"
         body = httpx.get(f"{base}/v1/weights/2").content
         assert body == store.file(2).read_bytes()
-        assert httpx.get(f"{base}/v1/weights/0").status_code == 404
+        assert httpx.get(f"{base}/v1/weights/1").status_code == 404
         assert httpx.get(f"{base}/v1/status").json() == {"phase": "training", "step": 1}
         text = httpx.get(f"{base}/metrics").text
         assert "learner_loss 0.5" in text and "learner_staleness_hist_0 3.0" in text
     finally:
         server.stop()
-    # The file loads back into the model (tied embeddings written once).
+    # A version is a complete model folder: it loads back into the model (tied embeddings written
+    # once), with the tokenizer and chat template of the model it was trained from.
     reloaded = load_model(store.directory(2))
     for (name, a), b in zip(model.state_dict().items(), reloaded.state_dict().values()):
         assert torch.equal(a, b), name
+    served_tokenizer = load_tokenizer(store.directory(2))
+    assert served_tokenizer.get_vocab() == tokenizer.get_vocab()
+    assert served_tokenizer.chat_template == tokenizer.chat_template
+    assert (store.directory(2) / "generation_config.json").is_file()
 
 
 def test_push_reaches_live_workers_and_survives_dead_ones(
@@ -57,7 +63,7 @@ def test_push_reaches_live_workers_and_survives_dead_ones(
     keys = Keys(namespace)
     model = load_model(default_init_dir)
     store = WeightStore(tmp_path / "weights", keep=2)
-    store.save(model, model.state_dict(), 5)
+    store.save(model, model.state_dict(), 5, load_tokenizer(default_init_dir))
     port = free_port()
     app = create_app(StatusSource(), store, StepMetrics(metrics_file(tmp_path)))
     server = BackgroundServer(app, "127.0.0.1", port)
