@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from launcher.evaluate import EvalSettings
 from services.learner.settings import LearnerSettings
 from services.reward.settings import RewardSettings
 from services.rollout.settings import RolloutSettings
@@ -22,13 +23,17 @@ from shared.settings import (
     AuthSettings,
     RedisSettings,
     SettingsError,
+    deep_merge,
     dotted,
+    format_validation_error,
     load_settings,
     read_document,
 )
 
 SERVICE_SETTINGS: dict[str, type] = {"reward": RewardSettings, "rollout": RolloutSettings, "learner": LearnerSettings}
-SECTIONS = (*COMMON_SECTIONS, *SERVICE_SETTINGS)
+# Read by the launcher alone: how `eval`, `run` and `compare` evaluate (launcher.evaluate.EvalSettings).
+EVAL_SECTION = "eval"
+SECTIONS = (*COMMON_SECTIONS, *SERVICE_SETTINGS, EVAL_SECTION)
 
 # The launcher's defaults for a job on one machine, under the user's file: sized so that the default
 # job (the built-in model and task) finishes in about 15 minutes on 2 cores.
@@ -56,6 +61,7 @@ class JobConfig(BaseModel):
     reward: RewardSettings
     rollout: RolloutSettings
     learner: LearnerSettings
+    eval: EvalSettings = EvalSettings()
 
     @model_validator(mode="after")
     def _one_redis_and_token(self) -> JobConfig:
@@ -98,13 +104,14 @@ class JobConfig(BaseModel):
             for name, settings in SERVICE_SETTINGS.items()
         }
         learner = sections["learner"]
-        return cls(redis=learner.redis, auth=learner.auth, **sections).check()
+        evaluation = _eval_settings(config, sets, defaults)
+        return cls(redis=learner.redis, auth=learner.auth, eval=evaluation, **sections).check()
 
     def with_redis_url(self, url: str) -> JobConfig:
         """The same job on the Redis at ``url`` (a private redis-server's, known once it has started)."""
         redis = RedisSettings(url=url, namespace=self.redis.namespace)
         sections = {name: getattr(self, name).model_copy() for name in SERVICE_SETTINGS}
-        return JobConfig(redis=redis, auth=self.auth, **sections)
+        return JobConfig(redis=redis, auth=self.auth, eval=self.eval, **sections)
 
     def document(self) -> dict[str, Any]:
         """The YAML document every service reads: the token in clear (the file is private to the user)."""
@@ -114,12 +121,27 @@ class JobConfig(BaseModel):
         }
         for name in SERVICE_SETTINGS:
             document[name] = getattr(self, name).model_dump(mode="json", exclude=set(COMMON_SECTIONS))
+        document[EVAL_SECTION] = self.eval.model_dump(mode="json")
         return document
 
     def dump(self, path: Path) -> Path:
         path.write_text(yaml.safe_dump(self.document(), sort_keys=False))
         path.chmod(0o600)  # it holds the bearer token
         return path
+
+
+def _eval_settings(
+    config: str | Path | None, sets: Mapping[str, Any] | None, defaults: Mapping[str, Any] | None
+) -> EvalSettings:
+    """The eval section: defaults, then the file, then --set (no env vars: no service reads it)."""
+    layers = [(defaults or {}).get(EVAL_SECTION) or {}]
+    if config is not None:
+        layers.append(read_document(config).get(EVAL_SECTION) or {})
+    layers.append((sets or {}).get(EVAL_SECTION) or {})
+    try:
+        return EvalSettings.model_validate(deep_merge({}, *layers))
+    except ValidationError as exc:
+        raise SettingsError(format_validation_error(exc, source=config, section=EVAL_SECTION)) from exc
 
 
 def _check_sections(what: str, document: Mapping[str, Any]) -> None:

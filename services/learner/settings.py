@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from services.learner.algorithm import AlgorithmSettings
 from shared.api.rollout import SamplingParams
+from shared.data import DataSettings, PromptSettings
 from shared.datasets.arithmetic import ArithmeticDataset
 from shared.settings import ServiceSettings, StrictModel, public_base_url
 
@@ -41,8 +42,10 @@ class LearnerSettings(ServiceSettings):
 
     # None: the built-in default base policy (built and cached on first use).
     model: str | None = None
-    # None: the built-in arithmetic task's train split; else a file for shared.data.load_problems.
-    data: str | None = None
+    # The data file, its column mapping and held-out rows (a plain string is the path); no path: the
+    # built-in arithmetic task's train split.
+    data: DataSettings = DataSettings()
+    prompt: PromptSettings = PromptSettings()  # system prompt, instruction template, chat template file
     dataset: ArithmeticDataset = ArithmeticDataset()
     # Given as a mapping, ``name`` selects the preset and the other keys override its fields.
     algorithm: AlgorithmSettings = AlgorithmSettings()
