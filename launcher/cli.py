@@ -117,6 +117,9 @@ def learner_command(ctx: typer.Context) -> None:
 def run_command(
     model: Path = typer.Option(None, help="Local Hugging Face model directory (default: the built-in base policy)."),
     data: Path = typer.Option(None, help="OpenR1-Math style .parquet/.jsonl/.json file (default: the built-in task)."),
+    eval_data: list[Path] = typer.Option(
+        None, help="A benchmark file to evaluate on (repeatable; default with --data: rows of it held out of training)."
+    ),
     algorithm: str = typer.Option("prefix-rft", help="prefix-rft, sft, rft, sft-then-rft, luffy, or an ablation."),
     steps: int = typer.Option(100, min=1, help="Optimizer steps."),
     seed: int = typer.Option(0),
@@ -135,18 +138,21 @@ def run_command(
 
     from launcher.run import RunOptions, run_job
     from services.learner.algorithm import AlgorithmName
+    from shared.data import DataFormatError
 
     setup_logging("WARNING")
     names = ", ".join(a.value for a in AlgorithmName)
     if algorithm not in {a.value for a in AlgorithmName}:
         fail(f"--algorithm {algorithm!r} is not one of: {names}")
-    for flag, path in (("--model", model), ("--data", data), ("--config", config)):
+    given = [("--model", model), ("--data", data), ("--config", config), *(("--eval-data", p) for p in eval_data or [])]
+    for flag, path in given:
         if path is not None and not path.exists():
             fail(f"{flag} {path}: no such file or directory")
     try:
         options = RunOptions(
             model=model,
             data=data,
+            eval_data=eval_data or [],
             algorithm=algorithm,
             steps=steps,
             seed=seed,
@@ -168,7 +174,7 @@ def run_command(
     ):
         try:
             run_job(options, console)
-        except SettingsError as exc:  # the job's settings are checked before any process starts
+        except (SettingsError, DataFormatError) as exc:  # settings and data are checked before any process starts
             fail(str(exc))
 
 
@@ -183,6 +189,9 @@ def compare_command(
     eval_problems: int = typer.Option(128, min=1, help="Problems per evaluation split."),
     eval_every: int = typer.Option(10, min=0, help="Accuracy curve point every N steps (0: none)."),
     eval_k: int = typer.Option(4, min=0, help="Samples per problem for avg@k after training (0: greedy only)."),
+    eval_data: list[Path] = typer.Option(
+        None, help="A benchmark file every run is evaluated on, instead of the built-in splits (repeatable)."
+    ),
     config: Path = typer.Option(None, help="YAML settings merged into every run."),
     demonstrations: str = typer.Option(
         None, help="Built-in dataset demonstration style: column (the base policy's own) or teacher (off-policy)."
@@ -206,13 +215,16 @@ def compare_command(
         seed_list = [int(s) for s in seeds.split(",")]
     except ValueError:
         fail(f"--seeds {seeds!r}: expected comma-separated integers")
+    for path in eval_data or []:
+        if not path.is_file():
+            fail(f"--eval-data {path}: no such file")
     overrides = parsed_sets(sets)
     checked_job(config, overrides)
     try:
         options = CompareOptions(
             variants=names, seeds=seed_list, steps=steps, eval_problems=eval_problems, eval_every=eval_every,
-            eval_k=eval_k, config=config, demonstrations=demonstrations, out=out, results=results,
-            command=command_line(), sets=overrides,
+            eval_k=eval_k, eval_data=eval_data or [], config=config, demonstrations=demonstrations, out=out,
+            results=results, command=command_line(), sets=overrides,
         )
     except ValidationError as exc:
         fail(str(exc))
@@ -233,7 +245,9 @@ def eval_command(
     model: Path = typer.Option(None, help="Local Hugging Face model directory (default: the built-in base policy)."),
     split: list[str] = typer.Option(None, help="A benchmark, as the arguments (repeatable).", hidden=True),
     problems: int = typer.Option(None, min=1, help="Evaluate at most this many problems of each benchmark."),
-    k: int = typer.Option(None, min=0, help="Samples per problem for avg@k and pass@k (0: greedy only); eval.k, default 4."),
+    k: int = typer.Option(
+        None, min=0, help="Samples per problem for avg@k and pass@k (0: greedy only); eval.k, default 4."
+    ),
     temperature: float = typer.Option(None, min=0.0, help="Of the k samples; eval.temperature, default 0.6."),
     pass_at: str = typer.Option(None, help="Comma-separated j for pass@j, each at most k; eval.pass_at, default: k."),
     max_tokens: int = typer.Option(None, min=1, help="Tokens per response; eval.max_tokens, default 192."),

@@ -50,7 +50,7 @@ class EvalSettings(BaseModel):
 
     @property
     def pass_ks(self) -> list[int]:
-        return sorted(set(self.pass_at or ([self.k] if self.k else [])))
+        return sorted(set(self.pass_at or [self.k])) if self.k else []
 
 
 class EvalSample(BaseModel):
