@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
+from pydantic_settings import NoDecode
 
 from services.learner.algorithm import AlgorithmSettings
 from shared.api.rollout import SamplingParams
@@ -44,7 +45,8 @@ class LearnerSettings(ServiceSettings):
     model: str | None = None
     # The data file, its column mapping and held-out rows (a plain string is the path); no path: the
     # built-in arithmetic task's train split.
-    data: DataSettings = DataSettings()
+    # NoDecode: PRFT_LEARNER__DATA=/data/f.parquet is the path as it is, not JSON to decode.
+    data: Annotated[DataSettings, NoDecode] = DataSettings()
     prompt: PromptSettings = PromptSettings()  # system prompt, instruction template, chat template file
     dataset: ArithmeticDataset = ArithmeticDataset()
     # Given as a mapping, ``name`` selects the preset and the other keys override its fields.

@@ -198,3 +198,14 @@ def test_learner_settings_take_the_data_section_from_yaml_and_set(tmp_path):
     assert (problem.prompt, problem.answer, problem.system) == ("p", "1", "Hi")
     with pytest.raises(SettingsError, match="no column 'nope'"):
         JobConfig.load(config, sets=parse_sets(["learner.data.columns.answer=nope"]))
+
+
+def test_the_data_file_from_an_env_var_as_a_path_or_by_key(tmp_path, monkeypatch):
+    from services.learner.settings import LearnerSettings
+    from shared.settings import load_settings
+
+    monkeypatch.setenv("PRFT_LEARNER__DATA", "/data/f.parquet")
+    assert str(load_settings(LearnerSettings).data.path) == "/data/f.parquet"
+    monkeypatch.delenv("PRFT_LEARNER__DATA")
+    monkeypatch.setenv("PRFT_LEARNER__DATA__HOLDOUT", "7")
+    assert load_settings(LearnerSettings).data.holdout == 7
