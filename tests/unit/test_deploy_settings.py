@@ -396,7 +396,8 @@ def test_paper_config_is_the_papers_setting(monkeypatch):
     path = REPO / "configs" / "paper-gpu.yaml"
     learner = load_settings(settings_class("learner"), path)
     algorithm = learner.algorithm
-    assert learner.model.startswith("/assets/models/Qwen2.5-Math-") and str(learner.data.path).startswith("/assets/data/")
+    assert learner.model.startswith("/assets/models/Qwen2.5-Math-")
+    assert str(learner.data.path).startswith("/assets/data/")
     assert (learner.batch_prompts, algorithm.n_rollouts, learner.mini_batch_prompts) == (128, 8, 64)
     assert (algorithm.name.value, algorithm.n_hybrid, algorithm.n_on_policy) == ("prefix-rft", 1, 7)
     assert learner.lr == 1e-6 and learner.total_steps == 500
