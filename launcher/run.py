@@ -161,13 +161,14 @@ def _eval_splits(options: RunOptions, job: JobConfig, console: Console) -> dict[
             benchmark_name(str(path)): load_benchmark(str(path), options.eval_problems, prompt, job.eval.columns)
             for path in options.eval_data
         }
-    if options.data is None:
+    data = job.learner.data  # from --data, or the job file
+    if data.path is None:
         return {split: load_benchmark(split, options.eval_problems, prompt) for split in BUILTIN_SPLITS}
-    held = heldout_problems(job.learner.data, prompt)
+    held = heldout_problems(data, prompt)
     if not held:
         raise DataFormatError("nothing to evaluate on: give --eval-data, or hold rows out (learner.data.holdout)")
     console.print(
-        f"evaluating on {len(held)} rows of {options.data} held out of training (the learner never trains on them; "
+        f"evaluating on {len(held)} rows of {data.path} held out of training (the learner never trains on them; "
         "--eval-data FILE... evaluates on benchmarks instead)"
     )
     return {"held-out": held[: options.eval_problems]}
@@ -198,8 +199,8 @@ def build_job_config(options: RunOptions, run_dir: Path) -> JobConfig:
         decided["learner.model"] = str(options.model.resolve())
     if options.data is not None:
         decided["learner.data.path"] = str(options.data.resolve())
-        if not options.eval_data:  # evaluation rows the learner must not train on
-            defaults["learner.data.holdout"] = options.eval_problems
+    if not options.eval_data:  # a data file's evaluation rows, which its learner must not train on
+        defaults["learner.data.holdout"] = options.eval_problems
     if options.eval.model_fields_set:
         decided["eval"] = options.eval.model_dump(include=options.eval.model_fields_set)
     if options.redis_url is not None:

@@ -34,3 +34,12 @@ def test_eval_data_files_are_the_splits_and_nothing_is_held_out(tmp_path):
     splits = _eval_splits(options, job, Console(record=True))
     assert list(splits) == ["gsm8k"] and splits["gsm8k"][0].answer == "7"
     assert job.learner.data.holdout == 0 and len(load_problems_for(job.learner)) == 40
+
+
+def test_a_data_file_from_the_job_file_is_held_out_from_too(tmp_path):
+    config = tmp_path / "job.yaml"
+    config.write_text(f"learner: {{data: {{path: {data_file(tmp_path)}}}}}\n")
+    options = RunOptions(config=config, eval_problems=4)
+    job = build_job_config(options, tmp_path / "run")
+    held = {p.id for p in _eval_splits(options, job, Console(record=True))["held-out"]}
+    assert len(held) == 4 and not held & {p.id for p in load_problems_for(job.learner)}
