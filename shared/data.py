@@ -32,7 +32,6 @@ ID_COLUMNS = ("id", "problem_id", "unique_id")
 PAPER_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 # Instruction templates by name; ``{problem}`` stands for the problem's text.
 INSTRUCTION_PRESETS = {"paper": "{problem}\n" + PAPER_INSTRUCTION, "none": "{problem}"}
-DEFAULT_INSTRUCTION = PAPER_INSTRUCTION  # kept for callers that name the paper's sentence
 SUFFIXES = (".parquet", ".jsonl", ".ndjson", ".json")
 
 
