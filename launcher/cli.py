@@ -155,6 +155,9 @@ def learner_command(ctx: typer.Context) -> None:
 def run_command(
     model: Path = typer.Option(None, help="Local Hugging Face model directory (default: the built-in base policy)."),
     data: Path = typer.Option(None, help="OpenR1-Math style .parquet/.jsonl/.json file (default: the built-in task)."),
+    eval_data: list[Path] = typer.Option(
+        None, help="A benchmark file to evaluate on (repeatable; default with --data: rows of it held out of training)."
+    ),
     algorithm: str = typer.Option("prefix-rft", help="prefix-rft, sft, rft, sft-then-rft, luffy, or an ablation."),
     steps: int = typer.Option(100, min=1, help="Optimizer steps."),
     seed: int = typer.Option(0),
@@ -176,13 +179,15 @@ def run_command(
 
     from launcher.run import RunOptions, run_job
     from services.learner.algorithm import AlgorithmName
+    from shared.data import DataFormatError
     from shared.settings import deep_merge
 
     setup_logging("WARNING")
     names = ", ".join(a.value for a in AlgorithmName)
     if algorithm not in {a.value for a in AlgorithmName}:
         fail(f"--algorithm {algorithm!r} is not one of: {names}")
-    for flag, path in (("--model", model), ("--data", data), ("--config", config)):
+    given = [("--model", model), ("--data", data), ("--config", config), *(("--eval-data", p) for p in eval_data or [])]
+    for flag, path in given:
         if path is not None and not path.exists():
             fail(f"{flag} {path}: no such file or directory")
     if model is not None:
@@ -191,6 +196,7 @@ def run_command(
         options = RunOptions(
             model=model,
             data=data,
+            eval_data=eval_data or [],
             algorithm=algorithm,
             steps=steps,
             seed=seed,
@@ -212,7 +218,7 @@ def run_command(
     ):
         try:
             run_job(options, console)
-        except SettingsError as exc:  # the job's settings are checked before any process starts
+        except (SettingsError, DataFormatError) as exc:  # settings and data are checked before any process starts
             fail(str(exc))
 
 
@@ -227,6 +233,9 @@ def compare_command(
     eval_problems: int = typer.Option(128, min=1, help="Problems per evaluation split."),
     eval_every: int = typer.Option(10, min=0, help="Accuracy curve point every N steps (0: none)."),
     eval_k: int = typer.Option(4, min=0, help="Samples per problem for avg@k after training (0: greedy only)."),
+    eval_data: list[Path] = typer.Option(
+        None, help="A benchmark file every run is evaluated on, instead of the built-in splits (repeatable)."
+    ),
     config: Path = typer.Option(None, help="YAML settings merged into every run."),
     demonstrations: str = typer.Option(
         None, help="Built-in dataset demonstration style: column (the base policy's own) or teacher (off-policy)."
@@ -254,13 +263,16 @@ def compare_command(
         seed_list = [int(s) for s in seeds.split(",")]
     except ValueError:
         fail(f"--seeds {seeds!r}: expected comma-separated integers")
+    for path in eval_data or []:
+        if not path.is_file():
+            fail(f"--eval-data {path}: no such file")
     overrides = deep_merge(placement_sets(learner_ranks, learner_gpus, rollout_gpus), parsed_sets(sets))
     checked_placement(checked_job(config, overrides))
     try:
         options = CompareOptions(
             variants=names, seeds=seed_list, steps=steps, eval_problems=eval_problems, eval_every=eval_every,
-            eval_k=eval_k, config=config, demonstrations=demonstrations, out=out, results=results,
-            command=command_line(), sets=overrides,
+            eval_k=eval_k, eval_data=eval_data or [], config=config, demonstrations=demonstrations, out=out,
+            results=results, command=command_line(), sets=overrides,
         )
     except ValidationError as exc:
         fail(str(exc))
@@ -273,59 +285,60 @@ def compare_command(
 
 @app.command("eval")
 def eval_command(
+    benchmarks: list[str] = typer.Argument(
+        None, metavar="[BENCHMARK]...",
+        help="Benchmark files (.jsonl/.parquet/.json in the MATH-500, AIME, AMC or GSM8K layouts), or id / ood "
+        "(the built-in task's test splits). Default: id.",
+    ),
     model: Path = typer.Option(None, help="Local Hugging Face model directory (default: the built-in base policy)."),
-    split: str = typer.Option("id", help="'id' or 'ood' (built-in task) or a data file."),
-    problems: int = typer.Option(128, min=1, help="Evaluate at most this many problems."),
-    k: int = typer.Option(4, min=0, help="Samples per problem for avg@k and pass@k (0: greedy only)."),
-    temperature: float = typer.Option(0.6, min=0.0),
-    max_tokens: int = typer.Option(192, min=1),
+    split: list[str] = typer.Option(None, help="A benchmark, as the arguments (repeatable).", hidden=True),
+    problems: int = typer.Option(None, min=1, help="Evaluate at most this many problems of each benchmark."),
+    k: int = typer.Option(
+        None, min=0, help="Samples per problem for avg@k and pass@k (0: greedy only); eval.k, default 4."
+    ),
+    temperature: float = typer.Option(None, min=0.0, help="Of the k samples; eval.temperature, default 0.6."),
+    pass_at: str = typer.Option(None, help="Comma-separated j for pass@j, each at most k; eval.pass_at, default: k."),
+    max_tokens: int = typer.Option(None, min=1, help="Tokens per response; eval.max_tokens, default 192."),
     rollout_url: str = typer.Option(None, help="Use a running rollout worker instead of starting one."),
     reward_url: str = typer.Option(None, help="Use a running reward service instead of starting one."),
-    out: Path = typer.Option(None, help="Also write the result as JSON here."),
-    config: Path = typer.Option(None, help="YAML settings (sections reward, rollout, ...) for the services it starts."),
+    out: Path = typer.Option(
+        None, help="Directory for samples.jsonl, summary.md/.json and accuracy.png (default: runs/eval-<time>)."
+    ),
+    config: Path = typer.Option(
+        None, help="YAML settings: eval (sampling), learner.prompt (the prompt), and the services it starts."
+    ),
     sets: list[str] = typer.Option(None, "--set", metavar="SECTION.KEY=VALUE", help=SET_HELP),
 ) -> None:
-    """Greedy and sampled accuracy (pass@1, avg@k, pass@k) through a rollout worker and the reward service."""
-    import asyncio
-    import tempfile
+    """Greedy pass@1, avg@k and pass@k on one or more benchmarks, through a rollout worker and the reward service."""
+    from pydantic import ValidationError
 
-    from launcher.deployment import LocalDeployment, ProcessDied
-    from launcher.evaluate import EvalSettings, evaluate, problems_for_split
-    from shared.api.http import ServiceRefused, ServiceUnavailable
-    from shared.modeling import load_tokenizer
+    from launcher.eval_job import EvalOptions, run_eval
+    from shared.data import DataFormatError
+    from shared.settings import deep_merge, dotted
 
     setup_logging("WARNING")
-    job = checked_job(config, parsed_sets(sets))
+    flags = {"eval.k": k, "eval.temperature": temperature, "eval.max_tokens": max_tokens}
+    if pass_at is not None:
+        try:
+            flags["eval.pass_at"] = [int(j) for j in pass_at.split(",")]
+        except ValueError:
+            fail(f"--pass-at {pass_at!r}: expected comma-separated integers")
+    given = dotted({key: value for key, value in flags.items() if value is not None})
+    job = checked_job(config, deep_merge(given, parsed_sets(sets)))
     if model is not None:
         checked_model(model)
     try:
-        selected = problems_for_split(split, problems)
-    except ValueError as exc:
+        options = EvalOptions(
+            benchmarks=[*(benchmarks or []), *(split or [])] or ["id"], model=model, limit=problems,
+            rollout_url=rollout_url, reward_url=reward_url, out=out,
+        )
+    except ValidationError as exc:
         fail(str(exc))
-    if model is None:
-        from shared.base_policy import default_base_policy
-
-        model = default_base_policy()
-    settings = EvalSettings(k=k, temperature=temperature, max_tokens=max_tokens)
-    deployment = None
-    try:
-        if rollout_url is None or reward_url is None:
-            run_dir = Path(tempfile.mkdtemp(prefix="prft-eval-"))
-            config_path = job.dump(run_dir / "job.yaml")
-            deployment = LocalDeployment(run_dir=run_dir, config_path=config_path, redis_url=None)
-            with console.status("starting the reward service and a rollout worker"):
-                reward_url = reward_url or deployment.start_reward(1)
-                deployment.reward_url = reward_url
-                rollout_url = rollout_url or deployment.start_rollout_worker(model, 0, consume_tasks=False)
-        result = asyncio.run(evaluate(selected, load_tokenizer(model), rollout_url, reward_url, split, settings))
-    except (ProcessDied, ServiceRefused, ServiceUnavailable) as exc:
-        fail(str(exc))
-    finally:
-        if deployment is not None:
-            deployment.stop()
-    typer.echo(result.model_dump_json(indent=2))
-    if out is not None:
-        out.write_text(result.model_dump_json(indent=2))
+    with failing_cleanly(died="a service died, so the evaluation was stopped", interrupted="interrupted"):
+        try:
+            run_eval(options, job, console)
+        except (DataFormatError, OSError) as exc:  # a benchmark or model folder it cannot read
+            fail(str(exc))
 
 
 @app.command("export")

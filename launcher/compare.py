@@ -69,6 +69,7 @@ class CompareOptions(BaseModel):
     eval_problems: int = Field(128, ge=1)
     eval_every: int = Field(10, ge=0)
     eval_k: int = Field(4, ge=0)  # samples per problem for avg@k after training (0: greedy only)
+    eval_data: list[Path] = Field(default_factory=list)  # benchmark files instead of the built-in splits
     config: Path | None = None  # YAML merged into every run's settings (the same for all variants)
     sets: dict[str, Any] = Field(default_factory=dict)  # --set overrides of every run, a job document
     # The built-in task's demonstration style (None: what the config says, else "column", the base
@@ -167,6 +168,7 @@ def _run_options(options: CompareOptions, name: str, seed: int, run_dir: Path, f
         sets=deep_merge(options.sets, dotted(overrides)),
         out=run_dir,
         eval_problems=options.eval_problems,
+        eval_data=options.eval_data,
         eval_every=options.eval_every,
         evaluate_before=first,
         eval=EvalSettings(k=options.eval_k),

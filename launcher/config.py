@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from launcher.evaluate import EvalSettings
 from services.learner.settings import LearnerSettings
 from services.reward.settings import RewardSettings
 from services.rollout.settings import RolloutSettings
@@ -23,7 +24,9 @@ from shared.settings import (
     RedisSettings,
     ServiceSettings,
     SettingsError,
+    deep_merge,
     dotted,
+    format_validation_error,
     load_settings,
     read_document,
 )
@@ -46,7 +49,9 @@ class PlacementSettings(ServiceSettings):
 
 SERVICE_SETTINGS: dict[str, type] = {"reward": RewardSettings, "rollout": RolloutSettings, "learner": LearnerSettings}
 LAUNCHER_SETTINGS: dict[str, type] = {"placement": PlacementSettings}
-SECTIONS = (*COMMON_SECTIONS, *SERVICE_SETTINGS, *LAUNCHER_SETTINGS)
+# Read by the launcher alone: how `eval`, `run` and `compare` evaluate (launcher.evaluate.EvalSettings).
+EVAL_SECTION = "eval"
+SECTIONS = (*COMMON_SECTIONS, *SERVICE_SETTINGS, *LAUNCHER_SETTINGS, EVAL_SECTION)
 
 # The launcher's defaults for a job on one machine, under the user's file: sized so that the default
 # job (the built-in model and task) finishes in about 15 minutes on 2 cores.
@@ -75,6 +80,7 @@ class JobConfig(BaseModel):
     rollout: RolloutSettings
     learner: LearnerSettings
     placement: PlacementSettings = PlacementSettings()
+    eval: EvalSettings = EvalSettings()
 
     @model_validator(mode="after")
     def _one_redis_and_token(self) -> JobConfig:
@@ -117,13 +123,14 @@ class JobConfig(BaseModel):
             for name, settings in {**SERVICE_SETTINGS, **LAUNCHER_SETTINGS}.items()
         }
         learner = sections["learner"]
-        return cls(redis=learner.redis, auth=learner.auth, **sections).check()
+        evaluation = _eval_settings(config, sets, defaults)
+        return cls(redis=learner.redis, auth=learner.auth, eval=evaluation, **sections).check()
 
     def with_redis_url(self, url: str) -> JobConfig:
         """The same job on the Redis at ``url`` (a private redis-server's, known once it has started)."""
         redis = RedisSettings(url=url, namespace=self.redis.namespace)
         sections = {name: getattr(self, name).model_copy() for name in (*SERVICE_SETTINGS, *LAUNCHER_SETTINGS)}
-        return JobConfig(redis=redis, auth=self.auth, **sections)
+        return JobConfig(redis=redis, auth=self.auth, eval=self.eval, **sections)
 
     def document(self) -> dict[str, Any]:
         """The YAML document every service reads: the token in clear (the file is private to the user)."""
@@ -135,12 +142,27 @@ class JobConfig(BaseModel):
             document[name] = getattr(self, name).model_dump(mode="json", exclude=set(COMMON_SECTIONS))
         # The services skip it; it records how the job was laid out.
         document["placement"] = self.placement.model_dump(mode="json", exclude={*COMMON_SECTIONS, "log_level"})
+        document[EVAL_SECTION] = self.eval.model_dump(mode="json")
         return document
 
     def dump(self, path: Path) -> Path:
         path.write_text(yaml.safe_dump(self.document(), sort_keys=False))
         path.chmod(0o600)  # it holds the bearer token
         return path
+
+
+def _eval_settings(
+    config: str | Path | None, sets: Mapping[str, Any] | None, defaults: Mapping[str, Any] | None
+) -> EvalSettings:
+    """The eval section: defaults, then the file, then --set (no env vars: no service reads it)."""
+    layers = [(defaults or {}).get(EVAL_SECTION) or {}]
+    if config is not None:
+        layers.append(read_document(config).get(EVAL_SECTION) or {})
+    layers.append((sets or {}).get(EVAL_SECTION) or {})
+    try:
+        return EvalSettings.model_validate(deep_merge({}, *layers))
+    except ValidationError as exc:
+        raise SettingsError(format_validation_error(exc, source=config, section=EVAL_SECTION)) from exc
 
 
 def _check_sections(what: str, document: Mapping[str, Any]) -> None:

@@ -23,15 +23,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from launcher.config import LOCAL_JOB_DEFAULTS, JobConfig
 from launcher.cpus import available_cores, plan_cores
 from launcher.deployment import LocalDeployment
-from launcher.evaluate import EvalResult, EvalSettings, evaluate
+from launcher.evaluate import BUILTIN_SPLITS, EvalResult, EvalSettings, benchmark_name, evaluate, load_benchmark
 from launcher.export import export_final
 from launcher.gpus import Placement, place_job
 from launcher.pipeline import pipeline_stats, worker_busy_seconds
 from launcher.report import AccuracyPoint, RunReport, print_summary, write_report
 from services.learner.algorithm import AlgorithmName
 from shared.api.rollout import RolloutClient
-from shared.data import load_problems
-from shared.datasets.arithmetic import ArithmeticDataset
+from shared.data import DataFormatError, heldout_problems
 from shared.modeling import load_tokenizer
 from shared.problems import Problem
 from shared.records import FinalRecord, StepRecord, metrics_file
@@ -45,7 +44,8 @@ class RunOptions(BaseModel):
 
     model: Path | None = None  # None: the built-in default base policy
     data: Path | None = None  # None: the built-in arithmetic task
-    eval_data: Path | None = None  # held-out file for --data runs (else the last eval_problems rows)
+    # Benchmark files to evaluate on; none with --data: rows of it held out of training (learner.data.holdout).
+    eval_data: list[Path] = Field(default_factory=list)
     algorithm: AlgorithmName = AlgorithmName.prefix_rft
     steps: int = Field(100, ge=1)
     seed: int = 0
@@ -61,7 +61,7 @@ class RunOptions(BaseModel):
     evaluate_before: bool = True  # False: skip the base policy's evaluation (a comparison does it once)
     curve_problems: int = Field(64, ge=1)
     pin_cores: bool = True  # disjoint cores for the learner and the workers (see launcher.cpus)
-    eval: EvalSettings = EvalSettings()
+    eval: EvalSettings = EvalSettings()  # the fields set here sit over the job file's eval section
 
 
 def _interrupt(signum, frame) -> None:
@@ -73,13 +73,14 @@ def run_job(options: RunOptions, console: Console) -> RunReport:
     run_dir = _run_dir(options)
     job = build_job_config(options, run_dir)  # a bad setting stops the run here, before anything starts
     placement = place_job(job, options.rollout_workers)  # so do GPUs the machine lacks
+    options = options.model_copy(update={"eval": job.eval})  # the options' own, over the job file's
     # SIGTERM (kill, a scheduler ending the job) stops the run as Ctrl-C does, so the processes it
     # started are stopped too: each runs in a session of its own and would outlive it.
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)
     run_dir.mkdir(parents=True, exist_ok=True)
     model_path = _resolve_model(options, console)
-    splits = _eval_splits(options)
+    splits = _eval_splits(options, job, console)
     config_path = job.dump(run_dir / "job.yaml")
     console.print(f"run directory: [bold]{run_dir}[/bold]")
     _show_placement(placement, console)
@@ -95,7 +96,7 @@ def run_job(options: RunOptions, console: Console) -> RunReport:
         with console.status(f"starting {placement.rollout_workers} rollout worker(s) (vLLM)"):
             for index in range(placement.rollout_workers):
                 deployment.start_rollout_worker(model_path, index, env=placement.rollout_env(index))
-        tokenizer = load_tokenizer(model_path)
+        tokenizer = job.learner.prompt.apply_to(load_tokenizer(model_path))
         before = (
             _evaluate_all(deployment, tokenizer, splits, options, console, "before") if options.evaluate_before else {}
         )
@@ -176,17 +177,25 @@ def _resolve_model(options: RunOptions, console: Console) -> Path:
         return default_base_policy()
 
 
-def _eval_splits(options: RunOptions) -> dict[str, list[Problem]]:
-    if options.data is None:
-        task = ArithmeticDataset(seed=0)
+def _eval_splits(options: RunOptions, job: JobConfig, console: Console) -> dict[str, list[Problem]]:
+    """What the run is evaluated on, read before anything starts (a bad file stops it here)."""
+    prompt = job.learner.prompt
+    if options.eval_data:
         return {
-            "id": task.problems("test")[: options.eval_problems],
-            "ood": task.problems("ood")[: options.eval_problems],
+            benchmark_name(str(path)): load_benchmark(str(path), options.eval_problems, prompt, job.eval.columns)
+            for path in options.eval_data
         }
-    if options.eval_data is not None:
-        return {"eval": load_problems(options.eval_data)[: options.eval_problems]}
-    problems = load_problems(options.data)
-    return {"eval": problems[-options.eval_problems :]}
+    data = job.learner.data  # from --data, or the job file
+    if data.path is None:
+        return {split: load_benchmark(split, options.eval_problems, prompt) for split in BUILTIN_SPLITS}
+    held = heldout_problems(data, prompt)
+    if not held:
+        raise DataFormatError("nothing to evaluate on: give --eval-data, or hold rows out (learner.data.holdout)")
+    console.print(
+        f"evaluating on {len(held)} rows of {data.path} held out of training (the learner never trains on them; "
+        "--eval-data FILE... evaluates on benchmarks instead)"
+    )
+    return {"held-out": held[: options.eval_problems]}
 
 
 def build_job_config(options: RunOptions, run_dir: Path) -> JobConfig:
@@ -213,7 +222,11 @@ def build_job_config(options: RunOptions, run_dir: Path) -> JobConfig:
         # Else the learner picks the built-in model and its learning rate.
         decided["learner.model"] = str(options.model.resolve())
     if options.data is not None:
-        decided["learner.data"] = str(options.data)
+        decided["learner.data.path"] = str(options.data.resolve())
+    if not options.eval_data:  # a data file's evaluation rows, which its learner must not train on
+        defaults["learner.data.holdout"] = options.eval_problems
+    if options.eval.model_fields_set:
+        decided["eval"] = options.eval.model_dump(include=options.eval.model_fields_set)
     if options.redis_url is not None:
         decided["redis.url"] = options.redis_url
     return JobConfig.load(

@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -202,16 +202,30 @@ def _checked_dir(path: str | Path) -> Path:
     return path
 
 
-def prompt_token_ids(tokenizer, user_message: str) -> list[int]:
-    """Token ids of the prompt with the assistant turn left open (chat template if the model has one)."""
+def prompt_token_ids(tokenizer, prompt: str | Sequence[Mapping[str, str]]) -> list[int]:
+    """Token ids of the prompt with the assistant turn left open (chat template if the model has one).
+
+    ``prompt`` is the user's message or the chat turns (``Problem.messages()``). A template that drops
+    the system turn (the built-in model's has none) gets the system text at the head of the user's
+    message instead, so a system prompt is never lost silently."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
     if getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template(
-            [{"role": "user", "content": user_message}], add_generation_prompt=True, tokenize=True
-        )
+        if system and system not in tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False):
+            messages = _system_in_user_turn(messages, system)
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         if isinstance(ids, dict) or hasattr(ids, "input_ids"):
             ids = ids["input_ids"]
         return list(ids)
-    return tokenizer(user_message, add_special_tokens=True)["input_ids"]
+    text = "\n\n".join(m["content"] for m in _system_in_user_turn(messages, system) if m["role"] == "user")
+    return tokenizer(text, add_special_tokens=True)["input_ids"]
+
+
+def _system_in_user_turn(messages: list[dict[str, str]], system: str) -> list[dict[str, str]]:
+    turns = [m for m in messages if m["role"] != "system"]
+    if system and turns and turns[0]["role"] == "user":
+        turns[0] = {"role": "user", "content": f"{system}\n\n{turns[0]['content']}"}
+    return turns
 
 
 def response_token_ids(tokenizer, response: str) -> list[int]:

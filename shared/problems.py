@@ -12,7 +12,15 @@ class Problem(BaseModel):
     prompt: str = Field(min_length=1)  # the user's message (instruction included)
     answer: str  # reference answer the verifier compares with
     demonstrations: tuple[str, ...] = ()  # assistant responses ending in \boxed{answer}
+    system: str | None = None  # the system turn before the user's message, if any
+    # The reward service's verifier for this problem, by name; None: the service's default (math).
+    verifier: str | None = None
 
     @property
     def has_demonstration(self) -> bool:
         return bool(self.demonstrations)
+
+    def messages(self) -> list[dict[str, str]]:
+        """The chat turns the model is prompted with (the assistant turn is left for it)."""
+        turns = [{"role": "system", "content": self.system}] if self.system else []
+        return [*turns, {"role": "user", "content": self.prompt}]

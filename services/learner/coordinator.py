@@ -41,11 +41,12 @@ IDLE_HEARTBEAT_S = 10.0
 
 
 def load_problems_for(settings: LearnerSettings) -> list[Problem]:
-    if settings.data is None:
-        return settings.dataset.problems("train")
-    from shared.data import load_problems
+    """The problems to train on: never the rows held out for evaluation (``learner.data.holdout``)."""
+    from shared.data import training_problems, with_system_prompt
 
-    return load_problems(settings.data)
+    if settings.data.path is None:
+        return with_system_prompt(settings.dataset.problems("train"), settings.prompt)
+    return training_problems(settings.data, settings.prompt)
 
 
 # ---------------------------------------------------------------------- rank 0's connections
@@ -292,7 +293,7 @@ class Rank0(Follower):
 
     def _sft_batch(self) -> TrainBatch:
         examples = self.window.draw_demonstrations(self.settings.batch_prompts)
-        pairs = [(prompt_token_ids(self.tokenizer, problem.prompt), demo_ids) for problem, demo_ids in examples]
+        pairs = [(prompt_token_ids(self.tokenizer, problem.messages()), demo_ids) for problem, demo_ids in examples]
         return sft_batch(pairs, self.settings.algorithm, self.tokenizer.pad_token_id, self.max_len)
 
     # ------------------------------------------------------------------ the hooks after training

@@ -97,7 +97,7 @@ class TaskFactory:
             prompt_id=problem.id,
             issued_at_version=version,
             step=step,
-            prompt_token_ids=prompt_token_ids(self.tokenizer, problem.prompt),
+            prompt_token_ids=prompt_token_ids(self.tokenizer, problem.messages()),
             reference=problem.answer,
             n_on_policy=n_on_policy,
             hybrid_prefixes=hybrid_prefixes,

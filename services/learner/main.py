@@ -122,7 +122,7 @@ def _start(settings, resume, stop_event, metrics, store, status: StatusSource) -
     model_dir = resolve_model(settings)
     from shared.modeling import load_tokenizer
 
-    tokenizer = load_tokenizer(model_dir)
+    tokenizer = settings.prompt.apply_to(load_tokenizer(model_dir))
     engine = build_engine(settings, model_dir, info)
     trainer = Trainer(engine, settings, info)
     restored = checkpointer.load(engine) if committed is not None else None

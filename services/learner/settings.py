@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
+from pydantic_settings import NoDecode
 
 from services.learner.algorithm import AlgorithmSettings
 from shared.api.rollout import SamplingParams
+from shared.data import DataSettings, PromptSettings
 from shared.datasets.arithmetic import ArithmeticDataset
 from shared.settings import ServiceSettings, StrictModel, public_base_url
 
@@ -41,8 +43,11 @@ class LearnerSettings(ServiceSettings):
 
     # None: the built-in default base policy (built and cached on first use).
     model: str | None = None
-    # None: the built-in arithmetic task's train split; else a file for shared.data.load_problems.
-    data: str | None = None
+    # The data file, its column mapping and held-out rows (a plain string is the path); no path: the
+    # built-in arithmetic task's train split.
+    # NoDecode: PRFT_LEARNER__DATA=/data/f.parquet is the path as it is, not JSON to decode.
+    data: Annotated[DataSettings, NoDecode] = DataSettings()
+    prompt: PromptSettings = PromptSettings()  # system prompt, instruction template, chat template file
     dataset: ArithmeticDataset = ArithmeticDataset()
     # Given as a mapping, ``name`` selects the preset and the other keys override its fields.
     algorithm: AlgorithmSettings = AlgorithmSettings()

@@ -360,6 +360,7 @@ def test_model_and_data_paths_are_on_mounted_volumes(deployment, service, tmp_pa
     settings = load_as_container(container, tmp_path, monkeypatch)
     for name in ("model", "data"):
         value = getattr(settings, name, None)
+        value = getattr(value, "path", value)  # learner.data is a section: its file is learner.data.path
         if value and Path(value).is_absolute():
             assert any(Path(value).is_relative_to(m) for m in container.mounts), (
                 f"{container.where}: {name} {value} is on no mounted volume (mounts: {sorted(container.mounts)})"
@@ -395,7 +396,8 @@ def test_paper_config_is_the_papers_setting(monkeypatch):
     path = REPO / "configs" / "paper-gpu.yaml"
     learner = load_settings(settings_class("learner"), path)
     algorithm = learner.algorithm
-    assert learner.model.startswith("/assets/models/Qwen2.5-Math-") and learner.data.startswith("/assets/data/")
+    assert learner.model.startswith("/assets/models/Qwen2.5-Math-")
+    assert str(learner.data.path).startswith("/assets/data/")
     assert (learner.batch_prompts, algorithm.n_rollouts, learner.mini_batch_prompts) == (128, 8, 64)
     assert (algorithm.name.value, algorithm.n_hybrid, algorithm.n_on_policy) == ("prefix-rft", 1, 7)
     assert learner.lr == 1e-6 and learner.total_steps == 500
