@@ -1,4 +1,5 @@
-"""The rollout service's HTTP API: POST /v1/generate, GET|POST /v1/weights, /healthz, /readyz, /metrics."""
+"""The rollout service's HTTP API: POST /v1/generate, GET|POST /v1/weights, /healthz, /readyz, /metrics, and
+the OpenAI-compatible routes of ``openai_api`` (GET /v1/models, POST /v1/completions, POST /v1/chat/completions)."""
 
 # No ``from __future__ import annotations``: FastAPI reads the endpoints' annotations at definition time.
 
@@ -12,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 
 from services.rollout.engine import EngineFailed, EngineRequest, RequestRejected, RolloutEngine
 from services.rollout.metrics import CONTENT_TYPE, RolloutMetrics
+from services.rollout.openai_api import OPENAI_ROUTES, add_openai_routes, openai_error, openai_validation_error
 from services.rollout.settings import RolloutSettings
 from services.rollout.updates import StaleVersion, WeightUpdater
 from services.rollout.weights import WeightsError
@@ -96,6 +98,8 @@ def create_app(
             raise HTTPProblem(500, str(exc)) from exc
         return WeightsVersion(version=engine.version)
 
+    add_openai_routes(app, settings, engine)
+
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
         reason = engine.dead_reason
@@ -117,11 +121,16 @@ def create_app(
 
 async def _problem(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPProblem)
+    if request.url.path in OPENAI_ROUTES:
+        return openai_error(exc.status, exc.detail)
     return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+    if request.url.path in OPENAI_ROUTES:
+        # OpenAI's format and status (vLLM's own server answers a malformed request with 400 as well).
+        return openai_validation_error(exc.errors())
     # Not FastAPI's default handler: it echoes each bad input back, which can be megabytes long.
     return Response(json.dumps({"detail": detail}, ensure_ascii=True), status_code=422, media_type="application/json")

@@ -21,6 +21,7 @@ from pathlib import Path
 from services.rollout.engine_ext import WeightSwapExtension
 from services.rollout.gate import VersionGate
 from services.rollout.metrics import RolloutMetrics
+from services.rollout.openai_serving import OpenAIServing, build_openai_serving
 from services.rollout.settings import RolloutSettings
 from services.rollout.weights import Header, check_compatible, read_headers, safetensors_files
 from shared.api.rollout import Sample, SamplingParams
@@ -102,9 +103,12 @@ class RolloutEngine:
         self.max_model_len = 0
         self.eos_token_id: int | None = None
         self.reference_header: Header = {}
+        self.openai: OpenAIServing | None = None
         self.last_swap_seconds: float | None = None
         self._swap_lock = asyncio.Lock()
         self._dead: BaseException | None = None
+        # Set last in start(): every part a request uses exists before the engine says it is ready.
+        self._started = False
 
     # ------------------------------------------------------------------ life cycle
 
@@ -119,7 +123,11 @@ class RolloutEngine:
         self.tokenizer = await asyncio.to_thread(load_tokenizer, self.model_path)
         self.eos_token_id = self.tokenizer.eos_token_id
         self.reference_header = read_headers(safetensors_files(self.model_path))
+        self.openai = build_openai_serving(
+            self.llm, self.model_path, self.settings.served_model_name, self.settings.chat_template
+        )
         self.metrics.version.set(self.gate.version)
+        self._started = True
         log.info(
             "engine ready: %s, vocab %d, context %d, dtype %s", self.model_path, self.vocab_size,
             self.max_model_len, config.dtype,
@@ -156,7 +164,7 @@ class RolloutEngine:
 
     @property
     def ready(self) -> bool:
-        return self.llm is not None and self._dead is None and not self.llm.errored
+        return self._started and self.llm is not None and self._dead is None and not self.llm.errored
 
     @property
     def version(self) -> int:

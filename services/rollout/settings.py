@@ -25,6 +25,13 @@ class RolloutSettings(ServiceSettings):
     worker_id: str | None = None
     reward_url: str = "http://127.0.0.1:8001"
 
+    # The name the OpenAI-compatible routes serve the model under (GET /v1/models lists it; requests
+    # name it in "model" or leave it out).
+    served_model_name: str = Field("prefix-rft", min_length=1)
+    # Chat template of POST /v1/chat/completions: a Jinja file or the template text; None: the served
+    # tokenizer's own (a model without one gets 400s on chat completions until this is set).
+    chat_template: str | None = None
+
     # Engine. "auto": float32 on CPU, bfloat16 on GPUs.
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_model_len: int | None = Field(None, ge=16)  # None: the model's own context length

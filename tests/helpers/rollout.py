@@ -6,16 +6,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from launcher.processes import free_port, start_process, wait_http_ready
+from launcher.processes import ManagedProcess, free_port, start_process, wait_http_ready
 
 TOKEN = "rollout-test-token"
 MAX_N = 16
 MAX_TOKENS = 256
 
 
-def start_rollout(tmp: Path, model: Path, extra_env: dict[str, str] | None = None, name: str = "rollout"):
-    port = free_port()
-    env = {
+def rollout_env(tmp: Path, extra_env: dict[str, str] | None = None) -> dict[str, str]:
+    return {
         "PRFT_AUTH__TOKEN": TOKEN,
         "PRFT_ROLLOUT__MAX_N": str(MAX_N),
         "PRFT_ROLLOUT__MAX_TOKENS": str(MAX_TOKENS),
@@ -24,11 +23,23 @@ def start_rollout(tmp: Path, model: Path, extra_env: dict[str, str] | None = Non
         "PYTHONUNBUFFERED": "1",
         **(extra_env or {}),
     }
-    argv = [sys.executable, "-m", "services.rollout", "--model", str(model), "--port", str(port)]
-    process = start_process(name, argv + ["--no-worker"], tmp / f"{name}.log", env=env)
+
+
+def rollout_args(model: Path, port: int) -> list[str]:
+    """The command-line arguments of ``python -m services.rollout`` for an HTTP-only service."""
+    return ["--model", str(model), "--port", str(port), "--no-worker"]
+
+
+def start_rollout(
+    tmp: Path, model: Path, extra_env: dict[str, str] | None = None, name: str = "rollout"
+) -> tuple[ManagedProcess, str]:
+    port = free_port()
+    argv = [sys.executable, "-m", "services.rollout", *rollout_args(model, port)]
+    process = start_process(name, argv, tmp / f"{name}.log", env=rollout_env(tmp, extra_env))
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_http_ready(process, f"{url}/readyz", timeout=240)
+        # Generous: on a machine shared with other engines and trainers, start-up has taken over 4 minutes.
+        wait_http_ready(process, f"{url}/readyz", timeout=600)
     except BaseException:
         process.kill()
         raise

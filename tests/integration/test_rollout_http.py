@@ -18,7 +18,8 @@ from safetensors.torch import save_file
 
 from launcher.processes import free_port
 from shared.datasets.arithmetic import ArithmeticDataset
-from shared.modeling import load_model, load_tokenizer, prompt_token_ids, response_token_ids
+from shared.modeling import load_tokenizer, prompt_token_ids, response_token_ids
+from tests.helpers.reference import hf_greedy, hf_logprobs, hf_model
 from tests.helpers.rollout import MAX_N, MAX_TOKENS, TOKEN, start_rollout
 
 pytestmark = pytest.mark.integration
@@ -45,34 +46,6 @@ def client(service):
 @pytest.fixture(scope="module")
 def tokenizer(default_init_dir):
     return load_tokenizer(default_init_dir)
-
-
-@functools.lru_cache(maxsize=4)
-def hf_model(path: str):
-    return load_model(path).eval()
-
-
-def hf_logprobs(model_dir: Path, context: list[int], continuation: list[int], temperature: float = 1.0):
-    """Log-probs of every vocabulary token at each continuation position (one forward of context + continuation)."""
-    ids = torch.tensor([context + continuation])
-    with torch.no_grad():
-        logits = hf_model(str(model_dir))(input_ids=ids).logits[0].double()
-    steps = logits[len(context) - 1 : len(context) - 1 + len(continuation)]
-    return torch.log_softmax(steps / (temperature or 1.0), dim=-1)
-
-
-def hf_greedy(model_dir: Path, context: list[int], max_new_tokens: int, eos: int) -> list[int]:
-    model = hf_model(str(model_dir))
-    out: list[int] = []
-    with torch.no_grad():
-        step = model(input_ids=torch.tensor([context]), use_cache=True)
-        for _ in range(max_new_tokens):
-            token = int(step.logits[0, -1].argmax())
-            out.append(token)
-            if token == eos:
-                break
-            step = model(input_ids=torch.tensor([[token]]), past_key_values=step.past_key_values, use_cache=True)
-    return out
 
 
 def assert_greedy(model_dir: Path, context: list[int], sample: dict) -> None:

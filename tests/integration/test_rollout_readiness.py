@@ -1,0 +1,70 @@
+"""Ready means ready: while any part of the engine is still loading, /readyz says 503 and requests get a
+503 that says so, never a 500 from a part that is not there yet.
+
+A real tokenizer is slow to load (SmolLM2's took long enough for the first /v1/generate after /readyz to
+fail); the built-in one loads in milliseconds, so the service here runs with its tokenizer load held
+until the test lets it go: the vLLM engine is up, the tokenizer is not.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import httpx
+import pytest
+
+from launcher.processes import free_port, start_process, wait_http_ready
+from tests.helpers.rollout import rollout_args, rollout_env
+
+pytestmark = pytest.mark.integration
+
+# python -c: the service's entry point, with shared.modeling.load_tokenizer waiting for a release file.
+HELD_TOKENIZER = """
+import pathlib, sys, time
+import shared.modeling as modeling
+loading, release = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+load = modeling.load_tokenizer
+def held(path):
+    loading.touch()
+    while not release.exists():
+        time.sleep(0.05)
+    return load(path)
+modeling.load_tokenizer = held
+from services.rollout.entry import main
+main(sys.argv[3:])
+"""
+
+
+def test_requests_before_the_tokenizer_is_loaded_get_503_and_ready_means_they_work(tmp_path, default_init_dir):
+    loading, release = tmp_path / "loading", tmp_path / "release"
+    port = free_port()
+    argv = [sys.executable, "-c", HELD_TOKENIZER, str(loading), str(release), *rollout_args(default_init_dir, port)]
+    process = start_process("rollout", argv, tmp_path / "rollout.log", env=rollout_env(tmp_path))
+    url = f"http://127.0.0.1:{port}"
+    text_prompt = {"prompt": "What is 1 + 1?", "sampling": {"max_tokens": 2}}
+    completion = {"prompt": "1 + 1 =", "max_tokens": 2}
+    try:
+        deadline = time.monotonic() + 600
+        while not loading.exists():
+            process.check_alive()
+            assert time.monotonic() < deadline, f"the engine never reached its tokenizer:\n{process.log_tail()}"
+            time.sleep(0.1)
+        with httpx.Client(base_url=url, timeout=60) as client:
+            wait_http_ready(process, f"{url}/healthz", timeout=60)  # alive while it loads
+            ready = client.get("/readyz")
+            assert ready.status_code == 503, ready.text
+            refused = client.post("/v1/generate", json=text_prompt)
+            assert refused.status_code == 503 and "loading" in refused.json()["detail"], refused.text
+            openai = client.post("/v1/completions", json=completion)
+            assert openai.status_code == 503, openai.text
+            assert openai.json()["error"]["type"] == "ServiceUnavailableError"
+
+            release.touch()
+            wait_http_ready(process, f"{url}/readyz", timeout=120)
+            # The first requests /readyz lets through are served.
+            served = client.post("/v1/generate", json=text_prompt)
+            assert served.status_code == 200, served.text
+            assert client.post("/v1/completions", json=completion).status_code == 200
+    finally:
+        process.stop()
