@@ -86,7 +86,8 @@ def wandb_offline_records(run_dir: Path) -> dict[str, list]:
 def wandb_history(records: dict[str, list]) -> list[dict[str, Any]]:
     rows = []
     for record in records.get("history", []):
-        rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item})
+        items = record.history.item
+        rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in items})
     return rows
 
 
