@@ -42,6 +42,21 @@ def parsed_sets(sets: list[str] | None) -> dict:
         fail(str(exc))
 
 
+REPORT_TO_HELP = (
+    "Log to experiment trackers: tensorboard, wandb, mlflow, trackio (comma-separated) or none; "
+    "short for --set learner.tracking.report_to=... (docs/custom-task.md)."
+)
+
+
+def with_report_to(sets: dict, report_to: str | None) -> dict:
+    """The --set document with --report-to in it (a --set of the same key wins)."""
+    from shared.settings import deep_merge
+
+    if report_to is None:
+        return sets
+    return deep_merge({"learner": {"tracking": {"report_to": report_to}}}, sets)
+
+
 def checked_job(config: Path | None, sets: dict):
     """The job's settings from --config and --set, checked before anything starts (a bad one: a message)."""
     from launcher.config import JobConfig
@@ -128,6 +143,7 @@ def run_command(
     eval_problems: int = typer.Option(128, min=1, help="Problems per evaluation split."),
     eval_every: int = typer.Option(20, min=0, help="Evaluate during training every N steps (0: never)."),
     pin_cores: bool = typer.Option(True, help="Give the learner and the workers disjoint CPU cores."),
+    report_to: str = typer.Option(None, "--report-to", metavar="TRACKERS", help=REPORT_TO_HELP),
     sets: list[str] = typer.Option(None, "--set", metavar="SECTION.KEY=VALUE", help=SET_HELP),
 ) -> None:
     """Run a whole Prefix-RFT training job locally: redis, reward, rollout workers, learner, evaluation, report."""
@@ -158,7 +174,7 @@ def run_command(
             eval_problems=eval_problems,
             eval_every=eval_every,
             pin_cores=pin_cores,
-            sets=parsed_sets(sets),
+            sets=with_report_to(parsed_sets(sets), report_to),
         )
     except ValidationError as exc:
         fail(str(exc))
@@ -189,6 +205,7 @@ def compare_command(
     ),
     out: Path = typer.Option(Path("runs/compare"), help="Where the runs and figures go (reused when re-run)."),
     results: Path = typer.Option(Path("docs/results.md"), help="The markdown report to write."),
+    report_to: str = typer.Option(None, "--report-to", metavar="TRACKERS", help=REPORT_TO_HELP),
     sets: list[str] = typer.Option(None, "--set", metavar="SECTION.KEY=VALUE", help=SET_HELP + " Every run."),
 ) -> None:
     """Train every algorithm, ablation and demonstration quantity from the same base policy over several
@@ -206,7 +223,7 @@ def compare_command(
         seed_list = [int(s) for s in seeds.split(",")]
     except ValueError:
         fail(f"--seeds {seeds!r}: expected comma-separated integers")
-    overrides = parsed_sets(sets)
+    overrides = with_report_to(parsed_sets(sets), report_to)
     checked_job(config, overrides)
     try:
         options = CompareOptions(
@@ -220,7 +237,10 @@ def compare_command(
         died="a service died, so the comparison was stopped (finished runs are kept and reused)",
         interrupted="interrupted; finished runs are kept and reused when the command is run again",
     ):
-        run_compare(options, console)
+        try:
+            run_compare(options, console)
+        except SettingsError as exc:  # a tracker whose package is missing, found before any run starts
+            fail(str(exc))
 
 
 @app.command("eval")
