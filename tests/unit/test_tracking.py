@@ -111,3 +111,32 @@ def test_the_run_is_named_after_the_job_and_the_token_stays_out(tmp_path):
     params = hyper_parameters(settings, job)
     assert params == {"learner": {"batch_prompts": 4}, "reward": {"workers": 2}}
     assert "auth" not in flatten(hyper_parameters(settings, None)["learner"])
+
+
+@pytest.mark.parametrize("command", ["run", "compare", "learner"])
+def test_report_to_on_each_command_names_a_bad_tracker(command, tmp_path):
+    from typer.testing import CliRunner
+
+    from launcher.cli import app
+
+    out = tmp_path / "out"
+    args = [command, "--report-to", "tensorbored"] + (["--out", str(out)] if command != "learner" else [])
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "unknown tracker 'tensorbored'" in result.output, result.output
+    assert isinstance(result.exception, SystemExit) and not out.exists()
+
+
+@pytest.mark.parametrize("command", ["run", "learner"])
+def test_a_missing_tracker_package_stops_the_command_naming_the_pip_install(command, tmp_path, monkeypatch):
+    import sys
+
+    from typer.testing import CliRunner
+
+    from launcher.cli import app
+
+    monkeypatch.setitem(sys.modules, "trackio", None)  # as if it were not installed
+    out = tmp_path / "out"
+    args = [command, "--report-to", "trackio"] + (["--out", str(out)] if command == "run" else [])
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "pip install trackio" in result.output, result.output
+    assert not out.exists()
