@@ -69,13 +69,13 @@ def run_name(settings: LearnerSettings) -> str:
 
 
 def hyper_parameters(settings: LearnerSettings, config_path: Path | None) -> dict[str, Any]:
-    """The job's config file as the run's hyper-parameters (the learner's own settings without one);
-    never the bearer token."""
-    if config_path is not None and config_path.is_file():
-        document = read_document(config_path)
-    else:
-        document = {"learner": settings.model_dump(mode="json", exclude={"redis", "auth"})}
-    return {section: value for section, value in document.items() if section != "auth"}
+    """The job config as the run's hyper-parameters: the learner's settings as resolved (file, env vars,
+    --set), the other services' sections as the job's file has them; never the bearer token."""
+    document = read_document(config_path) if config_path is not None and config_path.is_file() else {}
+    document = {section: value for section, value in document.items() if section != "auth"}
+    document["redis"] = settings.redis.model_dump(mode="json")
+    document["learner"] = settings.model_dump(mode="json", exclude={"redis", "auth"})
+    return document
 
 
 def open_step_tracking(settings: LearnerSettings, decode: Callable[[list[int]], str]) -> StepTracking | None:

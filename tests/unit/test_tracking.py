@@ -108,9 +108,10 @@ def test_the_run_is_named_after_the_job_and_the_token_stays_out(tmp_path):
     assert run_name(settings.model_copy(update={"tracking": TrackingSettings(run_name="mine")})) == "mine"
     job = tmp_path / "job.yaml"
     job.write_text("auth: {token: secret}\nlearner: {batch_prompts: 4}\nreward: {workers: 2}\n")
-    params = hyper_parameters(settings, job)
-    assert params == {"learner": {"batch_prompts": 4}, "reward": {"workers": 2}}
-    assert "auth" not in flatten(hyper_parameters(settings, None)["learner"])
+    params = hyper_parameters(settings.model_copy(update={"batch_prompts": 4, "mini_batch_prompts": 4}), job)
+    assert set(params) == {"learner", "reward", "redis"} and params["reward"] == {"workers": 2}
+    assert params["learner"]["batch_prompts"] == 4 and params["learner"]["total_steps"] == 500  # as resolved
+    assert not [key for key in flatten(params) if key.startswith(("auth", "learner.auth"))]
 
 
 @pytest.mark.parametrize("command", ["run", "compare", "learner"])
