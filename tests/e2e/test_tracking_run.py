@@ -13,7 +13,8 @@ import pytest
 from tests.helpers import trackers as read
 from tests.helpers.jobs import SMALL_JOB
 
-pytestmark = pytest.mark.integration
+# One short job, but every process is real and the evaluations run before, during and after it.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
 
 
 @pytest.fixture(scope="module")
@@ -22,9 +23,9 @@ def tracked_run(tmp_path_factory, default_base_dir):
     config = root / "small.yaml"
     config.write_text(SMALL_JOB)
     out = root / "job-1"
-    args = ["run", "--steps", "3", "--eval-problems", "8", "--eval-every", "2", "--config", str(config),
+    args = ["run", "--steps", "3", "--eval-problems", "4", "--eval-every", "2", "--config", str(config),
             "--out", str(out), "--report-to", "tensorboard,mlflow", "--set", "learner.tracking.samples_every=2"]
-    done = subprocess.run([sys.executable, "-m", "launcher.cli", *args], capture_output=True, text=True, timeout=900)
+    done = subprocess.run([sys.executable, "-m", "launcher.cli", *args], capture_output=True, text=True, timeout=1400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     steps = [json.loads(line) for line in (out / "learner" / "metrics.jsonl").read_text().splitlines()]
     report = json.loads((out / "report.json").read_text())
