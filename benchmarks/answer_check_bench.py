@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from services.reward.answers.runaway import Runaway
-from services.reward.verifiers import VERIFIERS, VerifierOptions
+from services.reward.verifiers import BUILTIN, VerifierOptions
 
 CASES = Path(__file__).resolve().parents[1] / "tests" / "data" / "answer_cases.yaml"
 
@@ -50,7 +50,7 @@ def load_cases(path: Path = CASES) -> list[Case]:
 
 def service_verdict(case: Case, options: VerifierOptions) -> tuple[bool, str]:
     try:
-        verdict = VERIFIERS[case.v](case.r, case.g, options)
+        verdict = BUILTIN[case.v](case.r, case.g, options)
     except Runaway as exc:
         return False, f"refused: {exc}"
     except Exception as exc:  # what the service answers as status "error"

@@ -42,6 +42,21 @@ def parsed_sets(sets: list[str] | None) -> dict:
         fail(str(exc))
 
 
+REPORT_TO_HELP = (
+    "Log to experiment trackers: tensorboard, wandb, mlflow, trackio (comma-separated) or none; "
+    "short for --set learner.tracking.report_to=... (docs/custom-task.md)."
+)
+
+
+def with_report_to(sets: dict, report_to: str | None) -> dict:
+    """The --set document with --report-to in it (a --set of the same key wins)."""
+    from shared.settings import deep_merge
+
+    if report_to is None:
+        return sets
+    return deep_merge({"learner": {"tracking": {"report_to": report_to}}}, sets)
+
+
 def checked_job(config: Path | None, sets: dict):
     """The job's settings from --config and --set, checked before anything starts (a bad one: a message)."""
     from launcher.config import JobConfig
@@ -172,6 +187,7 @@ def run_command(
     learner_ranks: int = typer.Option(None, min=1, help=LEARNER_RANKS_HELP),
     learner_gpus: int = typer.Option(None, min=1, help=LEARNER_GPUS_HELP),
     rollout_gpus: int = typer.Option(None, min=1, help=ROLLOUT_GPUS_HELP),
+    report_to: str = typer.Option(None, "--report-to", metavar="TRACKERS", help=REPORT_TO_HELP),
     sets: list[str] = typer.Option(None, "--set", metavar="SECTION.KEY=VALUE", help=SET_HELP),
 ) -> None:
     """Run a whole Prefix-RFT training job locally: redis, reward, rollout workers, learner, evaluation, report."""
@@ -208,7 +224,9 @@ def run_command(
             eval_problems=eval_problems,
             eval_every=eval_every,
             pin_cores=pin_cores,
-            sets=deep_merge(placement_sets(learner_ranks, learner_gpus, rollout_gpus), parsed_sets(sets)),
+            sets=with_report_to(
+                deep_merge(placement_sets(learner_ranks, learner_gpus, rollout_gpus), parsed_sets(sets)), report_to
+            ),
         )
     except ValidationError as exc:
         fail(str(exc))
@@ -245,6 +263,7 @@ def compare_command(
     learner_ranks: int = typer.Option(None, min=1, help=LEARNER_RANKS_HELP + " Every run."),
     learner_gpus: int = typer.Option(None, min=1, help=LEARNER_GPUS_HELP + " Every run."),
     rollout_gpus: int = typer.Option(None, min=1, help=ROLLOUT_GPUS_HELP + " Every run."),
+    report_to: str = typer.Option(None, "--report-to", metavar="TRACKERS", help=REPORT_TO_HELP),
     sets: list[str] = typer.Option(None, "--set", metavar="SECTION.KEY=VALUE", help=SET_HELP + " Every run."),
 ) -> None:
     """Train every algorithm, ablation and demonstration quantity from the same base policy over several
@@ -266,7 +285,9 @@ def compare_command(
     for path in eval_data or []:
         if not path.is_file():
             fail(f"--eval-data {path}: no such file")
-    overrides = deep_merge(placement_sets(learner_ranks, learner_gpus, rollout_gpus), parsed_sets(sets))
+    overrides = with_report_to(
+        deep_merge(placement_sets(learner_ranks, learner_gpus, rollout_gpus), parsed_sets(sets)), report_to
+    )
     checked_placement(checked_job(config, overrides))
     try:
         options = CompareOptions(
@@ -280,7 +301,10 @@ def compare_command(
         died="a service died, so the comparison was stopped (finished runs are kept and reused)",
         interrupted="interrupted; finished runs are kept and reused when the command is run again",
     ):
-        run_compare(options, console)
+        try:
+            run_compare(options, console)
+        except SettingsError as exc:  # a tracker whose package is missing, found before any run starts
+            fail(str(exc))
 
 
 @app.command("eval")

@@ -27,6 +27,7 @@ from launcher.config import JobConfig
 from launcher.evaluate import EvalSettings
 from launcher.report import RunReport
 from launcher.run import RunOptions, run_job
+from launcher.tracking import check_trackers, log_comparison
 from services.learner.algorithm import AlgorithmName
 from shared.datasets.arithmetic import DemoStyle
 from shared.records import metrics_file
@@ -112,6 +113,8 @@ def validate_variants(names: list[str]) -> None:
 
 def run_compare(options: CompareOptions, console: Console) -> Comparison:
     validate_variants(options.variants)
+    job = JobConfig.load(options.config, sets=options.sets)  # every run's settings, as far as they are shared
+    check_trackers(job.learner.tracking)
     started = time.monotonic()
     runs: dict[str, dict[int, RunReport]] = {name: {} for name in options.variants}
     total = len(options.variants) * len(options.seeds)
@@ -143,6 +146,7 @@ def run_compare(options: CompareOptions, console: Console) -> Comparison:
     (options.out / "comparison.json").write_text(comparison.model_dump_json(indent=1))
     plot_comparison(comparison, options.out / "curves.png")
     write_results(comparison, options.results, options.out / "curves.png")
+    log_comparison(job, options.out, comparison.summaries, options.steps)
     print_table(comparison, console)
     return comparison
 

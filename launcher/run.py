@@ -28,6 +28,7 @@ from launcher.export import export_final
 from launcher.gpus import Placement, place_job
 from launcher.pipeline import pipeline_stats, worker_busy_seconds
 from launcher.report import AccuracyPoint, RunReport, print_summary, write_report
+from launcher.tracking import check_trackers, log_evaluation
 from services.learner.algorithm import AlgorithmName
 from shared.api.rollout import RolloutClient
 from shared.data import DataFormatError, heldout_problems
@@ -74,6 +75,7 @@ def run_job(options: RunOptions, console: Console) -> RunReport:
     job = build_job_config(options, run_dir)  # a bad setting stops the run here, before anything starts
     placement = place_job(job, options.rollout_workers)  # so do GPUs the machine lacks
     options = options.model_copy(update={"eval": job.eval})  # the options' own, over the job file's
+    check_trackers(job.learner.tracking)
     # SIGTERM (kill, a scheduler ending the job) stops the run as Ctrl-C does, so the processes it
     # started are stopped too: each runs in a session of its own and would outlive it.
     if threading.current_thread() is threading.main_thread():
@@ -135,6 +137,7 @@ def run_job(options: RunOptions, console: Console) -> RunReport:
         run_dir=str(run_dir),
     )
     write_report(report, metrics, run_dir)
+    log_evaluation(job, report)
     print_summary(report, console)
     _show_rank_digests(run_dir, console)
     if FinalRecord.read(run_dir / "learner") is not None:  # the learner took its last step
@@ -208,6 +211,8 @@ def build_job_config(options: RunOptions, run_dir: Path) -> JobConfig:
         # The paper decays the prefix curriculum over its whole run (T_decay = 500 of ~500 steps); a
         # short run gets the same shape over its own length unless the config says otherwise.
         "learner.algorithm.schedule.decay_steps": options.steps,
+        # Tracker files (tensorboard events, mlflow's file store, wandb offline runs) beside the report.
+        "learner.tracking.dir": str(run_dir / "tracking"),
     }
     if options.algorithm == AlgorithmName.sft_then_rft:
         defaults["learner.algorithm.sft_steps"] = options.steps // 2  # half the budget each, unless configured

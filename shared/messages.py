@@ -8,7 +8,7 @@ from enum import Enum
 
 from pydantic import Field, model_validator
 
-from shared.api.reward import ScoreStatus
+from shared.api.reward import DEFAULT_VERIFIER, ScoreStatus
 from shared.api.rollout import FinishReason, SamplingParams
 from shared.schema import Message, TokenIds
 
@@ -30,7 +30,8 @@ class RolloutTask(Message):
     step: int = Field(ge=0)  # learner step whose prefix schedule produced the cuts
     prompt_token_ids: TokenIds = Field(min_length=1)
     reference: str  # reference answer the verifier compares with
-    verifier: str = "math"
+    # The reward service's verifier for every response of the group (the problem's, else the default).
+    verifier: str = DEFAULT_VERIFIER
     n_on_policy: int = Field(ge=0)
     # One entry per hybrid rollout: the demonstration prefix y*[:L] given to the engine.
     hybrid_prefixes: list[TokenIds] = Field(default_factory=list)

@@ -97,7 +97,7 @@ class Bookkeeping:
             outstanding=self.window.outstanding(),
             time=time.time(),
         )
-        self.metrics.record(record)
+        self.metrics.record(record, groups)
         return record
 
     # ------------------------------------------------------------------ checkpoints

@@ -16,6 +16,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--resume", action="store_true", help="Continue from the run directory's last checkpoint."
     )
+    parser.add_argument(
+        "--report-to", metavar="TRACKERS",
+        help="Log step records to tensorboard, wandb, mlflow, trackio (comma-separated) or none; "
+        "same as --set learner.tracking.report_to=...",
+    )
     # The deepspeed launcher passes it; the rank comes from the environment (RANK, LOCAL_RANK).
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     return parser
@@ -28,8 +33,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     from services.learner.main import serve
     from services.learner.settings import LearnerSettings
 
+    if args.report_to is not None:
+        args.sets.append(f"learner.tracking.report_to={args.report_to}")
     settings = load_or_exit(parser, LearnerSettings, args)
     model_folder_or_exit(parser, settings.model, "learner.model")
+    from shared.tracking import TrackerUnavailable, check_available
+
+    try:
+        check_available(settings.tracking.report_to)
+    except TrackerUnavailable as exc:
+        parser.exit(2, f"error: {exc}\n")
     rank = os.environ.get("RANK", "0")
     logging.basicConfig(
         level=settings.python_log_level,

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from services.learner.algorithm import AlgorithmSettings
+from shared.api.reward import DEFAULT_VERIFIER
 from shared.api.rollout import SamplingParams
 from shared.bus import FeederState, TaskStream
 from shared.messages import RolloutTask
@@ -99,6 +100,7 @@ class TaskFactory:
             step=step,
             prompt_token_ids=prompt_token_ids(self.tokenizer, problem.messages()),
             reference=problem.answer,
+            verifier=problem.verifier or DEFAULT_VERIFIER,
             n_on_policy=n_on_policy,
             hybrid_prefixes=hybrid_prefixes,
             demonstrations=demonstrations,

@@ -23,6 +23,7 @@ from services.learner.engine import DistInfo, build_engine, init_distributed
 from services.learner.metrics import StepMetrics
 from services.learner.plan import Plan
 from services.learner.settings import LearnerSettings
+from services.learner.tracking import open_step_tracking
 from services.learner.trainer import Trainer
 from services.learner.weights import WeightStore
 from shared.records import metrics_file
@@ -63,6 +64,7 @@ def serve(settings: LearnerSettings, resume: bool) -> None:
             loop.run()
         finally:
             loop.hooks.close()
+            metrics.close()
     finally:
         if server is not None:
             server.stop()
@@ -139,6 +141,9 @@ def _start(settings, resume, stop_event, metrics, store, status: StatusSource) -
             rank0.fresh_start()
         (settings.run_dir / RUN_ID_FILE).write_text(state.run_id)
         status.attach(rank0.status)
+        tracking = open_step_tracking(settings, lambda ids: tokenizer.decode(ids, skip_special_tokens=False))
+        if tracking is not None:
+            metrics.observers.append(tracking)
         hooks = rank0
     else:
         hooks = Follower(settings, info, engine, checkpointer)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 import threading
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
@@ -14,17 +15,26 @@ from shared.records import BatchStats, JsonlFile, StepRecord
 _NAME = re.compile(r"[^a-zA-Z0-9_]")
 
 
+class StepObserver(Protocol):
+    """Told of every step record with the groups it trained on (the trackers: services.learner.tracking)."""
+
+    def __call__(self, record: StepRecord, groups: Sequence[TrajectoryGroup]) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class StepMetrics:
     """The latest value of every numeric metric as a ``learner_<name>`` gauge, plus the JSONL log."""
 
     def __init__(self, log: JsonlFile[StepRecord]):
         self.log = log
+        self.observers: list[StepObserver] = []
         self.registry = CollectorRegistry()
         self._gauges: dict[str, Gauge] = {}
         self._lock = threading.Lock()
         self.latest: StepRecord | None = None
 
-    def record(self, record: StepRecord) -> None:
+    def record(self, record: StepRecord, groups: Sequence[TrajectoryGroup] = ()) -> None:
         self.log.append(record)
         with self._lock:
             self.latest = record
@@ -32,6 +42,12 @@ class StepMetrics:
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     continue
                 self._gauge(key).set(value)
+        for observer in self.observers:
+            observer(record, groups)
+
+    def close(self) -> None:
+        for observer in self.observers:
+            observer.close()
 
     def set(self, **values: float) -> None:
         """Gauges updated between steps (queue depths, outstanding tasks)."""

@@ -13,6 +13,7 @@ from shared.api.rollout import SamplingParams
 from shared.data import DataSettings, PromptSettings
 from shared.datasets.arithmetic import ArithmeticDataset
 from shared.settings import ServiceSettings, StrictModel, public_base_url
+from shared.tracking.settings import TrackingSettings
 
 PAPER_LR = 1e-6
 # The built-in model has about a million parameters: at the paper's 1e-6 it would not move in a
@@ -103,6 +104,9 @@ class LearnerSettings(ServiceSettings):
     push_retries: int = Field(3, ge=0)
     read_block_ms: int = Field(1000, ge=1)  # one blocking read of the trajectories stream
     consumer: str = "learner-0"
+    # Trackers rank 0 reports to (tensorboard, wandb, mlflow, trackio); none by default.
+    # `learner.report_to` is short for `learner.tracking.report_to`.
+    tracking: TrackingSettings = TrackingSettings()
 
     @field_validator("algorithm", mode="before")
     @classmethod
@@ -121,6 +125,13 @@ class LearnerSettings(ServiceSettings):
             optimizer = dict(data.get("optimizer") or {})
             optimizer["lr"] = data.pop("lr")
             data["optimizer"] = optimizer
+        # `learner.report_to`, as TRL's `report_to`: where tracking.report_to lives.
+        if isinstance(data, dict) and "report_to" in data:
+            data = dict(data)
+            tracking = data.get("tracking") or {}
+            tracking = dict(tracking) if isinstance(tracking, dict) else tracking.model_dump()
+            tracking["report_to"] = data.pop("report_to")
+            data["tracking"] = tracking
         return data
 
     @model_validator(mode="after")

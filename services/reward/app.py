@@ -1,4 +1,4 @@
-"""The reward service's HTTP API: POST /v1/score, GET /healthz, GET /metrics, and /openapi.json."""
+"""The reward service's HTTP API: POST /v1/score, GET /v1/verifiers, GET /healthz, GET /metrics, and /openapi.json."""
 
 # No ``from __future__ import annotations``: FastAPI reads the endpoint's annotation, a class built
 # in create_app, at definition time.
@@ -14,9 +14,10 @@ from starlette.responses import JSONResponse, Response
 from services.reward.limits import BodySizeLimit, request_model
 from services.reward.metrics import CONTENT_TYPE, RequestMetrics, RewardMetrics
 from services.reward.pool import VerifierPool
+from services.reward.registry import VerifierRegistry
 from services.reward.settings import RewardSettings
 from services.reward.verifiers import VerifierOptions
-from shared.api.reward import Health, ScoreResponse
+from shared.api.reward import Health, ScoreResponse, VerifierList
 
 
 def create_app(settings: RewardSettings) -> FastAPI:
@@ -29,7 +30,8 @@ def create_app(settings: RewardSettings) -> FastAPI:
         observer=metrics,
         options=VerifierOptions(strictness=settings.strictness),
     )
-    ScoreRequest = request_model(settings)
+    verifiers = VerifierRegistry(settings.verifier_paths)
+    ScoreRequest = request_model(settings, verifiers)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -56,6 +58,10 @@ def create_app(settings: RewardSettings) -> FastAPI:
         results = await pool.score(request.items)
         # Serialised by pydantic in one go; FastAPI would validate the results a second time.
         return Response(ScoreResponse(results=results).model_dump_json(), media_type="application/json")
+
+    @app.get("/v1/verifiers", response_model=VerifierList)
+    async def list_verifiers() -> VerifierList:
+        return VerifierList(verifiers=verifiers.infos())
 
     @app.get("/healthz", response_model=Health)
     async def healthz() -> JSONResponse:

@@ -24,11 +24,14 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     # Imported here: the verifier processes re-import this module and need none of it.
     from services.reward.main import serve
+    from services.reward.registry import BadVerifier
     from services.reward.settings import RewardSettings
 
-    serve(
-        load_or_exit(
-            parser, RewardSettings, args, host=args.host, port=args.port, workers=args.workers,
-            item_timeout_s=args.item_timeout_s, log_level=args.log_level,
-        )
+    settings = load_or_exit(
+        parser, RewardSettings, args, host=args.host, port=args.port, workers=args.workers,
+        item_timeout_s=args.item_timeout_s, log_level=args.log_level,
     )
+    try:
+        serve(settings)
+    except BadVerifier as exc:  # a verifier path or plug-in that cannot be used: say which, no traceback
+        parser.exit(2, f"error: {exc}\n")

@@ -7,8 +7,8 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from services.reward.registry import UnknownVerifier, VerifierRegistry
 from services.reward.settings import RewardSettings
-from services.reward.verifiers import VERIFIERS
 from shared.api.reward import ScoreItem as BaseScoreItem
 from shared.api.reward import ScoreRequest as BaseScoreRequest
 from shared.bodylimit import BodySizeLimit
@@ -27,8 +27,9 @@ def _check_text(value: str, max_bytes: int) -> str:
     return value
 
 
-def request_model(settings: RewardSettings) -> type[BaseScoreRequest]:
-    """``ScoreRequest`` narrowed by the limits in ``settings``: a violation is a 422 naming the field."""
+def request_model(settings: RewardSettings, verifiers: VerifierRegistry) -> type[BaseScoreRequest]:
+    """``ScoreRequest`` narrowed by the limits in ``settings`` and the names in ``verifiers``: a
+    violation is a 422 naming the field."""
     max_text = settings.max_text_bytes
 
     # Same names as the shared models, which is what the OpenAPI document shows.
@@ -46,10 +47,11 @@ def request_model(settings: RewardSettings) -> type[BaseScoreRequest]:
         @field_validator("verifier")
         @classmethod
         def _known_verifier(cls, value: str) -> str:
-            if value not in VERIFIERS:
-                known = ", ".join(sorted(VERIFIERS))
-                raise ValueError(f"unknown verifier {_printable(value)}; known verifiers: {known}")
-            return value
+            try:
+                return verifiers.check(value)
+            except UnknownVerifier as exc:
+                known = ", ".join(exc.known)
+                raise ValueError(f"unknown verifier {_printable(value)}; known verifiers: {known}") from None
 
     class ScoreRequest(BaseScoreRequest):
         items: list[ScoreItem] = Field(min_length=1, max_length=settings.max_items_per_request)

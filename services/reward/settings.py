@@ -33,4 +33,7 @@ class RewardSettings(ServiceSettings):
     # ignored). "strict": a label or unit the reference does not have makes the answer wrong, and
     # the rules marked lenient are off (math-verify still reads "a \approx b" as a by itself).
     strictness: Literal["standard", "strict"] = "standard"
+    # Verifiers by ``module:function`` path, on top of the installed entry points (``prefix_rft.verifiers``);
+    # requests name them by the path. Each is imported at start-up: a bad one stops the service.
+    verifier_paths: list[str] = Field(default_factory=list)
     access_log: bool = False  # one log line per request costs CPU the verifiers could use

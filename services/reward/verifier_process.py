@@ -18,7 +18,8 @@ from collections.abc import Iterator
 
 from services.reward.answers.runaway import Runaway
 from services.reward.protocol import READY, recv_frame, send_frame
-from services.reward.verifiers import VERIFIERS, VerifierOptions
+from services.reward.registry import resolve
+from services.reward.verifiers import VerifierOptions
 from shared.api.reward import ScoreItem, ScoreResult, ScoreStatus
 
 
@@ -79,8 +80,8 @@ def refused_result(item_id: str, reason: str) -> ScoreResult:
 
 
 def score(item: ScoreItem, item_timeout_s: float, options: VerifierOptions | None = None) -> ScoreResult:
-    verifier = VERIFIERS[item.verifier]
     try:
+        verifier = resolve(item.verifier)  # a plug-in that fails to load costs its items, not the process
         with deadline(soft_budget(item_timeout_s)):
             verdict = verifier(item.response, item.reference, options or VerifierOptions())
     except DeadlineExceeded:

@@ -1,11 +1,9 @@
-"""Verifiers: pure functions ``(response, reference, options) -> Verdict``, registered by name.
+"""The built-in verifiers: pure functions ``(response, reference, options) -> Verdict``.
 
-Requests name a verifier per item (``"math"`` by default). Add one with::
-
-    @register("my_check")
-    def my_check(response: str, reference: str, options: VerifierOptions) -> Verdict: ...
-
-in this module (verifier processes import it, so a verifier registered elsewhere is not seen by them).
+Requests name a verifier per item (``"math"`` by default). The service finds verifiers by name in
+``services.reward.registry``: these, and those other packages register under the entry-point group
+``prefix_rft.verifiers`` (docs/custom-task.md). ``Verdict`` and ``VerifierOptions`` are what a
+plug-in's function may use.
 
 Verifiers here run without any timeout of their own: the verifier process that calls them enforces
 the item's deadline (math-verify's own timeouts use ``signal.alarm``, which the process's deadline
@@ -26,7 +24,7 @@ from services.reward.answers.boxes import last_boxed
 from services.reward.answers.decide import BadReference, decide
 from services.reward.answers.rules import Strictness
 
-__all__ = ["VERIFIERS", "BadReference", "Verdict", "VerifierOptions", "last_boxed", "register"]
+__all__ = ["BUILTIN", "BadReference", "Verdict", "VerifierOptions", "last_boxed"]
 
 
 class Verdict(BaseModel):
@@ -48,24 +46,11 @@ class VerifierOptions(BaseModel):
 
 Verifier = Callable[[str, str, VerifierOptions], Verdict]
 
-VERIFIERS: dict[str, Verifier] = {}
-
-
-def register(name: str) -> Callable[[Verifier], Verifier]:
-    def decorator(fn: Verifier) -> Verifier:
-        if name in VERIFIERS:
-            raise ValueError(f"verifier {name!r} is already registered")
-        VERIFIERS[name] = fn
-        return fn
-
-    return decorator
-
 
 def _verdict(correct: bool, extracted: str | None, detail: str | None) -> Verdict:
     return Verdict(correct=correct, reward=1.0 if correct else 0.0, extracted=extracted, detail=detail)
 
 
-@register("math")
 def verify_math(response: str, reference: str, options: VerifierOptions = VerifierOptions()) -> Verdict:
     """The answer the response states against the reference's answer (see ``answers``)."""
     decision = decide(response, reference, options.strictness)
@@ -91,7 +76,6 @@ def _gsm8k_number(text: str) -> Decimal | None:
         return None
 
 
-@register("gsm8k")
 def verify_gsm8k(response: str, reference: str, options: VerifierOptions = VerifierOptions()) -> Verdict:
     """GSM8K's convention: the reference's ``#### N``; the response's ``#### N``, else its last box,
     else its "answer is", else its last number; equal as exact decimals."""
@@ -116,9 +100,13 @@ def verify_gsm8k(response: str, reference: str, options: VerifierOptions = Verif
     return _verdict(value == expected, str(value), f"answer from {source}; exact decimal comparison")
 
 
-@register("format")
 def verify_format(response: str, reference: str, options: VerifierOptions = VerifierOptions()) -> Verdict:
     """Rewards a well-formed, non-empty \\boxed{} answer, whatever its value."""
     answer = last_boxed(response)
     ok = answer is not None
     return _verdict(ok, answer, None)
+
+
+# The same names as the entry points in pyproject.toml, which is how the service finds them once
+# prefix-rft is installed; this table also serves a source checkout whose metadata predates them.
+BUILTIN: dict[str, Verifier] = {"math": verify_math, "gsm8k": verify_gsm8k, "format": verify_format}

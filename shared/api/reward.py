@@ -1,4 +1,4 @@
-"""The reward service's HTTP contract (POST /v1/score, GET /healthz) and its client."""
+"""The reward service's HTTP contract (POST /v1/score, GET /v1/verifiers, GET /healthz) and its client."""
 
 from __future__ import annotations
 
@@ -10,12 +10,17 @@ from pydantic import BaseModel, Field
 from shared.api.http import RetryPolicy, ServiceRefused, ServiceUnavailable, async_client, checked
 from shared.schema import Message
 
+# The verifier of an item, a task or a problem that names none.
+DEFAULT_VERIFIER = "math"
+
 
 class ScoreItem(Message):
     id: str = Field(min_length=1, max_length=256)
     response: str
     reference: str
-    verifier: str = "math"
+    # A name from GET /v1/verifiers: an entry point of the group prefix_rft.verifiers (math, gsm8k,
+    # format are built in) or a module:function path the service's settings list.
+    verifier: str = DEFAULT_VERIFIER
 
 
 class ScoreRequest(Message):
@@ -41,6 +46,25 @@ class ScoreResult(Message):
 
 class ScoreResponse(Message):
     results: list[ScoreResult]
+
+
+class VerifierInfo(Message):
+    """A verifier the service has: its name, the function behind it and where it came from."""
+
+    name: str
+    target: str  # module:function
+    source: str  # "built-in", "entry point (<distribution>)" or "settings (reward.verifier_paths)"
+    description: str | None = None  # the first line of the function's docstring
+
+
+class VerifierList(Message):
+    """GET /v1/verifiers."""
+
+    verifiers: list[VerifierInfo]
+
+    @property
+    def names(self) -> list[str]:
+        return [v.name for v in self.verifiers]
 
 
 class Health(BaseModel):
@@ -95,6 +119,15 @@ class RewardClient:
                     ScoreResult(id=item.id, reward=0.0, correct=False, status=ScoreStatus.error, detail=str(exc)[:500])
                 )
         return results
+
+    async def verifiers(self) -> VerifierList:
+        """The verifiers an item may name."""
+
+        async def attempt() -> VerifierList:
+            reply = checked(await self._client.get("/v1/verifiers"), "GET /v1/verifiers")
+            return VerifierList.model_validate_json(reply.content)
+
+        return await self.retry.call(attempt, "GET /v1/verifiers")
 
     async def health(self) -> Health:
         """The service's health, also while it has no live worker (a 503 with the same body)."""

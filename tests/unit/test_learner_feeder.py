@@ -50,6 +50,13 @@ def test_prefix_cuts_follow_the_step_and_are_reproducible(tokenizer, problems):
     assert min(ratios) < 0.5 < max(ratios)  # after the decay l ~ U[0.05, 0.95]
 
 
+def test_the_problems_verifier_travels_with_its_task(tokenizer, problems):
+    make = factory(tokenizer, AlgorithmSettings.preset("prefix-rft")).make
+    assert make("a", problems[0], 0, step=0, version=0).verifier == "math"  # none named: the default
+    named = problems[0].model_copy(update={"verifier": "within_one"})
+    assert make("b", named, 0, step=0, version=0).verifier == "within_one"
+
+
 @pytest.mark.parametrize(
     ("name", "n_on_policy", "n_hybrid", "n_demo"),
     [("rft", 8, 0, 0), ("luffy", 7, 0, 1), ("prefix-rft-frozen-prefix", 7, 1, 0), ("sft-then-rft", 8, 0, 0)],
