@@ -193,8 +193,15 @@ def direct_parallel(items: list[Item], workers: int) -> Run:
     correct = {k: v for share, _ in shares for k, v in share.items()}
     own = sum(cpu for _, cpu in shares)
     cpu = {"verify": own, "other": _machine_cpu() - machine - own}
-    return Run(f"verifier direct, {workers} processes in parallel", None, len(items) / elapsed, [elapsed], correct,
-               {k: "ok" for k in correct}, cpu)
+    return Run(
+        f"verifier direct, {workers} processes in parallel",
+        None,
+        len(items) / elapsed,
+        [elapsed],
+        correct,
+        {k: "ok" for k in correct},
+        cpu,
+    )
 
 
 def math_verify_alone(items: list[Item]) -> float:
