@@ -1,9 +1,10 @@
-"""Reward service throughput: the same mixed items scored three ways, printed as a table.
+"""Reward service throughput: the same mixed items scored four ways, printed as a table.
 
 1. the service's math verifier (``services.reward.verifiers.verify_math``: answer extraction,
    math-verify and the rules) called directly, one item after another, in this process;
 2. the service (a real ``python -m services.reward`` process, over HTTP) with 1 verifier process;
-3. the same with 2 verifier processes (``--workers`` to change the list).
+3. the same with 2 verifier processes (``--workers`` to change the list);
+4. the machine's ceiling for W processes: W forked copies of the direct run side by side.
 
 Figures: items/s, and p50/p99 latency per request (for the direct run: per batch of the same size).
 Goal: the service with W verifier processes reaches 0.9 x W x the direct rate, and agrees with the
@@ -18,6 +19,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import multiprocessing
+import multiprocessing.synchronize
 import os
 import random
 import statistics
@@ -164,6 +167,43 @@ def direct(items: list[Item], batch: int) -> Run:
     return Run("verifier direct, 1 process", None, rate, latencies, correct, {k: "ok" for k in correct}, cpu)
 
 
+def _direct_share(items: list[Item], start: multiprocessing.synchronize.Barrier, out: multiprocessing.Queue) -> None:
+    start.wait()
+    own = time.process_time()
+    correct = {item.id: verify_math(item.response, item.reference).correct for item in items}
+    out.put((correct, time.process_time() - own))
+
+
+def direct_parallel(items: list[Item], workers: int) -> Run:
+    """The machine's own ceiling for W processes: W forked copies of this process (warm, no server,
+    no HTTP) verify a share of the items each, at the same time. On cores that share caches and
+    memory bandwidth, W processes together fall short of W x one process: the service cannot beat this."""
+    context = multiprocessing.get_context("fork")
+    start, out = context.Barrier(workers + 1), context.Queue()
+    processes = [context.Process(target=_direct_share, args=(items[i::workers], start, out)) for i in range(workers)]
+    for process in processes:
+        process.start()
+    machine = _machine_cpu()
+    start.wait()
+    started = time.perf_counter()
+    shares = [out.get() for _ in processes]
+    elapsed = time.perf_counter() - started
+    for process in processes:
+        process.join()
+    correct = {k: v for share, _ in shares for k, v in share.items()}
+    own = sum(cpu for _, cpu in shares)
+    cpu = {"verify": own, "other": _machine_cpu() - machine - own}
+    return Run(
+        f"verifier direct, {workers} processes in parallel",
+        None,
+        len(items) / elapsed,
+        [elapsed],
+        correct,
+        {k: "ok" for k in correct},
+        cpu,
+    )
+
+
 def math_verify_alone(items: list[Item]) -> float:
     """Items/s of ``parse`` + ``verify`` on the two strings as they are (math-verify's defaults)."""
     started = time.perf_counter()
@@ -277,7 +317,9 @@ def main() -> int:
         # Rounds interleave the three ways, so a burst of load from elsewhere hits them alike.
         for _ in range(args.rounds):
             rounds.append(
-                [direct(items, args.batch)] + [svc.run(items, args.batch, args.concurrency) for svc in services]
+                [direct(items, args.batch)]
+                + [direct_parallel(items, w) for w in worker_counts if w > 1]
+                + [svc.run(items, args.batch, args.concurrency) for svc in services]
             )
     # Per way, its fastest round: the one least disturbed by whatever else ran on the machine.
     runs = [max((r[i] for r in rounds), key=lambda run: run.items_per_s) for i in range(len(rounds[0]))]
@@ -290,11 +332,15 @@ def main() -> int:
     )
 
     base = runs[0]
+    ceiling = {1: base.items_per_s} | {
+        int(run.name.split(", ")[1].split()[0]): run.items_per_s for run in runs if "in parallel" in run.name
+    }
     table = Table(
         title=f"Reward scoring: {args.items} mixed items, {args.batch} per request, "
         f"{args.concurrency} requests in flight, {os.cpu_count()} CPUs, best of {args.rounds} round(s)"
     )
-    columns = ["run", "items/s", "x direct", "goal", "p50 ms", "p99 ms", "timeouts", "errors", "agreement"]
+    columns = ["run", "items/s", "x direct", "goal", "x W in parallel", "p50 ms", "p99 ms", "timeouts", "errors"]
+    columns += ["agreement"]
     columns += ["CPU ms/item: verify", "server", "client", "not ours (s)"]
     for column in columns:
         table.add_column(column, justify="left" if column == "run" else "right")
@@ -312,6 +358,7 @@ def main() -> int:
             f"{run.items_per_s:.1f}",
             f"{speedup:.2f}",
             goal,
+            "" if run.workers is None else f"{run.items_per_s / ceiling[run.workers]:.2f}",
             f"{1000 * statistics.median(run.latencies):.0f}",
             f"{1000 * _percentile(run.latencies, 99):.0f}",
             str(sum(s == "timeout" for s in run.statuses.values())),
