@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from starlette.responses import JSONResponse, Response
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 from vllm.entrypoints.openai.completion.protocol import CompletionRequest
@@ -59,6 +61,28 @@ def _error_response(error: ErrorResponse) -> JSONResponse:
     return JSONResponse(error.model_dump(), status_code=error.error.code)
 
 
+class _BodyErrorsAre400(APIRoute):
+    """vLLM's protocol models check a body with validators that raise vLLM's own errors (which pydantic
+    does not turn into validation errors), and a few fail on shapes they do not expect (found by fuzzing
+    the OpenAPI spec): the request is at fault, so the answer is a 400, as for any other bad body."""
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def guarded(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError:
+                raise  # the app's handler answers it
+            except Exception as exc:
+                error = create_error_response(exc)
+                if error.error.code >= 500:
+                    error = create_error_response(f"the request body could not be read: {type(exc).__name__}: {exc}")
+                return _error_response(error)
+
+        return guarded
+
+
 def prompt_count(prompt) -> int:
     """How many prompts a completions request holds: a string, token ids, or a list of either."""
     if prompt is None or isinstance(prompt, str):
@@ -69,7 +93,7 @@ def prompt_count(prompt) -> int:
 
 
 def add_openai_routes(app: FastAPI, settings: RolloutSettings, engine: RolloutEngine) -> None:
-    router = APIRouter()
+    router = APIRouter(route_class=_BodyErrorsAre400)
 
     def refusal(sequences: int, max_tokens: int | None) -> JSONResponse | None:
         """The service's own limits (as on /v1/generate), checked before the engine sees the request."""

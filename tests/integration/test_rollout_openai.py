@@ -178,6 +178,15 @@ def test_a_malformed_chat_request_is_refused_in_openais_format(service, client):
         f"{service}/v1/completions", content=b"{not json", headers={"content-type": "application/json"}, timeout=60
     )
     assert reply.status_code == 400 and reply.json()["error"]["type"] == "BadRequestError"
+    # Bodies that vLLM's protocol models refuse with their own errors, or fail on (found by fuzzing).
+    for route, body in [
+        ("/v1/completions", {}),
+        ("/v1/completions", {"prompt": "1 + 1 =", "stop": False}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "structured_outputs": [[1]]}),
+    ]:
+        reply = httpx.post(f"{service}{route}", json=body, timeout=60)
+        assert reply.status_code == 400, (body, reply.text)
+        assert reply.json()["error"]["type"] == "BadRequestError"
 
 
 LM_EVAL_MC = """\
