@@ -18,7 +18,7 @@ from shared.modeling import load_tokenizer, prompt_token_ids, response_token_ids
 from tests.helpers.plugins import ENTRY_POINT, PATH, install_plugin
 from tests.integration.test_rollout_worker import groups_in, start_worker, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 
 def test_groups_are_scored_by_the_verifier_their_task_names(
@@ -35,7 +35,7 @@ def test_groups_are_scored_by_the_verifier_their_task_names(
     worker, url = start_worker(tmp_path, "worker", default_init_dir, redis_url, namespace, f"http://127.0.0.1:{port}")
     try:
         wait_http_ready(reward, f"http://127.0.0.1:{port}/healthz", timeout=120)
-        wait_http_ready(worker, f"{url}/readyz", timeout=240)
+        wait_http_ready(worker, f"{url}/readyz", timeout=480)  # vLLM starts slowly on a shared machine
         problem = ArithmeticDataset().problems("warmup")[0]
         demo_text = problem.demonstrations[0]
         demo = response_token_ids(tokenizer, demo_text)
