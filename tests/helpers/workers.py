@@ -1,14 +1,18 @@
-"""Probes of a rollout worker as the learner sees it: the weights version it serves, its count of
-weight swaps, and its entry in the job's worker registry."""
+"""Rollout workers in tests: one started on its own (a real vLLM engine), and probes of a worker as
+the learner sees it: the weights version it serves, its count of weight swaps, its entry in the job's
+worker registry, the groups it appended and a wait on any condition."""
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
+from pathlib import Path
 
+from launcher.processes import free_port, start_process
 from shared.api.rollout import RolloutClient
-from shared.bus import WorkerRegistry
-from shared.messages import WorkerInfo
+from shared.bus import Keys, LedgerQueries, WorkerRegistry
+from shared.messages import TrajectoryGroup, WorkerInfo
 
 
 def served_version(url: str) -> int:
@@ -32,3 +36,40 @@ def weight_swaps(url: str) -> float:
 def register(client, keys, worker_id, url, version=0, age_s=0.0):
     info = WorkerInfo(worker_id=worker_id, url=url, version=version, heartbeat_at=time.time() - age_s)
     WorkerRegistry(client, keys).register(info)
+
+
+def start_worker(tmp: Path, name: str, model: Path, redis_url: str, namespace: str, reward_url: str):
+    port = free_port()
+    env = {
+        "PRFT_REDIS__URL": redis_url,
+        "PRFT_REDIS__NAMESPACE": namespace,
+        "PRFT_ROLLOUT__WORKER_ID": name,
+        "PRFT_ROLLOUT__REWARD_URL": reward_url,
+        "PRFT_ROLLOUT__MAX_INFLIGHT_TASKS": "2",
+        "PRFT_ROLLOUT__HEARTBEAT_S": "0.5",
+        "PRFT_ROLLOUT__RECLAIM_IDLE_MS": "2000",
+        "PRFT_ROLLOUT__REWARD_BACKOFF_S": "0.2",
+        "VLLM_RPC_BASE_PATH": str(tmp / f"rpc-{name}"),
+        "VLLM_CACHE_ROOT": str(tmp / f"vllm-cache-{name}"),
+        "PYTHONUNBUFFERED": "1",
+        # Two engines on a small machine: one compute thread each, or their OpenMP threads fight.
+        "OMP_NUM_THREADS": "1",
+    }
+    argv = [sys.executable, "-m", "services.rollout", "--model", str(model), "--port", str(port)]
+    process = start_process(name, argv, tmp / f"{name}.log", env=env)
+    return process, f"http://127.0.0.1:{port}"
+
+
+def groups_in(redis_client, keys: Keys) -> list[TrajectoryGroup]:
+    return LedgerQueries(redis_client, keys).groups()
+
+
+def wait_for(condition, timeout: float, what: str, processes=()):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        for process in processes:
+            process.check_alive()
+        time.sleep(0.2)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")

@@ -16,7 +16,7 @@ from shared.datasets.arithmetic import ArithmeticDataset
 from shared.messages import RolloutKind, RolloutTask, WeightsRecord
 from shared.modeling import load_tokenizer, prompt_token_ids, response_token_ids
 from tests.helpers.plugins import ENTRY_POINT, PATH, install_plugin
-from tests.integration.test_rollout_worker import groups_in, start_worker, wait_for
+from tests.helpers.workers import groups_in, start_worker, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 

@@ -18,6 +18,7 @@ from shared.bus import Keys, LedgerQueries, TaskStream, WeightsRecordStore, Work
 from shared.datasets.arithmetic import ArithmeticDataset
 from shared.messages import RolloutKind, RolloutTask, TrajectoryGroup, WeightsRecord, WorkerInfo
 from shared.modeling import load_tokenizer, prompt_token_ids, response_token_ids
+from tests.helpers.workers import groups_in, start_worker, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -32,26 +33,6 @@ def start_reward(tmp: Path, port: int):
     return process
 
 
-def start_worker(tmp: Path, name: str, model: Path, redis_url: str, namespace: str, reward_url: str):
-    port = free_port()
-    env = {
-        "PRFT_REDIS__URL": redis_url,
-        "PRFT_REDIS__NAMESPACE": namespace,
-        "PRFT_ROLLOUT__WORKER_ID": name,
-        "PRFT_ROLLOUT__REWARD_URL": reward_url,
-        "PRFT_ROLLOUT__MAX_INFLIGHT_TASKS": "2",
-        "PRFT_ROLLOUT__HEARTBEAT_S": "0.5",
-        "PRFT_ROLLOUT__RECLAIM_IDLE_MS": "2000",
-        "PRFT_ROLLOUT__REWARD_BACKOFF_S": "0.2",
-        "VLLM_RPC_BASE_PATH": str(tmp / f"rpc-{name}"),
-        "VLLM_CACHE_ROOT": str(tmp / f"vllm-cache-{name}"),
-        "PYTHONUNBUFFERED": "1",
-        # Two engines on a small machine: one compute thread each, or their OpenMP threads fight.
-        "OMP_NUM_THREADS": "1",
-    }
-    argv = [sys.executable, "-m", "services.rollout", "--model", str(model), "--port", str(port)]
-    process = start_process(name, argv, tmp / f"{name}.log", env=env)
-    return process, f"http://127.0.0.1:{port}"
 
 
 def make_tasks(tokenizer, count: int, offset: int = 0, max_tokens: int = 64) -> list[RolloutTask]:
@@ -78,23 +59,12 @@ def make_tasks(tokenizer, count: int, offset: int = 0, max_tokens: int = 64) -> 
     return tasks
 
 
-def groups_in(redis_client, keys: Keys) -> list[TrajectoryGroup]:
-    return LedgerQueries(redis_client, keys).groups()
 
 
 def pending_on(redis_client, keys: Keys, consumer: str) -> list[str]:
     return [p.entry_id for p in TaskStream(redis_client, keys).pending_entries(consumer, count=1000)]
 
 
-def wait_for(condition, timeout: float, what: str, processes=()):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        for process in processes:
-            process.check_alive()
-        time.sleep(0.2)
-    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def check_group(group: TrajectoryGroup, task: RolloutTask, eos: int) -> None:

@@ -51,7 +51,7 @@ def test_eval_refuses_an_incomplete_folder_with_a_message(tmp_path, default_init
     folder = weights_only(default_init_dir, tmp_path / "v3")
     result = CliRunner().invoke(app, ["eval", "--model", str(folder), "--split", "id"])
     assert result.exit_code == 2, result.output
-    assert "tokenizer" in result.output and "prefix-rft export" in result.output
+    assert "tokenizer" in one_line(result.output) and "prefix-rft export" in one_line(result.output)
     assert isinstance(result.exception, SystemExit)  # a message, not an exception's trace
 
 
@@ -93,28 +93,33 @@ def test_export_names_what_is_there_when_asked_for_what_is_not(tmp_path, default
                                                                message):
     run = fake_run(tmp_path, default_init_dir, versions, final)
     result = CliRunner().invoke(app, ["export", str(run), str(tmp_path / "out"), *args])
-    assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+    assert result.exit_code == 2 and message in one_line(result.output), result.output
 
 
 def test_export_refuses_an_incomplete_version_and_a_used_destination(tmp_path, default_init_dir):
     run = tmp_path / "run"
     weights_only(default_init_dir, run / "learner" / "weights" / "v5")
     result = CliRunner().invoke(app, ["export", str(run), str(tmp_path / "out"), "--version", "5"])
-    assert result.exit_code == 2 and "tokenizer" in result.output, result.output
+    assert result.exit_code == 2 and "tokenizer" in one_line(result.output), result.output
     used = tmp_path / "used"
     used.mkdir()
     (used / "notes.txt").write_text("mine")
     complete = fake_run(tmp_path / "other", default_init_dir, [1], final=1)
     result = CliRunner().invoke(app, ["export", str(complete), str(used)])
-    assert result.exit_code == 2 and "not empty" in result.output
+    assert result.exit_code == 2 and "not empty" in one_line(result.output)
     assert (used / "notes.txt").read_text() == "mine"
     missing = CliRunner().invoke(app, ["export", str(tmp_path / "nowhere"), str(tmp_path / "x")])
-    assert missing.exit_code == 2 and "not a run directory" in missing.output
+    assert missing.exit_code == 2 and "not a run directory" in one_line(missing.output)
 
 
 def test_import_gguf_refuses_a_file_that_is_not_gguf(tmp_path):
     bogus = tmp_path / "model.gguf"
     bogus.write_bytes(b"PK\x03\x04 not a gguf file")
     result = CliRunner().invoke(app, ["import-gguf", str(bogus), str(tmp_path / "out")])
-    assert result.exit_code == 2 and "not a GGUF file" in result.output
+    assert result.exit_code == 2 and "not a GGUF file" in one_line(result.output)
     assert not (tmp_path / "out").exists()
+
+
+def one_line(output: str) -> str:
+    """The CLI's message as one line: it wraps long messages (a deep temporary path) at the terminal's width."""
+    return " ".join(output.split())
