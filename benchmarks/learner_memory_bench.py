@@ -217,6 +217,8 @@ def run_throughput(args: argparse.Namespace) -> None:
         trainer.train(batch, sft=False)  # warm-up
         figures = timed_steps(trainer, batch, args.steps)
         rows.append((name, passes, figures))
+        print(f"  {name}: {passes} passes, {figures.step_s:.2f} s per step, {figures.tokens_per_s:.0f} tokens/s",
+              flush=True)
         del trainer
         gc.collect()
     print(f"{'':>8} {'passes':>7} {'step time':>10} {'tokens/s':>10}")
