@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from launcher.eval_report import EvalSummary
 from shared.modeling import check_model_folder
 
 pytestmark = pytest.mark.integration
@@ -82,12 +83,15 @@ def test_run_export_and_eval_on_smollm2(tmp_path, smollm2_dir):
     assert tokenizer.decode(generated[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
     # A fresh rollout worker serves the export (eval starts one, with the reward service).
-    result_file = tmp_path / "eval.json"
+    results = tmp_path / "eval"
     done = subprocess.run(
-        _prefix_rft("eval", "--model", str(out), "--split", str(data), "--problems", "2", "--k", "0",
-                    "--max-tokens", "32", "--config", str(config), "--out", str(result_file)),
+        _prefix_rft("eval", str(data), "--model", str(out), "--problems", "2", "--k", "0",
+                    "--max-tokens", "32", "--config", str(config), "--out", str(results)),
         capture_output=True, text=True, timeout=900,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    result = json.loads(result_file.read_text())
-    assert 0.0 <= result["greedy_accuracy"] <= 1.0
+    summary = EvalSummary.model_validate_json((results / "summary.json").read_text())
+    assert Path(summary.model).resolve() == out.resolve() and [r.n_problems for r in summary.benchmarks] == [2]
+    assert 0.0 <= summary.benchmarks[0].greedy_accuracy <= 1.0
+    samples = (results / "samples.jsonl").read_text().splitlines()
+    assert len(samples) == 2  # one greedy response per problem (k = 0)
