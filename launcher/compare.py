@@ -164,12 +164,15 @@ def _run_options(options: CompareOptions, name: str, seed: int, run_dir: Path, f
     overrides = {f"learner.algorithm.{key}": value for key, value in variant.overrides.items()}
     if options.demonstrations is not None:
         overrides["learner.dataset.demonstrations"] = options.demonstrations
+    # Every run's directory is called seed-<n>: in a tracker (one wandb project, one mlflow experiment)
+    # the runs are told apart by this name, the comparison's and the variant's.
+    tracking_sets = {"learner.tracking.run_name": f"{options.out.resolve().name}-{name}-seed-{seed}"}
     return RunOptions(
         algorithm=variant.algorithm,
         steps=options.steps,
         seed=seed,
         config=options.config,
-        sets=deep_merge(options.sets, dotted(overrides)),
+        sets=deep_merge(options.sets, dotted(overrides), dotted(tracking_sets)),
         out=run_dir,
         eval_problems=options.eval_problems,
         eval_data=options.eval_data,

@@ -125,12 +125,17 @@ class LearnerSettings(ServiceSettings):
             optimizer = dict(data.get("optimizer") or {})
             optimizer["lr"] = data.pop("lr")
             data["optimizer"] = optimizer
-        # `learner.report_to`, as TRL's `report_to`: where tracking.report_to lives.
+        # `learner.report_to`, as TRL's `report_to`: where tracking.report_to lives. The sources are merged
+        # by now, so an explicit tracking.report_to (what --report-to and PRFT_LEARNER__TRACKING__REPORT_TO
+        # set) wins: a job file's shorthand must not override the command line.
         if isinstance(data, dict) and "report_to" in data:
             data = dict(data)
             tracking = data.get("tracking") or {}
-            tracking = dict(tracking) if isinstance(tracking, dict) else tracking.model_dump()
-            tracking["report_to"] = data.pop("report_to")
+            if not isinstance(tracking, dict):
+                tracking = tracking.model_dump(include=tracking.model_fields_set)
+            tracking = dict(tracking)
+            shorthand = data.pop("report_to")
+            tracking.setdefault("report_to", shorthand)
             data["tracking"] = tracking
         return data
 

@@ -1,4 +1,5 @@
-"""End to end: ``prefix-rft compare`` runs real jobs, writes the results document, and reuses finished runs."""
+"""End to end: ``prefix-rft compare`` runs real jobs, writes the results document, reports to a tracker,
+and reuses finished runs."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 
 import pytest
 
+from tests.helpers import trackers as read
 from tests.helpers.jobs import SMALL_JOB
 
 pytestmark = pytest.mark.integration
@@ -40,6 +42,8 @@ def test_compare_writes_results_and_reuses_runs(tmp_path, default_base_dir):
         str(out),
         "--results",
         str(results),
+        "--report-to",
+        "tensorboard",
     ]
     first = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -54,6 +58,16 @@ def test_compare_writes_results_and_reuses_runs(tmp_path, default_base_dir):
     assert set(comparison["runs"]) == {"rft", "prefix-rft"}
     assert comparison["runs"]["rft"]["0"]["algorithm"] == "rft"
     assert set(comparison["base"]) == {"id", "ood"}
+
+    # The trackers get every run, each under a name of its own, and the comparison's figures.
+    for variant in ("rft", "prefix-rft"):
+        tracking = out / variant / "seed-0" / "tracking"
+        logged = read.tensorboard_run(tracking / "tensorboard" / f"compare-{variant}-seed-0")
+        assert sorted(read.tensorboard_scalars(logged, "train/loss")) == [1, 2]
+    logged = read.tensorboard_run(out / "tracking" / "tensorboard" / "compare-compare")
+    for summary in comparison["summaries"]:
+        greedy = read.tensorboard_scalars(logged, f"compare/{summary['variant']}/id/greedy")
+        assert greedy == pytest.approx({2: summary["greedy"]["id"]["mean"]})
 
     # A second invocation trains nothing: every run's report is reused, and the document is rewritten.
     results.unlink()

@@ -1,68 +1,77 @@
-"""End to end: ``prefix-rft run --report-to tensorboard,mlflow`` on real processes; what the trackers got
-is read back with their own readers (tensorboard's EventAccumulator, mlflow's client on the file store)
-and compared with the run's own records (metrics.jsonl, report.json, job.yaml)."""
+"""End to end: a real ``prefix-rft run`` reporting to tensorboard, mlflow and wandb offline (the
+custom-task guide's run, shared with tests/e2e/test_custom_task.py); what the trackers got is read back
+with their own readers (tensorboard's EventAccumulator, mlflow's client on the file store, wandb's
+record schema on the offline run directory) and compared with the run's own records (metrics.jsonl,
+report.json)."""
 
 from __future__ import annotations
-
-import json
-import subprocess
-import sys
 
 import pytest
 
 from tests.helpers import trackers as read
-from tests.helpers.jobs import SMALL_JOB
 
 # One short job, but every process is real and the evaluations run before, during and after it.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
 
-
-@pytest.fixture(scope="module")
-def tracked_run(tmp_path_factory, default_base_dir):
-    root = tmp_path_factory.mktemp("tracked")
-    config = root / "small.yaml"
-    config.write_text(SMALL_JOB)
-    out = root / "job-1"
-    args = ["run", "--steps", "3", "--eval-problems", "4", "--eval-every", "2", "--config", str(config),
-            "--out", str(out), "--report-to", "tensorboard,mlflow", "--set", "learner.tracking.samples_every=2"]
-    done = subprocess.run([sys.executable, "-m", "launcher.cli", *args], capture_output=True, text=True, timeout=1400)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    steps = [json.loads(line) for line in (out / "learner" / "metrics.jsonl").read_text().splitlines()]
-    report = json.loads((out / "report.json").read_text())
-    return out, steps, report
+SPLIT = "held-out"  # the run evaluates on rows of its data file held out of training
 
 
-def test_tensorboard_gets_every_step_record_the_job_config_and_completions(tracked_run):
-    out, steps, report = tracked_run
-    run = read.tensorboard_run(out / "tracking" / "tensorboard" / "job-1")
+def test_tensorboard_gets_every_step_record_the_job_config_and_completions(guide_run):
+    out, steps, report = guide_run.out, guide_run.steps, guide_run.report
+    run = read.tensorboard_run(out / "tracking" / "tensorboard" / "my-task")
     assert read.tensorboard_scalars(run, "train/reward_mean") == pytest.approx(
-        {s["step"]: s["reward_mean"] for s in steps}
+        {s.step: s.reward_mean for s in steps}
     )
     assert sorted(read.tensorboard_scalars(run, "train/loss")) == [1, 2, 3]
     hparams = read.tensorboard_hparams(run)
     assert hparams["learner.total_steps"] == 3 and hparams["learner.batch_prompts"] == 4
-    assert hparams["learner.tracking.report_to"] == "['tensorboard', 'mlflow']"
+    assert hparams["learner.tracking.report_to"] == "['tensorboard', 'mlflow', 'wandb']"
     assert not [key for key in hparams if key.startswith("auth")]  # the bearer token stays out
-    tables = read.tensorboard_text(run, "samples/text_summary")
+    tables = read.tensorboard_table(run, "samples/text_summary")
     assert sorted(tables) == [1, 3]  # step 1, then every 2 steps
-    lines = tables[1].splitlines()
-    assert lines[0] == "| prompt | prefix_len | response | reward | kind |" and len(lines) == 2 + 8
-    assert {line.rsplit("|", 2)[1].strip() for line in lines[2:]} <= {"on_policy", "hybrid"}
+    assert len(tables[1]) == 8 and list(tables[1][0]) == ["prompt", "prefix_len", "response", "reward", "kind"]
+    assert {row["kind"] for rows in tables.values() for row in rows} <= {"on_policy", "hybrid"}
 
-    evaluation = read.tensorboard_run(out / "tracking" / "tensorboard" / "job-1-eval")
-    accuracy = read.tensorboard_scalars(evaluation, "eval/id/greedy_accuracy")
-    assert accuracy[0] == pytest.approx(report["accuracy_before"]["id"])
-    assert accuracy[3] == pytest.approx(report["accuracy_after"]["id"])
+    evaluation = read.tensorboard_run(out / "tracking" / "tensorboard" / "my-task-eval")
+    accuracy = read.tensorboard_scalars(evaluation, f"eval/{SPLIT}/greedy_accuracy")
+    assert accuracy[0] == pytest.approx(report.accuracy_before[SPLIT])
+    assert accuracy[3] == pytest.approx(report.accuracy_after[SPLIT])
     assert 2 in accuracy  # the evaluation during training
 
 
-def test_mlflow_file_store_gets_the_same_run(tracked_run):
-    out, steps, report = tracked_run
-    client, run = read.mlflow_run((out / "tracking" / "mlruns").as_uri(), "prefix-rft", "job-1")
+def test_mlflow_file_store_gets_the_same_run(guide_run):
+    out, steps, report = guide_run.out, guide_run.steps, guide_run.report
+    client, run = read.mlflow_run((out / "tracking" / "mlruns").as_uri(), "prefix-rft", "my-task")
     history = client.get_metric_history(run.info.run_id, "train/tokens")
-    assert {(m.step, m.value) for m in history} == {(s["step"], s["tokens"]) for s in steps}
+    assert {(m.step, m.value) for m in history} == {(s.step, s.tokens) for s in steps}
     assert run.data.params["learner.total_steps"] == "3" and run.data.params["learner.algorithm.name"] == "prefix-rft"
     assert run.info.status == "FINISHED"
-    _, evaluation = read.mlflow_run((out / "tracking" / "mlruns").as_uri(), "prefix-rft", "job-1-eval")
-    assert evaluation.data.metrics["eval/ood/greedy_accuracy"] == pytest.approx(report["accuracy_after"]["ood"])
-    assert evaluation.data.tags["group"] == "job-1"
+    _, evaluation = read.mlflow_run((out / "tracking" / "mlruns").as_uri(), "prefix-rft", "my-task-eval")
+    assert evaluation.data.metrics[f"eval/{SPLIT}/greedy_accuracy"] == pytest.approx(report.accuracy_after[SPLIT])
+    assert evaluation.data.tags["group"] == "my-task"
+
+
+def _wandb_run(out, name: str):
+    """The offline run directory whose run record is called ``name``, and its records."""
+    for run_dir in (out / "tracking" / "wandb").glob("offline-run-*"):
+        records = read.wandb_offline_records(run_dir)
+        if records["run"][0].run.display_name == name:
+            return run_dir, records
+    raise AssertionError(f"no offline wandb run {name!r} under {out / 'tracking' / 'wandb'}")
+
+
+def test_wandb_offline_run_directory_gets_the_same_run(guide_run):
+    out, steps, report = guide_run.out, guide_run.steps, guide_run.report
+    run_dir, records = _wandb_run(out, "my-task")
+    assert records["run"][0].run.run_group == "my-task"
+    history = read.wandb_history(records)
+    losses = {row["_step"]: row["train/loss"] for row in history if "train/loss" in row}
+    assert losses == pytest.approx({s.step: s.loss for s in steps})
+    config = read.wandb_config(records)
+    assert config["learner"]["total_steps"] == 3 and "auth" not in config
+    tables = [row for row in history if "samples/path" in row]
+    assert [row["_step"] for row in tables] == [1, 3]
+    assert (run_dir / "files" / tables[0]["samples/path"]).is_file()
+    _, evaluation = _wandb_run(out, "my-task-eval")
+    after = {row["_step"]: row for row in read.wandb_history(evaluation) if f"eval/{SPLIT}/greedy_accuracy" in row}
+    assert after[3][f"eval/{SPLIT}/greedy_accuracy"] == pytest.approx(report.accuracy_after[SPLIT])

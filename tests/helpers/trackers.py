@@ -98,3 +98,20 @@ def wandb_config(records: dict[str, list]) -> dict[str, Any]:
     for record in records.get("config", []):
         config.update({item.key: json.loads(item.value_json) for item in record.config.update})
     return config
+
+
+def tensorboard_table(accumulator, tag: str) -> dict[int, list[dict[str, str]]]:
+    """A table logged as tensorboard text (a Markdown table, ``|`` escaped, new lines as ``<br>``): its
+    rows at each step, as column -> cell."""
+    import re
+
+    def cells(line: str) -> list[str]:
+        parts = re.split(r"(?<!\\)\|", line.strip())[1:-1]
+        return [part.strip().replace("\\|", "|").replace("<br>", "\n") for part in parts]
+
+    tables = {}
+    for step, text in tensorboard_text(accumulator, tag).items():
+        header, _rule, *rows = text.splitlines()
+        columns = cells(header)
+        tables[step] = [dict(zip(columns, cells(row))) for row in rows]
+    return tables

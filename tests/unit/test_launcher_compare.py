@@ -135,3 +135,17 @@ def test_results_table_and_verdicts(tmp_path):
     assert "- Prefix-RFT, 1% demonstrations above SFT: reversed (-0.060, beyond the seed spread)." in text
     assert "10% demonstrations above" not in text  # a pair with a variant that did not run is left out
     assert (tmp_path / "docs" / "results" / "r.png").read_bytes() == b"png"
+
+
+def test_each_run_of_a_comparison_has_its_own_name_in_the_trackers(tmp_path):
+    """Every run's directory is seed-<n>; a tracker (one wandb project, one mlflow experiment) would get
+    runs of one name from every variant."""
+    from services.learner.tracking import run_name
+
+    options = CompareOptions(out=tmp_path / "ablation")
+    names = {
+        run_name(build_job_config(run, run.out).learner)
+        for variant in ("rft", "prefix-rft")
+        for run in [_run_options(options, variant, seed=0, run_dir=options.out / variant / "seed-0", first=True)]
+    }
+    assert names == {"ablation-rft-seed-0", "ablation-prefix-rft-seed-0"}

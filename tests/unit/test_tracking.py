@@ -41,6 +41,19 @@ def test_bad_tracker_names_are_refused_naming_them(given, message):
         LearnerSettings(report_to=given)
 
 
+def test_the_command_lines_report_to_wins_over_the_job_files_shorthand(tmp_path):
+    """`learner.report_to` in a job file is short for learner.tracking.report_to, which --report-to and
+    PRFT_LEARNER__TRACKING__REPORT_TO set: the shorthand must not hide them."""
+    from launcher.cli import with_report_to
+    from launcher.config import JobConfig
+
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text("learner:\n  report_to: [tensorboard]\n")
+    assert JobConfig.load(job_file).learner.tracking.report_to == ["tensorboard"]
+    flagged = JobConfig.load(job_file, sets=with_report_to({}, "mlflow,wandb"))
+    assert flagged.learner.tracking.report_to == ["mlflow", "wandb"]
+
+
 def test_no_tracker_by_default():
     assert LearnerSettings().tracking.report_to == []
 
