@@ -93,6 +93,37 @@ class MessageStream(Generic[M]):
     def length(self) -> int:
         return int(self.client.xlen(self.stream))
 
+    def added_total(self) -> int:
+        """Entries ever appended, trimmed ones included (0 before the first)."""
+        if not self.client.exists(self.stream):
+            return 0
+        return int(self.client.xinfo_stream(self.stream)["entries-added"])
+
+    def low_water(self) -> str | None:
+        """The lowest entry id the group may still need: its oldest pending entry, or the first entry not
+        yet delivered. Every entry below it was acknowledged. None when the group does not exist."""
+        if not self.client.exists(self.stream):
+            return None
+        info = next((g for g in self.client.xinfo_groups(self.stream) if text(g["name"]) == self.group), None)
+        if info is None:
+            return None
+        ms, seq = position(text(info["last-delivered-id"]))
+        candidates = [(ms, seq + 1)]  # everything up to the last delivered entry went to a consumer
+        oldest_pending = self.client.xpending(self.stream, self.group)["min"]
+        if oldest_pending is not None:
+            candidates.append(position(text(oldest_pending)))
+        low_ms, low_seq = min(candidates)
+        return f"{low_ms}-{low_seq}"
+
+    def trim_acknowledged(self) -> tuple[int, str | None]:
+        """Delete the entries below :meth:`low_water` (acknowledged, so no consumer needs them again);
+        returns (entries deleted, the low water). Safe against concurrent appends and reads: those only
+        touch ids at or above it."""
+        low = self.low_water()
+        if low is None:
+            return 0, None
+        return int(self.client.xtrim(self.stream, minid=low, approximate=False)), low
+
     def backlog(self) -> int:
         """Entries not yet delivered to any consumer of the group."""
         for group in self.client.xinfo_groups(self.stream):
@@ -121,3 +152,14 @@ class MessageStream(Generic[M]):
 
 def text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def position(entry_id: str) -> tuple[int, int]:
+    """(milliseconds, sequence) of a stream entry id: compares in stream order."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def entry_ms(entry_id: str) -> int:
+    """The millisecond part of a stream entry id."""
+    return position(entry_id)[0]
