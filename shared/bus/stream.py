@@ -100,18 +100,21 @@ class MessageStream(Generic[M]):
         return int(self.client.xinfo_stream(self.stream)["entries-added"])
 
     def low_water(self) -> str | None:
-        """The lowest entry id the group may still need: its oldest pending entry, or the first entry not
-        yet delivered. Every entry below it was acknowledged. None when the group does not exist."""
+        """The lowest entry id a consumer group of the stream may still need: a group's oldest pending
+        entry, or the first entry it has not been delivered. Every entry below it was acknowledged by
+        every group (another reader, an audit or an archive, takes its own group and so holds trimming
+        back until it acknowledges). None when the stream has no group."""
         if not self.client.exists(self.stream):
             return None
-        info = next((g for g in self.client.xinfo_groups(self.stream) if text(g["name"]) == self.group), None)
-        if info is None:
+        candidates = []
+        for info in self.client.xinfo_groups(self.stream):
+            ms, seq = position(text(info["last-delivered-id"]))
+            candidates.append((ms, seq + 1))  # everything up to the last delivered entry went to a consumer
+            if int(info["pending"]):
+                oldest = self.client.xpending(self.stream, text(info["name"]))["min"]
+                candidates.append(position(text(oldest)))
+        if not candidates:
             return None
-        ms, seq = position(text(info["last-delivered-id"]))
-        candidates = [(ms, seq + 1)]  # everything up to the last delivered entry went to a consumer
-        oldest_pending = self.client.xpending(self.stream, self.group)["min"]
-        if oldest_pending is not None:
-            candidates.append(position(text(oldest_pending)))
         low_ms, low_seq = min(candidates)
         return f"{low_ms}-{low_seq}"
 

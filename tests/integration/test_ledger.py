@@ -59,7 +59,7 @@ def _books(client, namespace: str, learner: Path, tasks: int, produced: int, eve
         task_queue.issue(_task(i), "run", FeederState(position=i + 1, issued=i + 1))
     delivered = task_queue.read("w", count=produced)
     for i in range(produced):
-        assert trajectories.append_once(_group(i))
+        assert trajectories.append_once(_group(i), delivered[i].entry_id)
     task_queue.ack(*[e.entry_id for e in delivered])
     decided = {gid for e in events for gid in e.ids}
     for entry in trajectories.read("learner-0", count=100):
@@ -79,7 +79,7 @@ def test_books_that_balance_reconcile(redis_client, namespace, tmp_path):
     keys = _books(redis_client, namespace, tmp_path, tasks=6, produced=4, events=events)
     ledger = reconcile(LedgerQueries(redis_client, keys), tmp_path)
     assert ledger.ok, ledger.problems
-    assert (ledger.issued, len(ledger.produced), len(ledger.trained), len(ledger.stale), len(ledger.queued)) == (
+    assert (ledger.issued, ledger.produced, len(ledger.trained), len(ledger.stale), len(ledger.queued)) == (
         6,
         4,
         2,
