@@ -126,21 +126,27 @@ _INT_DTYPES = ("<u1", "<u2", "<i4", "<i8")
 
 
 def _pack(values: list) -> tuple[str, bytes] | None:
-    """(dtype, little-endian bytes) of a list of numbers that round-trips exactly; None for anything else."""
+    """(dtype, little-endian bytes) of a list of numbers that round-trips exactly; None for anything else.
+    The list's kind is the first element's (the models' number lists hold one kind: token ids, log-probs)."""
     if not values:
         return None
-    if all(type(v) is int for v in values):
-        low, high = min(values), max(values)
+    first = type(values[0])
+    if first is not int and first is not float:
+        return None  # strings, dicts, lists, booleans: stay JSON
+    try:
+        array = np.asarray(values)
+    except (ValueError, OverflowError):
+        return None  # ragged, or an integer beyond int64
+    if first is int and array.dtype.kind == "i":
+        low, high = int(array.min()), int(array.max())
         for name in _INT_DTYPES:
             info = np.iinfo(np.dtype(name))
             if info.min <= low and high <= info.max:
-                return name, np.asarray(values, dtype=name).tobytes()
-        return None  # beyond int64: stays JSON
-    if all(type(v) is float for v in values):
-        wide = np.asarray(values, dtype="<f8")
-        narrow = wide.astype("<f4")
+                return name, array.astype(name).tobytes()
+    if first is float and array.dtype.kind == "f":
+        narrow = array.astype("<f4")
         # float32 only when it loses nothing (the engine's log-probs are float32 values); NaN never equals.
-        if np.array_equal(narrow.astype("<f8"), wide):
+        if np.array_equal(narrow, array):
             return "<f4", narrow.tobytes()
-        return "<f8", wide.tobytes()
+        return "<f8", array.astype("<f8").tobytes()
     return None
