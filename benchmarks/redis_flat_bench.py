@@ -8,7 +8,9 @@ the run the ledger is reconciled against the run's append-only file.
 
     .venv/bin/python benchmarks/redis_flat_bench.py [--steps 300] [--every 50] [--out runs/redis-flat-bench]
 
-Writes ``redis_flat.json`` and ``redis_flat.png`` in the output directory.
+Writes ``rows.jsonl`` (each row as it is taken), ``redis_flat.json`` and ``redis_flat.png`` in the
+output directory. Stopped early (Ctrl-C, SIGTERM) it stops the run cleanly and reports the rows so far;
+``--report-only`` reports an earlier run of the same ``--out`` again (its rows and its ledger).
 """
 
 from __future__ import annotations
@@ -47,9 +49,10 @@ class Row(BaseModel):
 class Poller(threading.Thread):
     """Samples the run while it trains; a row at step 1 and each multiple of ``every``."""
 
-    def __init__(self, run_dir: Path, every: int):
+    def __init__(self, run_dir: Path, every: int, rows_path: Path):
         super().__init__(daemon=True)
         self.run_dir = run_dir
+        self.rows_path = rows_path
         self.every = every
         self.rows: list[Row] = []
         self.peak_entries = 0
@@ -81,6 +84,8 @@ class Poller(threading.Thread):
                     produced_ids_remembered=seen.produced_recent,
                 )
                 self.rows.append(row)
+                with self.rows_path.open("a") as handle:
+                    handle.write(row.model_dump_json() + "\n")
                 print(f"[redis-flat] {row.model_dump_json()}", file=sys.stderr, flush=True)
                 next_step = (last.step // self.every + 1) * self.every
             except (psutil.Error, OSError, ValueError) as exc:
@@ -128,30 +133,12 @@ def plot(rows: list[Row], path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--every", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("runs/redis-flat-bench"))
-    args = parser.parse_args(argv)
-    if args.steps < 1 or args.every < 1:
-        parser.error(f"--steps {args.steps} and --every {args.every} must be at least 1")
-    run_dir = args.out / "run"
-    if run_dir.exists():
-        parser.error(f"{run_dir} exists: pass another --out")
-
-    poller = Poller(run_dir, args.every)
-    poller.start()
-    started = time.monotonic()
-    run_job(RunOptions(steps=args.steps, seed=args.seed, out=run_dir, evaluate=False), Console(stderr=True))
-    poller.stop_event.set()
-    poller.join()
-    wall = time.monotonic() - started
-    ledger = reconcile_stopped_run(run_dir)
-
-    rows = poller.rows
-    table = Table(title=f"{args.steps}-step default job: memory every {args.every} steps ({wall:.0f} s)")
+def report(out: Path, rows: list[Row], steps: int, every: int, wall: float | None) -> bool:
+    """Print the table and the ledger of ``out/run``; write the JSON and the plot. True if the ledger reconciles."""
+    ledger = reconcile_stopped_run(out / "run")
+    reached = rows[-1].step if rows else 0
+    took = f", {wall:.0f} s" if wall is not None else ""
+    table = Table(title=f"default job, {reached} of {steps} steps: memory every {every} steps{took}")
     for column in ("step", "elapsed s", "Redis used MiB", "learner RSS MiB", "tasks entries", "trajectories entries",
                    "append-once ids"):
         table.add_column(column, justify="right")
@@ -161,14 +148,46 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     console.print(table)
     console.print(ledger.render())
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "redis_flat.json").write_text(json.dumps(
-        {"steps": args.steps, "wall_s": wall, "rows": [r.model_dump() for r in rows], "ledger_ok": ledger.ok,
-         "ledger": dict(ledger.rows()), "problems": ledger.problems}, indent=2))
+    (out / "redis_flat.json").write_text(json.dumps(
+        {"steps": steps, "reached": reached, "wall_s": wall, "rows": [r.model_dump() for r in rows],
+         "ledger_ok": ledger.ok, "ledger": dict(ledger.rows()), "problems": ledger.problems}, indent=2))
     if rows:
-        plot(rows, args.out / "redis_flat.png")
-    print(f"figures: {args.out / 'redis_flat.json'} and {args.out / 'redis_flat.png'}")
-    return 0 if ledger.ok else 1
+        plot(rows, out / "redis_flat.png")
+    print(f"figures: {out / 'redis_flat.json'} and {out / 'redis_flat.png'}")
+    return ledger.ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--every", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("runs/redis-flat-bench"))
+    parser.add_argument("--report-only", action="store_true", help="report the run already in --out again")
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.every < 1:
+        parser.error(f"--steps {args.steps} and --every {args.every} must be at least 1")
+    run_dir = args.out / "run"
+    rows_path = args.out / "rows.jsonl"
+    if args.report_only:
+        if not rows_path.is_file():
+            parser.error(f"--report-only: {rows_path} does not exist (run the benchmark first)")
+        rows = [Row.model_validate_json(line) for line in rows_path.read_text().splitlines() if line.strip()]
+        return 0 if report(args.out, rows, args.steps, args.every, None) else 1
+    if run_dir.exists():
+        parser.error(f"{run_dir} exists: pass another --out")
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    poller = Poller(run_dir, args.every, rows_path)
+    poller.start()
+    started = time.monotonic()
+    try:
+        run_job(RunOptions(steps=args.steps, seed=args.seed, out=run_dir, evaluate=False), Console(stderr=True))
+    except KeyboardInterrupt:
+        print("stopped early: the run was stopped cleanly; reporting the rows so far", file=sys.stderr)
+    poller.stop_event.set()
+    poller.join()
+    return 0 if report(args.out, poller.rows, args.steps, args.every, time.monotonic() - started) else 1
 
 
 if __name__ == "__main__":
