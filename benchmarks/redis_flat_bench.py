@@ -40,6 +40,9 @@ class Row(BaseModel):
     step: int
     elapsed_s: float
     redis_used_mb: float
+    # The most since the row before (sampled every poll): the streams fill between checkpoints, so a
+    # row taken just after one shows the trough, this the crest.
+    redis_peak_mb: float = 0.0
     learner_rss_mb: float
     tasks_entries: int
     trajectories_entries: int
@@ -55,7 +58,7 @@ class Poller(threading.Thread):
         self.rows_path = rows_path
         self.every = every
         self.rows: list[Row] = []
-        self.peak_entries = 0
+        self.peak_used = 0
         self.stop_event = threading.Event()
         self.started = time.monotonic()
 
@@ -72,17 +75,19 @@ class Poller(threading.Thread):
                     learner = self._learner()
                     if learner is None:
                         continue
+                seen = footprint(client, keys)
+                self.peak_used = max(self.peak_used, seen.used_memory)
                 last = metrics_file(self.run_dir / "learner").last()
                 if last is None or last.step < next_step:
                     continue
-                seen = footprint(client, keys)
-                self.peak_entries = max(self.peak_entries, seen.tasks + seen.trajectories)
                 row = Row(
                     step=last.step, elapsed_s=time.monotonic() - self.started,
-                    redis_used_mb=seen.used_memory / 2**20, learner_rss_mb=learner.memory_info().rss / 2**20,
+                    redis_used_mb=seen.used_memory / 2**20, redis_peak_mb=self.peak_used / 2**20,
+                    learner_rss_mb=learner.memory_info().rss / 2**20,
                     tasks_entries=seen.tasks, trajectories_entries=seen.trajectories,
                     produced_ids_remembered=seen.produced_recent,
                 )
+                self.peak_used = 0
                 self.rows.append(row)
                 with self.rows_path.open("a") as handle:
                     handle.write(row.model_dump_json() + "\n")
@@ -120,6 +125,7 @@ def plot(rows: list[Row], path: Path) -> None:
     steps = [r.step for r in rows]
     fig, (ax_mem, ax_entries) = plt.subplots(1, 2, figsize=(11, 4))
     ax_mem.plot(steps, [r.redis_used_mb for r in rows], marker="o", label="Redis used_memory")
+    ax_mem.plot(steps, [r.redis_peak_mb for r in rows], marker="v", label="Redis peak since the row before")
     ax_mem.plot(steps, [r.learner_rss_mb for r in rows], marker="s", label="learner RSS")
     ax_mem.set(xlabel="step", ylabel="MiB", title="memory during the run", ylim=(0, None))
     ax_mem.legend()
@@ -139,12 +145,13 @@ def report(out: Path, rows: list[Row], steps: int, every: int, wall: float | Non
     reached = rows[-1].step if rows else 0
     took = f", {wall:.0f} s" if wall is not None else ""
     table = Table(title=f"default job, {reached} of {steps} steps: memory every {every} steps{took}")
-    for column in ("step", "elapsed s", "Redis used MiB", "learner RSS MiB", "tasks entries", "trajectories entries",
-                   "append-once ids"):
+    for column in ("step", "elapsed s", "Redis used MiB", "Redis peak MiB since the row before", "learner RSS MiB",
+                   "tasks entries", "trajectories entries", "append-once ids"):
         table.add_column(column, justify="right")
     for r in rows:
-        table.add_row(str(r.step), f"{r.elapsed_s:.0f}", f"{r.redis_used_mb:.2f}", f"{r.learner_rss_mb:.0f}",
-                      str(r.tasks_entries), str(r.trajectories_entries), str(r.produced_ids_remembered))
+        table.add_row(str(r.step), f"{r.elapsed_s:.0f}", f"{r.redis_used_mb:.2f}", f"{r.redis_peak_mb:.2f}",
+                      f"{r.learner_rss_mb:.0f}", str(r.tasks_entries), str(r.trajectories_entries),
+                      str(r.produced_ids_remembered))
     console = Console()
     console.print(table)
     console.print(ledger.render())
