@@ -126,9 +126,12 @@ def plot(rows: list[Row], path: Path) -> None:
     fig, (ax_mem, ax_entries) = plt.subplots(1, 2, figsize=(11, 4))
     ax_mem.plot(steps, [r.redis_used_mb for r in rows], marker="o", label="Redis used_memory")
     ax_mem.plot(steps, [r.redis_peak_mb for r in rows], marker="v", label="Redis peak since the row before")
-    ax_mem.plot(steps, [r.learner_rss_mb for r in rows], marker="s", label="learner RSS")
-    ax_mem.set(xlabel="step", ylabel="MiB", title="memory during the run", ylim=(0, None))
-    ax_mem.legend()
+    ax_mem.set(xlabel="step", ylabel="Redis MiB", title="memory during the run", ylim=(0, None))
+    ax_rss = ax_mem.twinx()  # the learner's RSS is about a thousand times Redis's
+    ax_rss.plot(steps, [r.learner_rss_mb for r in rows], marker="s", color="tab:green", label="learner RSS")
+    ax_rss.set(ylabel="learner RSS MiB", ylim=(0, None))
+    handles = ax_mem.get_legend_handles_labels()[0] + ax_rss.get_legend_handles_labels()[0]
+    ax_mem.legend(handles=handles, loc="lower right")
     ax_entries.plot(steps, [r.tasks_entries for r in rows], marker="o", label="tasks stream")
     ax_entries.plot(steps, [r.trajectories_entries for r in rows], marker="s", label="trajectories stream")
     ax_entries.plot(steps, [r.produced_ids_remembered for r in rows], marker="^", label="append-once ids")
