@@ -17,7 +17,7 @@ from services.learner.metrics import StepMetrics, batch_stats
 from services.learner.plan import Plan
 from services.learner.settings import LearnerSettings
 from services.learner.window import StalenessWindow
-from shared.bus import TaskStream, TrajectoryStream, trim_consumed
+from shared.bus import RedisError, TaskStream, TrajectoryStream, trim_consumed
 from shared.messages import TrajectoryGroup
 from shared.records import FINAL_FILE, FinalRecord, LedgerEvent, StepRecord, ledger_file
 
@@ -121,8 +121,13 @@ class Bookkeeping:
             self.trajectories.ack(*ids[start : start + ACK_CHUNK])
         decisions.clear()
         self.checkpoint_step = self.state.step
-        # What the checkpoint covers is consumed for good: keep Redis flat.
-        report = trim_consumed(self.tasks, self.trajectories)
+        # What the checkpoint covers is consumed for good: keep Redis flat. Housekeeping only: the next
+        # checkpoint trims whatever this one could not, so a failure here must not stop training.
+        try:
+            report = trim_consumed(self.tasks, self.trajectories)
+        except RedisError as exc:
+            log.warning("could not trim the streams after the checkpoint (%s); the next one will", exc)
+            return
         log.info("trimmed %d trajectory and %d task entries, let go of %d append-once ids",
                  report.trajectories_deleted, report.tasks_deleted, report.ids_forgotten)
 
