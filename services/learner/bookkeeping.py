@@ -17,7 +17,7 @@ from services.learner.metrics import StepMetrics, batch_stats
 from services.learner.plan import Plan
 from services.learner.settings import LearnerSettings
 from services.learner.window import StalenessWindow
-from shared.bus import TrajectoryStream
+from shared.bus import RedisError, TaskStream, TrajectoryStream, trim_consumed
 from shared.messages import TrajectoryGroup
 from shared.records import FINAL_FILE, FinalRecord, LedgerEvent, StepRecord, ledger_file
 
@@ -43,12 +43,14 @@ class Bookkeeping:
         metrics: StepMetrics,
         window: StalenessWindow,
         trajectories: TrajectoryStream,
+        tasks: TaskStream,
     ):
         self.settings = settings
         self.state = state
         self.metrics = metrics
         self.window = window
         self.trajectories = trajectories
+        self.tasks = tasks
         self.ledger = ledger_file(settings.run_dir)
         self.checkpoint_step: int | None = None  # the step of the last committed checkpoint
         self._stale_before = window.counts["stale"]
@@ -119,6 +121,15 @@ class Bookkeeping:
             self.trajectories.ack(*ids[start : start + ACK_CHUNK])
         decisions.clear()
         self.checkpoint_step = self.state.step
+        # What the checkpoint covers is consumed for good: keep Redis flat. Housekeeping only: the next
+        # checkpoint trims whatever this one could not, so a failure here must not stop training.
+        try:
+            report = trim_consumed(self.tasks, self.trajectories)
+        except RedisError as exc:
+            log.warning("could not trim the streams after the checkpoint (%s); the next one will", exc)
+            return
+        log.info("trimmed %d trajectory and %d task entries, let go of %d append-once ids",
+                 report.trajectories_deleted, report.tasks_deleted, report.ids_forgotten)
 
     def write_final(self, rank_digests: list[str] | None) -> None:
         final = FinalRecord(version=self.state.version, step=self.state.step, rank_digests=rank_digests)

@@ -192,7 +192,7 @@ class Rank0(Follower):
         self.streams = _open_streams(settings)
         self.window = _open_window(settings, tokenizer, state, self.streams)
         self.publisher = _open_publisher(settings, self.streams)
-        self.books = Bookkeeping(settings, state, metrics, self.window, self.streams.trajectories)
+        self.books = Bookkeeping(settings, state, metrics, self.window, self.streams.trajectories, self.streams.tasks)
         self.published_step: int | None = None
         self._held_weights_published = False
         self.timings = Timings()

@@ -315,7 +315,7 @@ class TaskWorker:
 
     async def _produce(self, entry: Entry[RolloutTask]) -> str:
         task = entry.message
-        if await asyncio.to_thread(self.trajectories.already_produced, task.id):
+        if await asyncio.to_thread(self.trajectories.already_produced, task.id, entry.entry_id):
             await asyncio.to_thread(self.tasks.ack, entry.entry_id)
             return "duplicate"
         if task.issued_at_version > self.engine.version:
@@ -346,7 +346,7 @@ class TaskWorker:
             self.metrics.tasks.labels("reward_refused").inc()
             scores = await self._score(task, items, self.rewards.score_alone)
         group = assemble(task, self.worker_id, group_drafts, scores)
-        appended = await asyncio.to_thread(self.trajectories.append_once, group)
+        appended = await asyncio.to_thread(self.trajectories.append_once, group, entry.entry_id)
         await asyncio.to_thread(self.tasks.ack, entry.entry_id)
         return "produced" if appended else "duplicate"
 

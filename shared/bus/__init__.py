@@ -8,9 +8,11 @@ every key of a job. Entries go through one codec (:mod:`shared.bus.codec`).
 
 from shared.bus.codec import CodecError
 from shared.bus.connection import RECONNECT_RETRIES, Redis, RedisError, Unreachable, connect
+from shared.bus.footprint import Footprint, footprint
 from shared.bus.keys import TASKS_GROUP, TRAJECTORIES_GROUP, Keys
 from shared.bus.ledger import LedgerQueries
 from shared.bus.registry import WorkerRegistry
+from shared.bus.retention import TrimReport, trim_consumed
 from shared.bus.stream import Entry, MessageStream, PendingEntry
 from shared.bus.tasks import DeadLetter, FeederState, TaskStream
 from shared.bus.trajectories import TrajectoryStream
@@ -23,6 +25,7 @@ __all__ = [
     "CodecError",
     "DeadLetter",
     "Entry",
+    "Footprint",
     "FeederState",
     "Keys",
     "LedgerQueries",
@@ -32,8 +35,11 @@ __all__ = [
     "RedisError",
     "TaskStream",
     "TrajectoryStream",
+    "TrimReport",
     "Unreachable",
     "WeightsRecordStore",
     "WorkerRegistry",
     "connect",
+    "footprint",
+    "trim_consumed",
 ]

@@ -42,8 +42,21 @@ class Keys:
 
     @property
     def produced(self) -> str:
-        """Set of the task ids whose group was appended (append-once)."""
+        """Set of the task ids whose group was appended (append-once); written by earlier code only, which
+        kept every id for good. Now :attr:`produced_recent` and :attr:`produced_watermark` hold them."""
         return f"{self.namespace}:seen:produced"
+
+    @property
+    def produced_recent(self) -> str:
+        """Sorted set of the task ids whose group was appended, scored by the millisecond of their task's
+        entry in the tasks stream; ids below :attr:`produced_watermark` are removed."""
+        return f"{self.namespace}:seen:produced-recent"
+
+    @property
+    def produced_watermark(self) -> str:
+        """Millisecond W: every task whose entry id is below W was acknowledged (its group appended, or
+        dead-lettered), so a group for it is never appended again."""
+        return f"{self.namespace}:seen:produced-watermark"
 
     def feeder(self, run_id: str) -> str:
         """Hash of one learner run's data position and tasks issued, written with each task."""

@@ -1,5 +1,9 @@
-"""Read-only queries the ledger reconciles a run's books with (and tests check them with): every id in
-the streams, the produced set, the tasks the feeders issued, what the consumer groups have not decided."""
+"""Read-only queries the ledger reconciles a run's books with (and tests check them with): how many
+entries each stream ever took, the ids still in the streams, the append-once ids, the tasks the feeders
+issued, what the consumer groups have not decided.
+
+The streams are trimmed once their entries are durably consumed (:mod:`shared.bus.retention`), so the
+totals come from the streams' own counters (``entries-added``) and the ids from what is left."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import redis
 
 from shared.bus.codec import decode
 from shared.bus.keys import TASKS_GROUP, TRAJECTORIES_GROUP, Keys
-from shared.bus.stream import text
+from shared.bus.stream import entry_ms, position, text
 from shared.messages import RolloutTask, TrajectoryGroup
 
 # (entry id, message id) of one stream entry
@@ -25,8 +29,27 @@ class LedgerQueries:
         """Tasks issued, by the counts every learner run of the namespace stored with its tasks."""
         return sum(int(self.client.hget(key, "issued") or 0) for key in self.client.scan_iter(self.keys.feeders))
 
-    def produced_ids(self) -> set[str]:
-        return {text(m) for m in self.client.smembers(self.keys.produced)}
+    def tasks_added(self) -> int:
+        """Entries ever appended to the tasks stream, trimmed ones included."""
+        return self._added(self.keys.tasks)
+
+    def produced_total(self) -> int:
+        """Groups ever appended to the trajectories stream (append-once: one per produced group)."""
+        return self._added(self.keys.trajectories)
+
+    def was_produced(self, group_id: str, task_entry_id: str) -> bool:
+        """The group of the task at ``task_entry_id`` was appended, or can no longer be (its task is below
+        the watermark: acknowledged, so produced or dead-lettered)."""
+        if entry_ms(task_entry_id) < self.watermark():
+            return True
+        return self.client.zscore(self.keys.produced_recent, group_id) is not None
+
+    def watermark(self) -> int:
+        return int(self.client.get(self.keys.produced_watermark) or 0)
+
+    def recent_produced_ids(self) -> set[str]:
+        """The append-once ids still remembered (above the watermark)."""
+        return {text(m) for m in self.client.zrange(self.keys.produced_recent, 0, -1)}
 
     def task_ids(self) -> EntryIds:
         return self._ids(self.keys.tasks)
@@ -55,6 +78,11 @@ class LedgerQueries:
         """Ids of ``entries`` not yet delivered to the learner, or delivered and not acknowledged."""
         return self._undecided(self.keys.trajectories, TRAJECTORIES_GROUP, entries)
 
+    def _added(self, stream: str) -> int:
+        if not self.client.exists(stream):
+            return 0
+        return int(self.client.xinfo_stream(stream)["entries-added"])
+
     def _ids(self, stream: str) -> EntryIds:
         """(entry id, message id) of every entry; only the ``id`` of each JSON body is read, so entries
         a newer schema wrote still count."""
@@ -71,11 +99,6 @@ class LedgerQueries:
         info = next((g for g in self.client.xinfo_groups(stream) if text(g["name"]) == group), None)
         if info is None:
             return {gid for _, gid in entries}
-        last = _position(text(info["last-delivered-id"]))
+        last = position(text(info["last-delivered-id"]))
         pending = {text(p["message_id"]) for p in self.client.xpending_range(stream, group, "-", "+", count=1_000_000)}
-        return {gid for eid, gid in entries if _position(eid) > last or eid in pending}
-
-
-def _position(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
+        return {gid for eid, gid in entries if position(eid) > last or eid in pending}

@@ -93,6 +93,40 @@ class MessageStream(Generic[M]):
     def length(self) -> int:
         return int(self.client.xlen(self.stream))
 
+    def added_total(self) -> int:
+        """Entries ever appended, trimmed ones included (0 before the first)."""
+        if not self.client.exists(self.stream):
+            return 0
+        return int(self.client.xinfo_stream(self.stream)["entries-added"])
+
+    def low_water(self) -> str | None:
+        """The lowest entry id a consumer group of the stream may still need: a group's oldest pending
+        entry, or the first entry it has not been delivered. Every entry below it was acknowledged by
+        every group (another reader, an audit or an archive, takes its own group and so holds trimming
+        back until it acknowledges). None when the stream has no group."""
+        if not self.client.exists(self.stream):
+            return None
+        candidates = []
+        for info in self.client.xinfo_groups(self.stream):
+            ms, seq = position(text(info["last-delivered-id"]))
+            candidates.append((ms, seq + 1))  # everything up to the last delivered entry went to a consumer
+            if int(info["pending"]):
+                oldest = self.client.xpending(self.stream, text(info["name"]))["min"]
+                candidates.append(position(text(oldest)))
+        if not candidates:
+            return None
+        low_ms, low_seq = min(candidates)
+        return f"{low_ms}-{low_seq}"
+
+    def trim_acknowledged(self) -> tuple[int, str | None]:
+        """Delete the entries below :meth:`low_water` (acknowledged, so no consumer needs them again);
+        returns (entries deleted, the low water). Safe against concurrent appends and reads: those only
+        touch ids at or above it."""
+        low = self.low_water()
+        if low is None:
+            return 0, None
+        return int(self.client.xtrim(self.stream, minid=low, approximate=False)), low
+
     def backlog(self) -> int:
         """Entries not yet delivered to any consumer of the group."""
         for group in self.client.xinfo_groups(self.stream):
@@ -121,3 +155,14 @@ class MessageStream(Generic[M]):
 
 def text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def position(entry_id: str) -> tuple[int, int]:
+    """(milliseconds, sequence) of a stream entry id: compares in stream order."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def entry_ms(entry_id: str) -> int:
+    """The millisecond part of a stream entry id."""
+    return position(entry_id)[0]

@@ -28,7 +28,7 @@ from shared.api.reward import RewardClient, ScoreItem
 from shared.api.rollout import GenerateRequest, GenerateResponse, RolloutClient, SamplingParams
 from shared.bus import Keys, LedgerQueries, Redis, connect
 from shared.records import FinalRecord, metrics_file
-from tests.helpers.faults import learner_step, metric, reconciled, wait_for, wait_for_step
+from tests.helpers.faults import Auditor, learner_step, metric, reconciled, wait_for, wait_for_step
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 INCREMENTAL = True
@@ -46,6 +46,7 @@ class Run:
     namespace: str
     model: Path
     metrics_seen: dict[str, str]  # each service's /metrics, read while it ran
+    auditor: Auditor  # a copy of every task and group: the learner trims the streams as it goes
 
     @property
     def run_dir(self) -> Path:
@@ -103,13 +104,17 @@ def run(tmp_path_factory, default_base_dir) -> Run:
     config = run_dir / "job.yaml"
     config.write_text(yaml.safe_dump(_job(token, namespace, default_base_dir, run_dir)))
     deployment = LocalDeployment(run_dir=run_dir, config_path=config)
+    auditor = None
     try:
-        deployment.start_redis()
+        auditor = Auditor(deployment.start_redis(), namespace)
+        auditor.start()
         deployment.start_reward(workers=1)
         deployment.start_rollout_worker(default_base_dir, 0)
         deployment.start_learner()
-        yield Run(deployment, token, namespace, default_base_dir, {})
+        yield Run(deployment, token, namespace, default_base_dir, {}, auditor)
     finally:
+        if auditor is not None:
+            auditor.stop()
         deployment.stop()
 
 
@@ -180,10 +185,10 @@ def test_reward_service_restarted_during_the_run(run):
 def test_redis_server_restarted_with_aof_during_the_run(run):
     step = learner_step(run.deployment)
     with _redis(run) as client:
-        produced_before = len(LedgerQueries(client, Keys(run.namespace)).produced_ids())
+        produced_before = LedgerQueries(client, Keys(run.namespace)).produced_total()
     run.deployment.restart_redis()
     with _redis(run) as client:
-        assert len(LedgerQueries(client, Keys(run.namespace)).produced_ids()) >= produced_before, "the AOF lost groups"
+        assert LedgerQueries(client, Keys(run.namespace)).produced_total() >= produced_before, "the AOF lost groups"
     wait_for(
         lambda: learner_step(run.deployment) >= step + 1, 240, run.deployment, "training after redis restarted", ALLOWED
     )
@@ -227,14 +232,14 @@ def test_the_finished_run_reconciles_exactly(run):
 
 
 def test_no_group_was_scored_twice_as_different_values(run):
-    """Rescore every trajectory in the trajectories stream, each alone: the verifier is deterministic, so
-    a group scored (or appended) twice with different rewards would show up as a mismatch or a second
-    copy. A response the service refuses must have been stored as an error scoring 0."""
-    keys = Keys(run.namespace)
+    """Rescore every trajectory ever appended (the auditor's copy: the streams are trimmed as the learner
+    consumes them), each alone: the verifier is deterministic, so a group scored (or appended) twice with
+    different rewards would show up as a mismatch or a second copy. A response the service refuses must
+    have been stored as an error scoring 0."""
+    run.auditor.catch_up()
+    tasks, groups = run.auditor.tasks, run.auditor.groups
     with _redis(run) as client:
-        queries = LedgerQueries(client, keys)
-        tasks = {t.id: t for t in queries.tasks()}
-        groups = queries.groups()
+        assert len(groups) == LedgerQueries(client, Keys(run.namespace)).produced_total()
     assert len({g.id for g in groups}) == len(groups)
 
     async def rescore() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 
@@ -10,7 +11,55 @@ from launcher.deployment import LocalDeployment
 from launcher.ledger import Ledger, reconcile_run
 from shared.api.http import RetryPolicy
 from shared.api.rollout import RolloutClient
+from shared.bus import Keys, MessageStream, RedisError, connect
+from shared.messages import RolloutTask, TrajectoryGroup
 from shared.records import metrics_file
+
+AUDIT_GROUP = "audit"
+
+
+class Auditor(threading.Thread):
+    """A second reader of both streams, in its own consumer group: keeps a copy of every task and group
+    as they are appended and acknowledges them, so the learner still trims what is consumed while a test
+    can look at the whole history afterwards. Rides over a redis-server restart."""
+
+    def __init__(self, redis_url: str, namespace: str, poll_s: float = 0.5):
+        super().__init__(daemon=True)
+        self.client = connect(redis_url)
+        keys = Keys(namespace)
+        self.streams = (
+            MessageStream(self.client, keys.tasks, AUDIT_GROUP, RolloutTask),
+            MessageStream(self.client, keys.trajectories, AUDIT_GROUP, TrajectoryGroup),
+        )
+        for stream in self.streams:
+            stream.ensure_group()  # before anything is appended: the audit sees every entry
+        self.tasks: dict[str, RolloutTask] = {}
+        self.groups: list[TrajectoryGroup] = []
+        self.poll_s = poll_s
+        self.stopping = threading.Event()
+        self._lock = threading.Lock()  # a test may catch up while the thread polls
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.poll_s):
+            try:
+                self.catch_up()
+            except RedisError:
+                continue  # redis-server restarting: read on at the next poll
+
+    def catch_up(self) -> None:
+        tasks, groups = self.streams
+        with self._lock:
+            while entries := tasks.read("auditor", count=1000):
+                self.tasks.update((e.message.id, e.message) for e in entries)
+                tasks.ack(*[e.entry_id for e in entries])
+            while entries := groups.read("auditor", count=1000):
+                self.groups.extend(e.message for e in entries)
+                groups.ack(*[e.entry_id for e in entries])
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(timeout=10)
+        self.client.close()
 
 
 def learner_step(deployment: LocalDeployment) -> int:
