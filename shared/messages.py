@@ -92,6 +92,9 @@ class TrajectoryGroup(Message):
     worker_id: str
     prompt_token_ids: TokenIds
     trajectories: list[Trajectory] = Field(min_length=1)
+    # The verifier the reward service scored every trajectory with (the task's), so that what a
+    # reward means can be read back: a plug-in's partial credit and math's 0/1 can look alike.
+    verifier: str = "math"
 
     @property
     def oldest_policy_version(self) -> int:

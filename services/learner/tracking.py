@@ -16,7 +16,7 @@ from shared.tracking import Trackers, flatten, open_trackers
 
 log = logging.getLogger(__name__)
 
-SAMPLE_COLUMNS = ["prompt", "prefix_len", "response", "reward", "kind"]
+SAMPLE_COLUMNS = ["prompt", "prefix_len", "response", "reward", "kind", "verifier"]
 SAMPLES_KEY = "samples"
 
 
@@ -34,7 +34,7 @@ def sample_rows(groups: Sequence[TrajectoryGroup], decode: Callable[[list[int]],
         for traj in group.trajectories:
             if len(rows) == limit:
                 return rows
-            rows.append([prompt, traj.prefix_len, traj.text, traj.reward, traj.kind.value])
+            rows.append([prompt, traj.prefix_len, traj.text, traj.reward, traj.kind.value, group.verifier])
     return rows
 
 

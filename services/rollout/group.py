@@ -113,6 +113,7 @@ def assemble(task: RolloutTask, worker_id: str, group: list[Draft], scores: list
         issued_at_version=task.issued_at_version,
         step=task.step,
         worker_id=worker_id,
+        verifier=task.verifier,
         prompt_token_ids=list(task.prompt_token_ids),
         trajectories=trajectories,
     )

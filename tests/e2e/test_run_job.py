@@ -44,13 +44,24 @@ def small_config(tmp_path) -> Path:
     return path
 
 
-def test_a_short_run_writes_its_report_and_leaves_no_process(tmp_path, small_config, default_base_dir):
-    out = tmp_path / "run"
-    args = ["run", "--steps", "3", "--eval-problems", "8", "--eval-every", "2", "--config", str(small_config),
-            "--out", str(out), "--set", "learner.lr=2e-4"]
-    done = subprocess.run(_prefix_rft(*args, cwd=tmp_path), capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory, default_base_dir) -> tuple[Path, str]:
+    """One short run shared by the tests below (a run costs minutes): three steps on two learner
+    ranks, with evaluations, a --set override, and the user's terminal output."""
+    tmp = tmp_path_factory.mktemp("short-run")
+    config = tmp / "small.yaml"
+    config.write_text(SMALL_JOB)
+    out = tmp / "run"
+    args = ["run", "--learner-ranks", "2", "--steps", "3", "--eval-problems", "8", "--eval-every", "2",
+            "--config", str(config), "--out", str(out), "--set", "learner.lr=2e-4"]
+    done = subprocess.run(_prefix_rft(*args, cwd=tmp), capture_output=True, text=True, timeout=900)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    return out, output
 
+
+def test_a_short_run_writes_its_report_and_leaves_no_process(short_run):
+    out, output = short_run
     # --set reaches the job's file, and the learner trains with it.
     job = yaml.safe_load((out / "job.yaml").read_text())
     assert job["learner"]["optimizer"]["lr"] == 2e-4 and job["learner"]["micro_batch"] == 16
@@ -69,7 +80,7 @@ def test_a_short_run_writes_its_report_and_leaves_no_process(tmp_path, small_con
     pipeline = report["pipeline"]  # the worker's busy time, read from its /metrics, and the learner's timings
     assert pipeline["worker_busy_s"] > 0 and pipeline["learner_train_s"] > 0
     assert 1.0 <= pipeline["ideal_speedup"] <= 2.0
-    assert "greedy before" in done.stdout + done.stderr  # the closing table
+    assert "greedy before" in output  # the closing table
 
     processes = json.loads((out / "processes.json").read_text())
     assert {p["name"] for p in processes} >= {"redis-server", "reward", "rollout-0", "learner"}
@@ -78,20 +89,14 @@ def test_a_short_run_writes_its_report_and_leaves_no_process(tmp_path, small_con
         assert Path(p["log"]).is_file()
 
 
-def test_a_run_with_two_learner_ranks_ends_with_the_same_weights_on_both(tmp_path, small_config, default_base_dir):
-    out = tmp_path / "run"
-    args = ["run", "--learner-ranks", "2", "--steps", "2", "--eval-problems", "4", "--eval-every", "0",
-            "--config", str(small_config), "--out", str(out)]
-    done = subprocess.run(_prefix_rft(*args, cwd=tmp_path), capture_output=True, text=True, timeout=900)
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output[-3000:]
-
+def test_a_run_with_two_learner_ranks_ends_with_the_same_weights_on_both(short_run, default_base_dir):
+    out, output = short_run
     assert yaml.safe_load((out / "job.yaml").read_text())["placement"]["learner_ranks"] == 2
     steps = metrics_file(out / "learner").read()
-    assert [s.step for s in steps] == [1, 2] and steps[-1].trained_groups_total == 2 * 4
+    assert [s.step for s in steps] == [1, 2, 3] and steps[-1].trained_groups_total == 3 * 4
     # Each rank's checksum of its weights: gathered into the final record, and in its own log line.
     final = FinalRecord.read(out / "learner")
-    assert final.step == 2 and len(final.rank_digests) == 2
+    assert final.step == 3 and len(final.rank_digests) == 2
     assert final.rank_digests[0] == final.rank_digests[1], final.rank_digests
     log = (out / "logs" / "learner.log").read_text()
     for rank in (0, 1):

@@ -66,6 +66,7 @@ def test_group_order_prefixes_logprobs_and_versions():
     assert [t.reward for t in result.trajectories] == [0.0, 0.0, 0.0, 1.0, 0.0, 1.0]
     assert result.trajectories[1].score_status is ScoreStatus.timeout
     assert result.oldest_policy_version == 4
+    assert result.verifier == task.verifier  # what the rewards mean travels with them
 
 
 def test_demonstration_without_text_is_decoded_and_pure_rft_has_no_hybrid():
