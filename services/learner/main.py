@@ -56,7 +56,8 @@ def serve(settings: LearnerSettings, resume: bool) -> None:
     server = None
     if is_main:
         # Up before the slow engine start, so a supervisor sees the process is alive.
-        server = BackgroundServer(create_app(status, store, metrics), settings.host, settings.port)
+        app = create_app(status, store, metrics, settings.auth.token.get_secret_value())
+        server = BackgroundServer(app, settings.host, settings.port)
         server.start()
     try:
         loop = _start(settings, resume, stop_event, metrics, store, status)

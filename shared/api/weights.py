@@ -1,5 +1,5 @@
 """The weights contract between the learner and the rollout workers, defined once: the file a version
-is saved as, the URL the learner serves it at, the download, and the bearer token that guards a push.
+is saved as, the URL the learner serves it at, the download, and the bearer token that guards a push and a download.
 """
 
 from __future__ import annotations
@@ -24,13 +24,16 @@ def auth_header(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-def auth_refusal(scheme: str | None, credentials: str, token: str) -> tuple[int, str] | None:
-    """Why a request with this Authorization scheme and credentials may not push weights to a worker
-    whose token is ``token``, as (HTTP status, reason); None when it may."""
+def auth_refusal(
+    scheme: str | None, credentials: str, token: str, guarded: str = "weight pushes are disabled: this worker"
+) -> tuple[int, str] | None:
+    """Why a request with this Authorization scheme and credentials may not pass a guard whose token is
+    ``token`` (a worker's weight push, the learner's weight download), as (HTTP status, reason); None
+    when it may. ``guarded`` names what an empty token disables, and where."""
     if scheme is None or scheme.lower() != "bearer":
         return 401, "a bearer token is required"
     if not token:
-        return 403, "weight pushes are disabled: this worker has no token configured"
+        return 403, f"{guarded} has no token configured"
     if not hmac.compare_digest(credentials.encode(), token.encode()):  # constant time: no timing oracle
         return 403, "wrong token"
     return None

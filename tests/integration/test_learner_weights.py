@@ -13,6 +13,7 @@ from launcher.processes import free_port
 from services.learner.app import BackgroundServer, StatusSource, create_app
 from services.learner.metrics import StepMetrics
 from services.learner.weights import Publisher, WeightStore
+from shared.api.weights import auth_header
 from shared.bus import Keys, WeightsRecordStore, WorkerRegistry
 from shared.modeling import load_model, load_tokenizer
 from shared.records import LearnerStatus, metrics_file
@@ -34,13 +35,14 @@ def test_store_serves_and_prunes_versions(tmp_path, default_init_dir):
     metrics.record(step_record(1, loss=0.5, staleness_hist={"0": 3}))
     port = free_port()
     status = LearnerStatus(phase="training", step=1)
-    server = BackgroundServer(create_app(lambda: status, store, metrics), "127.0.0.1", port)
+    server = BackgroundServer(create_app(lambda: status, store, metrics, TOKEN), "127.0.0.1", port)
     server.start()
     try:
         base = f"http://127.0.0.1:{port}"
-        body = httpx.get(f"{base}/v1/weights/2").content
+        assert httpx.get(f"{base}/v1/weights/2").status_code == 401  # no token, no weights
+        body = httpx.get(f"{base}/v1/weights/2", headers=auth_header(TOKEN)).content
         assert body == store.file(2).read_bytes()
-        assert httpx.get(f"{base}/v1/weights/1").status_code == 404
+        assert httpx.get(f"{base}/v1/weights/1", headers=auth_header(TOKEN)).status_code == 404
         assert httpx.get(f"{base}/v1/status").json() == {"phase": "training", "step": 1}
         text = httpx.get(f"{base}/metrics").text
         assert "learner_loss 0.5" in text and "learner_staleness_hist_0 3.0" in text
@@ -65,7 +67,7 @@ def test_push_reaches_live_workers_and_survives_dead_ones(
     store = WeightStore(tmp_path / "weights", keep=2)
     store.save(model, model.state_dict(), 5, load_tokenizer(default_init_dir))
     port = free_port()
-    app = create_app(StatusSource(), store, StepMetrics(metrics_file(tmp_path)))
+    app = create_app(StatusSource(), store, StepMetrics(metrics_file(tmp_path)), TOKEN)
     server = BackgroundServer(app, "127.0.0.1", port)
     server.start()
     uri = f"http://127.0.0.1:{port}/v1/weights/5"
