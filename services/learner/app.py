@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from services.learner.metrics import StepMetrics
 from services.learner.weights import WeightStore
-from shared.api.weights import WEIGHTS_ROUTE, auth_refusal
+from shared.api.weights import BUCKET_ROUTE, MANIFEST_ROUTE, WEIGHTS_ROUTE, auth_refusal
 from shared.records import LearnerStatus
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,24 @@ def create_app(
         if not path.is_file():
             raise HTTPException(404, f"weights version {version} are not available (kept: {store.versions()})")
         return FileResponse(path, media_type="application/octet-stream", filename=f"v{version}-{path.name}")
+
+    @app.get(MANIFEST_ROUTE, dependencies=[Depends(authorised)])
+    def get_manifest(version: int) -> Response:
+        path = store.manifest_file(version)
+        if not path.is_file():
+            raise HTTPException(404, f"no manifest for weights version {version} (kept: {store.versions()})")
+        return Response(path.read_bytes(), media_type="application/json")
+
+    @app.get(BUCKET_ROUTE, dependencies=[Depends(authorised)])
+    def get_bucket(version: int, index: int) -> Response:
+        try:
+            data = store.read_bucket(version, index)
+        except FileNotFoundError:
+            kept = store.versions()
+            raise HTTPException(404, f"weights version {version} are not available (kept: {kept})") from None
+        except IndexError as exc:
+            raise HTTPException(404, str(exc)) from None
+        return Response(data, media_type="application/octet-stream")
 
     @app.get("/metrics")
     def get_metrics() -> Response:

@@ -51,7 +51,9 @@ def serve(settings: LearnerSettings, resume: bool) -> None:
     is_main = int(os.environ.get("RANK", "0")) == 0
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     metrics = StepMetrics(metrics_file(settings.run_dir))
-    store = WeightStore(settings.run_dir / "weights", settings.keep_weights, settings.keep_weights_every)
+    store = WeightStore(
+        settings.run_dir / "weights", settings.keep_weights, settings.keep_weights_every, settings.weights.bucket_bytes
+    )
     status = StatusSource()
     server = None
     if is_main:

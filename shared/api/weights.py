@@ -13,11 +13,25 @@ from shared.api.http import RetryPolicy, checked
 
 WEIGHTS_FILE = "model.safetensors"  # one file per version, whatever the model size: one URL serves it
 WEIGHTS_ROUTE = "/v1/weights/{version}"  # the learner: GET a version's WEIGHTS_FILE
+MANIFEST_ROUTE = "/v1/weights/{version}/manifest"  # the learner: GET a version's manifest (shared.weights)
+BUCKET_ROUTE = "/v1/weights/{version}/buckets/{index}"  # the learner: GET one bucket's bytes
 PUSH_ROUTE = "/v1/weights"  # a worker: GET the version it serves, POST a WeightUpdate (bearer token)
 
 
 def weights_url(base_url: str, version: int) -> str:
     return base_url.rstrip("/") + WEIGHTS_ROUTE.format(version=version)
+
+
+def manifest_url(base_url: str, version: int) -> str:
+    return base_url.rstrip("/") + MANIFEST_ROUTE.format(version=version)
+
+
+def bucket_url(manifest_ref: str, index: int) -> str:
+    """A bucket's URL from its version's manifest URL (the learner serves both)."""
+    suffix = "/manifest"
+    if not manifest_ref.endswith(suffix):
+        raise ValueError(f"not a manifest URL: {manifest_ref}")
+    return manifest_ref[: -len(suffix)] + f"/buckets/{index}"
 
 
 def auth_header(token: str | None) -> dict[str, str]:
