@@ -82,7 +82,10 @@ class Manifest(BaseModel):
 
 
 def _tensor_specs(header_bytes: bytes, data_start: int) -> list[TensorSpec]:
-    header = json.loads(header_bytes)
+    try:
+        header = json.loads(header_bytes)
+    except ValueError as exc:
+        raise ValueError(f"unreadable safetensors header: {exc}") from exc
     specs = []
     for name, entry in header.items():
         if name == "__metadata__":
@@ -99,7 +102,9 @@ def build_manifest(path: Path, version: int, bucket_bytes: int) -> Manifest:
     """The manifest of the safetensors file ``path`` as version ``version``, in buckets of ``bucket_bytes``."""
     total = path.stat().st_size
     with path.open("rb") as handle:
-        (header_len,) = struct.unpack("<Q", handle.read(8))
+        (header_len,) = struct.unpack("<Q", handle.read(8).ljust(8, b"\0"))
+        if not 0 < header_len <= total - 8:
+            raise ValueError(f"{path} is not a safetensors file (header length {header_len} of {total} bytes)")
         tensors = _tensor_specs(handle.read(header_len), 8 + header_len)
         handle.seek(0)
         buckets = []

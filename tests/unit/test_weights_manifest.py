@@ -53,6 +53,10 @@ def test_the_manifest_tiles_the_file_and_describes_each_tensor(tmp_path):
     bias = tensors["layer.bias"]
     bias_bytes = bytearray(data[bias.start : bias.end])
     assert torch.equal(torch.frombuffer(bias_bytes, dtype=torch.float32), _state()["layer.bias"])
+    # A file that is not safetensors is refused with a reason, not read as a huge header.
+    (tmp_path / "junk.bin").write_bytes(b"\xff" * 100)
+    with pytest.raises(ValueError, match="is not a safetensors file"):
+        build_manifest(tmp_path / "junk.bin", 3, BUCKET)
     # A manifest whose buckets leave a gap is refused at the boundary.
     broken = manifest.model_dump()
     broken["buckets"][1]["start"] += 1
