@@ -140,3 +140,20 @@ def test_the_http_transport_fetches_from_the_learner_with_the_token(tmp_path):
     assert asyncio.run(get("/v1/weights/5/buckets/999")).status_code == 404
     assert asyncio.run(get("/v1/weights/4/manifest")).status_code == 404
     assert asyncio.run(get("/v1/weights/5/buckets/0")).content == path.read_bytes()[:BUCKET]
+
+
+def test_a_push_names_a_manifest_its_transport_can_read():
+    from shared.api.rollout import WeightUpdate
+
+    ok = WeightUpdate(
+        version=2, uri="http://l/v1/weights/2", manifest="http://l/v1/weights/2/manifest", transport="http"
+    )
+    assert ok.transport == "http"
+    for bad in (
+        {"manifest": "http://l/v1/weights/2/manifest"},  # no transport
+        {"manifest": "file:///w/manifest.json", "transport": "http"},
+        {"manifest": "http://l/m", "transport": "file"},
+        {"manifest": "http://l/m", "transport": "carrier-pigeon"},
+    ):
+        with pytest.raises(ValidationError):
+            WeightUpdate(version=2, uri="http://l/v1/weights/2", **bad)
