@@ -172,8 +172,10 @@ def one_run(args, design: str, n: int, faults: bool) -> dict:
             process.send_signal(signal.SIGKILL)
             killed.update(workers)
         joiners = []
-        for first in range(n, n + args.joiners, per_process):
-            count = min(per_process, n + args.joiners - first)
+        # At most two joining processes: each process start costs seconds of CPU on this machine.
+        per_joiner = max(per_process, math.ceil(args.joiners / 2))
+        for first in range(n, n + args.joiners, per_joiner):
+            count = min(per_joiner, n + args.joiners - first)
             joiners.append((spawn(args, run, design, first, count), range(first, first + count)))
         for process, workers in joiners:
             process.stdout.readline()
