@@ -11,6 +11,7 @@ from pydantic import Field, model_validator
 from shared.api.reward import DEFAULT_VERIFIER, ScoreStatus
 from shared.api.rollout import FinishReason, SamplingParams
 from shared.schema import Message, TokenIds
+from shared.weights.settings import TransportName
 
 # --------------------------------------------------------------------------- Redis: tasks
 
@@ -110,7 +111,10 @@ class WeightsRecord(Message):
     """Value of ``<ns>:weights``: the latest published weights."""
 
     version: int = Field(ge=0)
-    uri: str
+    uri: str  # the whole safetensors file (file:// or the learner's URL): what a worker without a transport reads
+    # The version's manifest in the transport's terms (shared.weights): buckets verified on arrival.
+    manifest: str | None = None
+    transport: TransportName | None = None
 
 
 class WorkerInfo(Message):

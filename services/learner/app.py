@@ -8,13 +8,14 @@ import time
 from collections.abc import Callable
 
 import uvicorn
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import FileResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from services.learner.metrics import StepMetrics
 from services.learner.weights import WeightStore
-from shared.api.weights import WEIGHTS_ROUTE
+from shared.api.weights import BUCKET_ROUTE, MANIFEST_ROUTE, WEIGHTS_ROUTE, auth_refusal
 from shared.records import LearnerStatus
 
 log = logging.getLogger(__name__)
@@ -34,8 +35,20 @@ class StatusSource:
         return self._read()
 
 
-def create_app(status: Callable[[], LearnerStatus], store: WeightStore, metrics: StepMetrics) -> FastAPI:
+def create_app(
+    status: Callable[[], LearnerStatus], store: WeightStore, metrics: StepMetrics, token: str
+) -> FastAPI:
+    """``token``: the job's bearer token; weights are served only to a request that presents it (the
+    model is the job's most valuable output), and an empty one serves them to nobody."""
     app = FastAPI(title="Prefix-RFT learner")
+    bearer = HTTPBearer(auto_error=False)
+
+    def authorised(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        scheme, presented = (credentials.scheme, credentials.credentials) if credentials else (None, "")
+        refusal = auth_refusal(scheme, presented, token, "weight downloads are disabled: the learner")
+        if refusal is not None:
+            code, reason = refusal
+            raise HTTPException(code, reason, {"WWW-Authenticate": "Bearer"} if code == 401 else None)
 
     @app.get("/healthz")
     def healthz() -> dict:
@@ -46,12 +59,30 @@ def create_app(status: Callable[[], LearnerStatus], store: WeightStore, metrics:
     def get_status() -> LearnerStatus:
         return status()
 
-    @app.get(WEIGHTS_ROUTE)
+    @app.get(WEIGHTS_ROUTE, dependencies=[Depends(authorised)])
     def get_weights(version: int) -> FileResponse:
         path = store.file(version)
         if not path.is_file():
             raise HTTPException(404, f"weights version {version} are not available (kept: {store.versions()})")
         return FileResponse(path, media_type="application/octet-stream", filename=f"v{version}-{path.name}")
+
+    @app.get(MANIFEST_ROUTE, dependencies=[Depends(authorised)])
+    def get_manifest(version: int) -> Response:
+        path = store.manifest_file(version)
+        if not path.is_file():
+            raise HTTPException(404, f"no manifest for weights version {version} (kept: {store.versions()})")
+        return Response(path.read_bytes(), media_type="application/json")
+
+    @app.get(BUCKET_ROUTE, dependencies=[Depends(authorised)])
+    def get_bucket(version: int, index: int) -> Response:
+        try:
+            data = store.read_bucket(version, index)
+        except FileNotFoundError:
+            kept = store.versions()
+            raise HTTPException(404, f"weights version {version} are not available (kept: {kept})") from None
+        except IndexError as exc:
+            raise HTTPException(404, str(exc)) from None
+        return Response(data, media_type="application/octet-stream")
 
     @app.get("/metrics")
     def get_metrics() -> Response:

@@ -26,7 +26,7 @@ from services.learner.plan import Plan, broadcast
 from services.learner.settings import LearnerSettings
 from services.learner.weights import Publisher, WeightStore, digest, full_state_dict
 from services.learner.window import StalenessWindow
-from shared.api.weights import weights_url
+from shared.api.weights import manifest_url, weights_url
 from shared.bus import Keys, Redis, TaskStream, TrajectoryStream, WeightsRecordStore, WorkerRegistry, connect
 from shared.messages import TrajectoryGroup
 from shared.modeling import prompt_token_ids
@@ -305,11 +305,14 @@ class Rank0(Follower):
             self.state.version += 1
         version = self.state.version
         path = self.store.save(self.engine.module, state_dict, version, self.tokenizer)
-        if self.settings.weights_uri == "file":
+        transport = self.settings.weights.transport
+        if transport == "file":
             uri = path.resolve().as_uri()
+            manifest = self.store.manifest_file(version).resolve().as_uri()
         else:
             uri = weights_url(self.settings.public_base_url(), version)
-        self.publisher.publish(version, uri)
+            manifest = manifest_url(self.settings.public_base_url(), version)
+        self.publisher.publish(version, uri, manifest, transport)
         self.published_step = self.state.step
         self._held_weights_published = True
         return time.monotonic() - started

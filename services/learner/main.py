@@ -51,12 +51,15 @@ def serve(settings: LearnerSettings, resume: bool) -> None:
     is_main = int(os.environ.get("RANK", "0")) == 0
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     metrics = StepMetrics(metrics_file(settings.run_dir))
-    store = WeightStore(settings.run_dir / "weights", settings.keep_weights, settings.keep_weights_every)
+    store = WeightStore(
+        settings.run_dir / "weights", settings.keep_weights, settings.keep_weights_every, settings.weights.bucket_bytes
+    )
     status = StatusSource()
     server = None
     if is_main:
         # Up before the slow engine start, so a supervisor sees the process is alive.
-        server = BackgroundServer(create_app(status, store, metrics), settings.host, settings.port)
+        app = create_app(status, store, metrics, settings.auth.token.get_secret_value())
+        server = BackgroundServer(app, settings.host, settings.port)
         server.start()
     try:
         loop = _start(settings, resume, stop_event, metrics, store, status)

@@ -14,6 +14,7 @@ from shared.data import DataSettings, PromptSettings
 from shared.datasets.arithmetic import ArithmeticDataset
 from shared.settings import ServiceSettings, StrictModel, public_base_url
 from shared.tracking.settings import TrackingSettings
+from shared.weights.settings import WeightsSettings
 
 PAPER_LR = 1e-6
 # The built-in model has about a million parameters: at the paper's 1e-6 it would not move in a
@@ -94,10 +95,11 @@ class LearnerSettings(ServiceSettings):
     run_dir: Path = Path("runs/learner")
     host: str = "127.0.0.1"
     port: int = Field(8002, ge=0, le=65535)
-    # Base URL workers use to fetch weights; None: see shared.settings.public_base_url. "file" publishes
-    # file:// URIs.
+    # Base URL workers use to fetch weights; None: see shared.settings.public_base_url.
     public_url: str | None = None
-    weights_uri: Literal["http", "file"] = "http"
+    # How weight versions reach the workers (the transport, named in the Redis record, so a worker
+    # follows the learner's choice) and the manifest's bucket size.
+    weights: WeightsSettings = WeightsSettings()
 
     worker_ttl_s: float = Field(30.0, gt=0)  # a worker whose heartbeat is older is not pushed to
     push_timeout_s: float = Field(60.0, gt=0)

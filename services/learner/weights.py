@@ -28,6 +28,7 @@ from shared.bus import WeightsRecordStore, WorkerRegistry
 from shared.messages import WeightsRecord, WorkerInfo
 from shared.modeling import write_companions
 from shared.records import PushReport
+from shared.weights.manifest import MANIFEST_FILE, Manifest, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +59,11 @@ class WeightStore:
     ``keep`` versions are kept, and every version numbered a multiple of ``keep_every`` (0: none), so a
     long run leaves milestones to evaluate or export."""
 
-    def __init__(self, root: Path, keep: int, keep_every: int = 0):
+    def __init__(self, root: Path, keep: int, keep_every: int = 0, bucket_bytes: int = 16 << 20):
         self.root = root
         self.keep = keep
         self.keep_every = keep_every
+        self.bucket_bytes = bucket_bytes
         root.mkdir(parents=True, exist_ok=True)
 
     def directory(self, version: int) -> Path:
@@ -69,6 +71,20 @@ class WeightStore:
 
     def file(self, version: int) -> Path:
         return self.directory(version) / WEIGHTS_FILE
+
+    def manifest_file(self, version: int) -> Path:
+        return self.directory(version) / MANIFEST_FILE
+
+    def read_bucket(self, version: int, index: int) -> bytes:
+        """Bucket ``index`` of ``version``; FileNotFoundError for a version not kept, IndexError for a
+        bucket it does not have."""
+        manifest = Manifest.model_validate_json(self.manifest_file(version).read_text())
+        if not 0 <= index < len(manifest.buckets):
+            raise IndexError(f"weights version {version} has buckets 0-{len(manifest.buckets) - 1}, not {index}")
+        bucket = manifest.buckets[index]
+        with self.file(version).open("rb") as handle:
+            handle.seek(bucket.start)
+            return handle.read(bucket.size)
 
     def versions(self) -> list[int]:
         found = []
@@ -86,6 +102,7 @@ class WeightStore:
         if not (tmp / WEIGHTS_FILE).is_file():
             raise RuntimeError(f"save_pretrained wrote no {WEIGHTS_FILE} in {tmp}: {sorted(os.listdir(tmp))}")
         write_companions(tmp, tokenizer, getattr(module, "generation_config", None))
+        write_manifest(tmp / WEIGHTS_FILE, version, self.bucket_bytes)
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
         self.prune(version)
@@ -140,9 +157,9 @@ class Publisher:
         record = self.records.get()
         return record.version if record else None
 
-    def publish(self, version: int, uri: str) -> None:
-        self.records.set(WeightsRecord(version=version, uri=uri))
-        self._pending.put(WeightUpdate(version=version, uri=uri))
+    def publish(self, version: int, uri: str, manifest: str | None = None, transport: str | None = None) -> None:
+        self.records.set(WeightsRecord(version=version, uri=uri, manifest=manifest, transport=transport))
+        self._pending.put(WeightUpdate(version=version, uri=uri, manifest=manifest, transport=transport))
 
     def close(self, timeout: float = 10.0) -> None:
         self._pending.put(None)

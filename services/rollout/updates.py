@@ -17,8 +17,9 @@ from pathlib import Path
 
 from services.rollout.engine import RolloutEngine
 from services.rollout.metrics import RolloutMetrics
-from services.rollout.weights import fetch
+from services.rollout.weights import fetch, fetch_manifest
 from shared.api.rollout import WeightUpdate
+from shared.api.weights import WEIGHTS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +44,14 @@ class WeightUpdater:
         fetch_timeout_s: float,
         download_dir: Path | None = None,
         token: str | None = None,
+        fetch_concurrency: int = 4,
     ):
         self.engine = engine
         self.metrics = metrics
         self.fetch_timeout_s = fetch_timeout_s
         self.download_dir = download_dir
         self.token = token
+        self.fetch_concurrency = fetch_concurrency
         self._lock = asyncio.Lock()
 
     async def update(self, update: WeightUpdate, force: bool = False) -> UpdateResult:
@@ -65,7 +68,8 @@ class WeightUpdater:
                 raise
             self.metrics.swaps.labels("ok").inc()
             log.info(
-                "weights v%d -> v%d from %s: fetch %.2f s, swap %.2f s", current, update.version, update.uri,
+                "weights v%d -> v%d from %s: fetch %.2f s, swap %.2f s", current, update.version,
+                update.manifest or update.uri,
                 result.fetch_seconds, result.swap_seconds,
             )
             return result
@@ -76,7 +80,15 @@ class WeightUpdater:
         scratch = Path(tempfile.mkdtemp(prefix="prft-weights-", dir=self.download_dir))
         try:
             started = time.monotonic()
-            paths = await fetch(update.uri, scratch, self.fetch_timeout_s, self.token)
+            if update.manifest is not None and update.transport is not None:
+                paths = [
+                    await fetch_manifest(
+                        update.manifest, update.transport, scratch / WEIGHTS_FILE, self.fetch_timeout_s, self.token,
+                        self.fetch_concurrency,
+                    )
+                ]
+            else:
+                paths = await fetch(update.uri, scratch, self.fetch_timeout_s, self.token)
             # Before anything is loaded: a wrong file must not leave a half-swapped model.
             await asyncio.to_thread(self.engine.check_weights, paths)
             fetch_seconds = time.monotonic() - started

@@ -12,6 +12,10 @@ from safetensors import SafetensorError, safe_open
 
 from shared.api.http import ServiceRefused, ServiceUnavailable
 from shared.api.weights import WEIGHTS_FILE, download
+from shared.weights.manifest import BucketMismatch
+from shared.weights.settings import TransportName
+from shared.weights.transport import receive
+from shared.weights.transports import open_transport
 
 # Tied embeddings: the checkpoint may or may not carry the output layer separately.
 OPTIONAL_TENSORS = frozenset({"lm_head.weight"})
@@ -84,6 +88,21 @@ def local_path(uri: str) -> Path | None:
     if parsed.netloc not in ("", "localhost"):
         raise WeightsError(f"file URI with a remote host is not supported: {uri}")
     return Path(urllib.parse.unquote(parsed.path))
+
+
+async def fetch_manifest(
+    ref: str, transport_name: TransportName, target: Path, timeout_s: float, token: str | None, concurrency: int
+) -> Path:
+    """The version whose manifest is at ``ref``, fetched in verified buckets through the named transport
+    and written whole to ``target`` only once every bucket is verified (a partial version is never
+    there to load)."""
+    try:
+        async with open_transport(transport_name, token, timeout_s) as transport:
+            _, blob = await receive(transport, ref, concurrency)
+    except (ServiceRefused, ServiceUnavailable, BucketMismatch, OSError, ValueError) as exc:
+        raise WeightsError(f"weights at {ref} ({transport_name}): {exc}") from exc
+    target.write_bytes(blob)
+    return target
 
 
 async def fetch(uri: str, download_dir: Path, timeout_s: float, token: str | None = None) -> list[Path]:

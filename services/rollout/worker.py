@@ -242,7 +242,9 @@ class TaskWorker:
             record = await asyncio.to_thread(self.weights.get)
             if record is None or (record.version <= self.engine.version and not force):
                 return True
-            await self.updater.update(WeightUpdate(version=record.version, uri=record.uri), force=force)
+            await self.updater.update(WeightUpdate(
+                    version=record.version, uri=record.uri, manifest=record.manifest, transport=record.transport
+                ), force=force)
             return True
         except StaleVersion:
             return True

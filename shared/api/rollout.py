@@ -12,6 +12,7 @@ from pydantic import Field, model_validator
 from shared.api.http import RetryPolicy, async_client, checked
 from shared.api.weights import PUSH_ROUTE, auth_header
 from shared.schema import Message, TokenIds
+from shared.weights.settings import TransportName
 
 SEED_MAX = 2**64 - 1  # what the engine (and torch) can take
 
@@ -90,6 +91,20 @@ class WeightsVersion(Message):
 class WeightUpdate(Message):
     version: int = Field(ge=0)
     uri: str = Field(min_length=1, pattern=r"^(file|https?)://")
+    # When set, the worker fetches the version's verified buckets through this transport (shared.weights)
+    # rather than the whole file at ``uri``.
+    manifest: str | None = Field(None, min_length=1, pattern=r"^(file|https?)://")
+    transport: TransportName | None = None
+
+    @model_validator(mode="after")
+    def _manifest_fits_its_transport(self) -> WeightUpdate:
+        if (self.manifest is None) != (self.transport is None):
+            raise ValueError("manifest and transport come together (or neither)")
+        if self.transport is not None:
+            wanted = ("file://",) if self.transport == "file" else ("http://", "https://")
+            if not self.manifest.startswith(wanted):
+                raise ValueError(f"the {self.transport} transport takes a {' or '.join(wanted)} manifest")
+        return self
 
 
 class RolloutClient:
@@ -135,7 +150,7 @@ class RolloutClient:
     async def push_weights(self, update: WeightUpdate) -> int:
         """Make the worker load ``update`` (it fetches the weights itself); the version it serves after."""
         what = f"push of v{update.version} to {self.name}"
-        body = update.model_dump(mode="json")
+        body = update.model_dump(mode="json", exclude_none=True)  # a plain push reads as before
 
         async def attempt() -> int:
             reply = checked(await self._client.post(PUSH_ROUTE, json=body, headers=auth_header(self.token)), what)

@@ -1,5 +1,5 @@
 """The weights contract between the learner and the rollout workers, defined once: the file a version
-is saved as, the URL the learner serves it at, the download, and the bearer token that guards a push.
+is saved as, the URL the learner serves it at, the download, and the bearer token that guards a push and a download.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from shared.api.http import RetryPolicy, checked
 
 WEIGHTS_FILE = "model.safetensors"  # one file per version, whatever the model size: one URL serves it
 WEIGHTS_ROUTE = "/v1/weights/{version}"  # the learner: GET a version's WEIGHTS_FILE
+MANIFEST_ROUTE = "/v1/weights/{version}/manifest"  # the learner: GET a version's manifest (shared.weights)
+BUCKET_ROUTE = "/v1/weights/{version}/buckets/{index}"  # the learner: GET one bucket's bytes
 PUSH_ROUTE = "/v1/weights"  # a worker: GET the version it serves, POST a WeightUpdate (bearer token)
 
 
@@ -20,17 +22,32 @@ def weights_url(base_url: str, version: int) -> str:
     return base_url.rstrip("/") + WEIGHTS_ROUTE.format(version=version)
 
 
+def manifest_url(base_url: str, version: int) -> str:
+    return base_url.rstrip("/") + MANIFEST_ROUTE.format(version=version)
+
+
+def bucket_url(manifest_ref: str, index: int) -> str:
+    """A bucket's URL from its version's manifest URL (the learner serves both)."""
+    suffix = "/manifest"
+    if not manifest_ref.endswith(suffix):
+        raise ValueError(f"not a manifest URL: {manifest_ref}")
+    return manifest_ref[: -len(suffix)] + f"/buckets/{index}"
+
+
 def auth_header(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-def auth_refusal(scheme: str | None, credentials: str, token: str) -> tuple[int, str] | None:
-    """Why a request with this Authorization scheme and credentials may not push weights to a worker
-    whose token is ``token``, as (HTTP status, reason); None when it may."""
+def auth_refusal(
+    scheme: str | None, credentials: str, token: str, guarded: str = "weight pushes are disabled: this worker"
+) -> tuple[int, str] | None:
+    """Why a request with this Authorization scheme and credentials may not pass a guard whose token is
+    ``token`` (a worker's weight push, the learner's weight download), as (HTTP status, reason); None
+    when it may. ``guarded`` names what an empty token disables, and where."""
     if scheme is None or scheme.lower() != "bearer":
         return 401, "a bearer token is required"
     if not token:
-        return 403, "weight pushes are disabled: this worker has no token configured"
+        return 403, f"{guarded} has no token configured"
     if not hmac.compare_digest(credentials.encode(), token.encode()):  # constant time: no timing oracle
         return 403, "wrong token"
     return None

@@ -176,7 +176,8 @@ def test_sigkill_between_checkpoints_then_resume_trains_every_group_once(
         assert 5 <= status.step < 8, status
         assert "learner_loss" in httpx.get(f"{base}/metrics").text
         version = status.version
-        served = httpx.get(f"{base}/v1/weights/{version}")
+        assert httpx.get(f"{base}/v1/weights/{version}").status_code == 401  # the model needs the token
+        served = httpx.get(f"{base}/v1/weights/{version}", headers={"Authorization": f"Bearer {TOKEN}"})
         assert served.status_code == 200 and served.content == (run_dir / "weights" / f"v{version}" /
                                                                 "model.safetensors").read_bytes()
         assert (run_dir / "checkpoints" / "committed").read_text() == "step00000004"

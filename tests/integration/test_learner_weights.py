@@ -13,9 +13,11 @@ from launcher.processes import free_port
 from services.learner.app import BackgroundServer, StatusSource, create_app
 from services.learner.metrics import StepMetrics
 from services.learner.weights import Publisher, WeightStore
+from shared.api.weights import auth_header, manifest_url
 from shared.bus import Keys, WeightsRecordStore, WorkerRegistry
 from shared.modeling import load_model, load_tokenizer
 from shared.records import LearnerStatus, metrics_file
+from shared.weights.manifest import Manifest
 from tests.helpers.records import step_record
 from tests.helpers.rollout import TOKEN
 from tests.helpers.workers import register, served_version, weight_swaps
@@ -34,13 +36,14 @@ def test_store_serves_and_prunes_versions(tmp_path, default_init_dir):
     metrics.record(step_record(1, loss=0.5, staleness_hist={"0": 3}))
     port = free_port()
     status = LearnerStatus(phase="training", step=1)
-    server = BackgroundServer(create_app(lambda: status, store, metrics), "127.0.0.1", port)
+    server = BackgroundServer(create_app(lambda: status, store, metrics, TOKEN), "127.0.0.1", port)
     server.start()
     try:
         base = f"http://127.0.0.1:{port}"
-        body = httpx.get(f"{base}/v1/weights/2").content
+        assert httpx.get(f"{base}/v1/weights/2").status_code == 401  # no token, no weights
+        body = httpx.get(f"{base}/v1/weights/2", headers=auth_header(TOKEN)).content
         assert body == store.file(2).read_bytes()
-        assert httpx.get(f"{base}/v1/weights/1").status_code == 404
+        assert httpx.get(f"{base}/v1/weights/1", headers=auth_header(TOKEN)).status_code == 404
         assert httpx.get(f"{base}/v1/status").json() == {"phase": "training", "step": 1}
         text = httpx.get(f"{base}/metrics").text
         assert "learner_loss 0.5" in text and "learner_staleness_hist_0 3.0" in text
@@ -62,13 +65,21 @@ def test_push_reaches_live_workers_and_survives_dead_ones(
 ):
     keys = Keys(namespace)
     model = load_model(default_init_dir)
-    store = WeightStore(tmp_path / "weights", keep=2)
+    store = WeightStore(tmp_path / "weights", keep=2, bucket_bytes=1 << 20)
     store.save(model, model.state_dict(), 5, load_tokenizer(default_init_dir))
     port = free_port()
-    app = create_app(StatusSource(), store, StepMetrics(metrics_file(tmp_path)))
+    app = create_app(StatusSource(), store, StepMetrics(metrics_file(tmp_path)), TOKEN)
+    served_paths: list[str] = []
+
+    @app.middleware("http")
+    async def note_path(request, call_next):  # which routes the worker's fetch used
+        served_paths.append(request.url.path)
+        return await call_next(request)
+
     server = BackgroundServer(app, "127.0.0.1", port)
     server.start()
     uri = f"http://127.0.0.1:{port}/v1/weights/5"
+    manifest = manifest_url(f"http://127.0.0.1:{port}", 5)
 
     registry = WorkerRegistry(redis_client, keys)
     register(redis_client, keys, "live", rollout_worker)
@@ -80,13 +91,18 @@ def test_push_reaches_live_workers_and_survives_dead_ones(
 
     records = WeightsRecordStore(redis_client, keys)
     publisher = Publisher(records, registry, TOKEN, worker_ttl_s=30, retries=2, timeout_s=120)
-    publisher.publish(5, uri)
+    publisher.publish(5, uri, manifest, "http")
     deadline = time.monotonic() + 180
     while publisher.last_report is None and time.monotonic() < deadline:
         time.sleep(0.1)
     report = publisher.last_report
     assert report is not None and report.pushed == ["live"] and report.failed == ["dead"]
-    # The worker fetched the file from the learner's server and serves version 5: one swap, not three.
+    # The worker fetched the version from the learner's server as its manifest and every bucket (not
+    # the whole file), and serves version 5: one swap, not three.
+    buckets = len(Manifest.model_validate_json(store.manifest_file(5).read_text()).buckets)
+    assert buckets > 1
+    assert sorted(served_paths) == sorted(["/v1/weights/5/manifest"] + [f"/v1/weights/5/buckets/{i}" for i in
+                                                                        range(buckets)])
     assert served_version(rollout_worker) == 5
     assert weight_swaps(rollout_worker) == swaps_before + 1
     assert records.get().version == 5

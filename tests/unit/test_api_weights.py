@@ -36,18 +36,64 @@ def test_the_learner_client_against_the_learner_app(tmp_path):
     store.directory(4).mkdir()
     store.file(4).write_bytes(b"weights of v4" * 1000)
     served = LearnerStatus(phase="training", step=9, version=4)
-    app = create_app(lambda: served, store, StepMetrics(metrics_file(tmp_path)))
+    app = create_app(lambda: served, store, StepMetrics(metrics_file(tmp_path)), "t0k")
 
     async def run():
         transport = httpx.ASGITransport(app=app)
         async with LearnerClient("http://learner", retry=RetryPolicy(retries=0), transport=transport) as client:
             status = await client.status()
-            path = await client.download_weights(4, tmp_path / WEIGHTS_FILE)
+            path = await client.download_weights(4, tmp_path / WEIGHTS_FILE, "t0k")
             with pytest.raises(ServiceRefused, match="404") as missing:
-                await client.download_weights(3, tmp_path / "none.safetensors")
+                await client.download_weights(3, tmp_path / "none.safetensors", "t0k")
             return status, path, missing.value
 
     status, path, missing = asyncio.run(run())
     assert status == served
     assert path.read_bytes() == store.file(4).read_bytes()
     assert "GET http://learner/v1/weights/3" in str(missing) and "kept: [4]" in str(missing)
+
+
+def _learner_app(tmp_path, token: str):
+    store = WeightStore(tmp_path / "weights", keep=2)
+    store.directory(4).mkdir()
+    store.file(4).write_bytes(b"weights of v4")
+    return create_app(lambda: LearnerStatus(phase="training"), store, StepMetrics(metrics_file(tmp_path)), token)
+
+
+def test_the_learner_serves_weights_only_with_the_token(tmp_path):
+    async def get(app, headers):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://learner") as client:
+            return await client.get(weights_url("http://learner", 4), headers=headers)
+
+    app = _learner_app(tmp_path, "t0k")
+    missing = asyncio.run(get(app, {}))
+    assert missing.status_code == 401 and missing.headers["WWW-Authenticate"] == "Bearer"
+    assert b"weights of v4" not in missing.content
+    wrong = asyncio.run(get(app, auth_header("nope")))
+    assert wrong.status_code == 403 and "wrong token" in wrong.text
+    assert asyncio.run(get(app, auth_header("t0k"))).content == b"weights of v4"
+    # A learner with no token configured serves the weights to nobody, rather than to anyone.
+    closed = asyncio.run(get(_learner_app(tmp_path / "closed", ""), auth_header("")))
+    assert closed.status_code == 401
+    closed = asyncio.run(get(_learner_app(tmp_path / "closed2", ""), auth_header("anything")))
+    assert closed.status_code == 403 and "the learner has no token configured" in closed.text
+    # The status stays open: a supervisor's probe carries no token.
+    async def status():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://learner") as client:
+            return await client.get("/v1/status")
+
+    assert asyncio.run(status()).status_code == 200
+
+
+def test_the_downloader_reports_a_refused_token(tmp_path):
+    app = _learner_app(tmp_path, "t0k")
+
+    async def run():
+        transport = httpx.ASGITransport(app=app)
+        async with LearnerClient("http://learner", retry=RetryPolicy(retries=0), transport=transport) as client:
+            with pytest.raises(ServiceRefused, match="401"):
+                await client.download_weights(4, tmp_path / "a.safetensors")
+            with pytest.raises(ServiceRefused, match="403"):
+                await client.download_weights(4, tmp_path / "b.safetensors", "nope")
+
+    asyncio.run(run())

@@ -37,7 +37,7 @@ def test_the_learner_api_mutates_nothing(tmp_path):
     from services.learner.weights import WeightStore
     from shared.records import metrics_file
 
-    app = create_app(StatusSource(), WeightStore(tmp_path, keep=1), StepMetrics(metrics_file(tmp_path)))
+    app = create_app(StatusSource(), WeightStore(tmp_path, keep=1), StepMetrics(metrics_file(tmp_path)), "t")
     methods = {m for route in app.routes for m in getattr(route, "methods", set())}
     assert methods <= {"GET", "HEAD"}
 

@@ -1,0 +1,74 @@
+"""Delta versions: the bit-exact difference between two versions' safetensors files, compressed.
+
+The difference is the XOR of the two files' bytes: exact for any dtype (bf16, fp32: no rounding, as a
+subtraction in floating point would have), and mostly zero bytes when few weights change or change in
+their low bits, which compression then removes. Two successive versions of one model have the same
+header (names, dtypes, shapes), so their files have the same length and layout.
+
+A receiver that holds the base applies the delta and checks the result against the new version's
+manifest, bucket by bucket; any mismatch (a wrong base, a corrupt delta) raises BucketMismatch, and
+the caller fetches the full version instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.weights.manifest import BucketMismatch, Manifest
+
+CHUNK = 64 << 20  # XOR and compress in chunks: memory stays flat whatever the model size
+
+
+class DeltaSpec(BaseModel):
+    """What a delta is: the version it applies to, and its own size and hash."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_version: int = Field(ge=0)
+    version: int = Field(ge=0)
+    delta_bytes: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+def _xor(a: bytes | bytearray | memoryview, b: bytes | bytearray | memoryview) -> bytes:
+    return np.bitwise_xor(np.frombuffer(a, dtype=np.uint8), np.frombuffer(b, dtype=np.uint8)).tobytes()
+
+
+def encode_delta(base: bytes, new: bytes, base_version: int, version: int, level: int = 1) -> tuple[DeltaSpec, bytes]:
+    """The delta from ``base`` to ``new`` (two versions' safetensors files)."""
+    if len(base) != len(new):
+        raise ValueError(f"a delta needs files of one layout: {len(base)} and {len(new)} bytes")
+    compressor = zlib.compressobj(level)
+    parts = [compressor.compress(_xor(memoryview(base)[i : i + CHUNK], memoryview(new)[i : i + CHUNK]))
+             for i in range(0, len(new), CHUNK)]
+    parts.append(compressor.flush())
+    data = b"".join(parts)
+    spec = DeltaSpec(base_version=base_version, version=version, delta_bytes=len(data),
+                     sha256=hashlib.sha256(data).hexdigest())
+    return spec, data
+
+
+def apply_delta(base: bytes | bytearray, spec: DeltaSpec, data: bytes, manifest: Manifest) -> bytearray:
+    """The new version's bytes from the base and the delta, every bucket verified against ``manifest``
+    (the new version's); BucketMismatch when anything does not match, so the caller takes the full
+    version."""
+    if spec.version != manifest.version:
+        raise BucketMismatch(f"a delta to v{spec.version} cannot make v{manifest.version}")
+    if len(data) != spec.delta_bytes or hashlib.sha256(data).hexdigest() != spec.sha256:
+        raise BucketMismatch(f"the delta v{spec.base_version}->v{spec.version} is corrupt")
+    if len(base) != manifest.total_bytes:
+        raise BucketMismatch(f"the base holds {len(base)} bytes, v{manifest.version} {manifest.total_bytes}")
+    try:
+        difference = zlib.decompress(data)
+    except zlib.error as exc:
+        raise BucketMismatch(f"the delta v{spec.base_version}->v{spec.version} does not decompress: {exc}") from exc
+    if len(difference) != len(base):
+        raise BucketMismatch(f"the delta covers {len(difference)} bytes, the base {len(base)}")
+    result = bytearray(_xor(base, difference))
+    for index, bucket in enumerate(manifest.buckets):
+        manifest.verify(index, memoryview(result)[bucket.start : bucket.start + bucket.size])
+    return result

@@ -1,0 +1,65 @@
+"""The ``WeightTransport`` interface: how a receiver gets a version's manifest and its buckets.
+
+A backend only moves bytes; ``receive`` owns the rules every backend shares: buckets fetched
+concurrently, each verified against the manifest (a mismatch is refetched, then fails the version),
+and the version handed over only once every bucket is verified, so nobody ever applies a partial one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from abc import ABC, abstractmethod
+
+from shared.weights.manifest import BucketMismatch, Manifest
+
+log = logging.getLogger(__name__)
+
+
+class WeightTransport(ABC):
+    """One backend (a module under shared/weights/transports). ``ref`` is what the Redis record holds
+    for a version: the address of its manifest in this backend's terms."""
+
+    name: str
+
+    @abstractmethod
+    async def manifest(self, ref: str) -> Manifest: ...
+
+    @abstractmethod
+    async def bucket(self, ref: str, manifest: Manifest, index: int) -> bytes: ...
+
+    async def close(self) -> None:  # noqa: B027 - most backends hold nothing
+        pass
+
+    async def __aenter__(self) -> WeightTransport:
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.close()
+
+
+async def receive(
+    transport: WeightTransport, ref: str, concurrency: int = 4, retries: int = 2
+) -> tuple[Manifest, bytearray]:
+    """The manifest and the verified bytes of the version at ``ref``."""
+    manifest = await transport.manifest(ref)
+    blob = bytearray(manifest.total_bytes)
+    limit = asyncio.Semaphore(concurrency)
+
+    async def one(index: int) -> None:
+        bucket = manifest.buckets[index]
+        async with limit:
+            for attempt in range(retries + 1):
+                data = await transport.bucket(ref, manifest, index)
+                try:
+                    manifest.verify(index, data)
+                except BucketMismatch as exc:
+                    if attempt == retries:
+                        raise
+                    log.warning("%s; refetching", exc)
+                    continue
+                blob[bucket.start : bucket.start + bucket.size] = data
+                return
+
+    await asyncio.gather(*(one(i) for i in range(len(manifest.buckets))))
+    return manifest, blob

@@ -1,0 +1,44 @@
+"""``http``: buckets fetched from the learner's API (today's origin), with the job's bearer token. The
+ref is the version's manifest URL (``shared.api.weights.manifest_url``)."""
+
+from __future__ import annotations
+
+import httpx
+
+from shared.api.http import RetryPolicy, checked
+from shared.api.weights import auth_header, bucket_url
+from shared.weights.manifest import Manifest
+from shared.weights.transport import WeightTransport
+
+
+class HttpTransport(WeightTransport):
+    name = "http"
+
+    def __init__(
+        self,
+        token: str | None,
+        timeout_s: float = 600.0,
+        retry: RetryPolicy = RetryPolicy(retries=2),
+        transport: httpx.AsyncBaseTransport | None = None,
+    ):
+        self.retry = retry
+        self._client = httpx.AsyncClient(
+            headers=auth_header(token), timeout=httpx.Timeout(timeout_s, connect=10.0), transport=transport
+        )
+
+    async def _get(self, url: str) -> httpx.Response:
+        what = f"GET {url}"
+
+        async def attempt() -> httpx.Response:
+            return checked(await self._client.get(url), what)
+
+        return await self.retry.call(attempt, what)
+
+    async def manifest(self, ref: str) -> Manifest:
+        return Manifest.model_validate_json((await self._get(ref)).content)
+
+    async def bucket(self, ref: str, manifest: Manifest, index: int) -> bytes:
+        return (await self._get(bucket_url(ref, index))).content
+
+    async def close(self) -> None:
+        await self._client.aclose()
