@@ -23,6 +23,7 @@ parent instead.
 from __future__ import annotations
 
 import ctypes
+import gc
 import multiprocessing
 import os
 import signal
@@ -49,6 +50,9 @@ def install() -> None:
 def run_engine_core(*args, **kwargs):
     """The EngineCore process's target: bind the child's life to its parent's, then run vLLM's."""
     die_with_parent()
+    # A forked child inherits the rollout process's start-up state, collector off (entry.main); the
+    # engine core runs for the life of the worker and must collect.
+    gc.enable()
     target = _original_target
     if target is None:  # a spawned child imports this module afresh: vLLM's class is not wrapped there
         from vllm.v1.engine.core import EngineCoreProc

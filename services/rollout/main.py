@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -74,6 +75,10 @@ async def run(settings: RolloutSettings) -> int:
     worker = None
     try:
         await engine.start()
+        # Start-up is over (entry.main turned the collector off): what exists now lives as long as the
+        # process; frozen, the collections from now on skip it (vLLM's engine core does the same).
+        gc.freeze()
+        gc.enable()
         if settings.worker_enabled and not stop.is_set():
             from services.rollout.worker import TaskWorker
 
@@ -112,5 +117,10 @@ def serve(settings: RolloutSettings) -> None:
         level=settings.python_log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
     code = asyncio.run(run(settings))
+    # Everything is shut down; what is left is the interpreter's teardown, whose garbage collections
+    # walk the whole object graph of torch and vLLM (measured here on a loaded machine: 10.7 s, 1.3 s
+    # frozen), most of an idle worker's time from SIGTERM to exit. Frozen objects are skipped, and
+    # the operating system reclaims their memory anyway.
+    gc.freeze()
     if code:
         sys.exit(code)
