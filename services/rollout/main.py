@@ -74,6 +74,10 @@ async def run(settings: RolloutSettings) -> int:
     server_task = asyncio.create_task(server.serve(), name="http")
     worker = None
     try:
+        # The engine core is forked from this process: frozen, the heap it inherits (every module
+        # imported so far) is skipped by its collections, the full one vLLM runs before it says it is
+        # ready included, and fewer of its pages are copied from this process.
+        gc.freeze()
         await engine.start()
         # Start-up is over (entry.main turned the collector off): what exists now lives as long as the
         # process; frozen, the collections from now on skip it (vLLM's engine core does the same).
