@@ -14,10 +14,10 @@ and the spawn start methods (the wrapper is a module-level function, so spawn pi
 The engine's own children (a multi-GPU executor's workers) already watch the EngineCore through vLLM's
 death pipe, so they follow it.
 
-PR_SET_PDEATHSIG fires when the *thread* that forked the child ends, not only the process: the
-engine is built on an asyncio default-executor thread, and those threads live until the event loop
-closes, after the engine is shut down. Where prctl is unavailable (not Linux) a daemon thread polls the
-parent instead.
+PR_SET_PDEATHSIG fires when the *thread* that forked the child ends, not only the process (checked
+here: a child forked from a thread that then returned got SIGKILL): ``RolloutEngine`` builds the engine
+on a thread of its own that lives until the engine is shut down. Where prctl is unavailable (not
+Linux) a daemon thread polls the parent instead.
 """
 
 from __future__ import annotations
