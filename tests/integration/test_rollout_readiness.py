@@ -58,6 +58,7 @@ def test_requests_before_the_tokenizer_is_loaded_get_503_ready_means_they_work_a
     url = f"http://127.0.0.1:{port}"
     text_prompt = {"prompt": "What is 1 + 1?", "sampling": {"max_tokens": 2}}
     completion = {"prompt": "1 + 1 =", "max_tokens": 2}
+    engine = []
     try:
         deadline = time.monotonic() + 600
         while not loading.exists():
@@ -95,3 +96,5 @@ def test_requests_before_the_tokenizer_is_loaded_get_503_ready_means_they_work_a
         assert not still_running(engine)
     finally:
         process.stop()
+        for leftover in still_running(engine):
+            leftover.kill()
