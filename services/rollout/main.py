@@ -76,7 +76,8 @@ async def run(settings: RolloutSettings) -> int:
     try:
         # The engine core is forked from this process: frozen, the heap it inherits (every module
         # imported so far) is skipped by its collections, the full one vLLM runs before it says it is
-        # ready included, and fewer of its pages are copied from this process.
+        # ready included, and fewer of its pages are copied from this process. (On CPU vLLM's platform
+        # forces spawn: the engine core is a fresh interpreter and this does not apply.)
         gc.freeze()
         await engine.start()
         # Start-up is over (entry.main turned the collector off): what exists now lives as long as the
