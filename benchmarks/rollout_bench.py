@@ -11,12 +11,13 @@
    weights built locally, since no checkpoint can be downloaded: the swap time depends on the
    shapes, not on the values). Figures: the request's round trip and the time the engine was held.
 4. Start-up: from spawning a worker (worker loop on, with a private redis-server) to /readyz
-   answering 200 and to its registry entry appearing in Redis.
+   answering 200 and to its registry entry appearing in Redis (goal: ready within 10 s).
 
 Workload default: 32 prompts x n=8 x up to 128 tokens on the built-in model (random init, so
 samples rarely stop early), temperature 1.0.
 
     .venv/bin/python benchmarks/rollout_bench.py [--prompts 32] [--n 8] [--max-tokens 128] [--repeats 3]
+    .venv/bin/python benchmarks/rollout_bench.py --startup-only [--startup-repeats 3]
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import http.server
 import json
 import os
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -224,8 +226,9 @@ def build_135m(out: Path) -> None:
     save_model(model, tokenizer, out)
 
 
-def measure_startup(model_dir: Path, tmp: Path, redis_url: str, name: str) -> tuple[float, float]:
-    """Seconds from spawn to /readyz 200, and to the worker's registry entry in Redis."""
+def measure_startup(model_dir: Path, tmp: Path, redis_url: str, name: str) -> tuple[float, float, float]:
+    """Seconds from spawn to /readyz 200 and to the worker's registry entry in Redis, then, idle, from
+    SIGTERM (to the worker's process only, as a container runtime sends it) to its exit."""
     from shared.bus import Keys, WorkerRegistry, connect
 
     client = connect(redis_url)
@@ -236,7 +239,10 @@ def measure_startup(model_dir: Path, tmp: Path, redis_url: str, name: str) -> tu
             worker.process.check_alive()
             time.sleep(0.02)
         registered_s = time.perf_counter() - worker.started
-        return worker.ready_s, registered_s
+        signalled = time.perf_counter()
+        worker.process.popen.send_signal(signal.SIGTERM)
+        worker.process.popen.wait(120)
+        return worker.ready_s, registered_s, time.perf_counter() - signalled
     finally:
         worker.stop()
         client.close()
@@ -253,6 +259,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--swap-repeats", type=int, default=3)
     parser.add_argument("--skip-135m", action="store_true", help="skip the 135M-parameter swap figures")
+    parser.add_argument("--startup-only", action="store_true", help="measure the worker start-up only")
+    parser.add_argument("--startup-repeats", type=int, default=2)
     parser.add_argument("--out", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args()
     console = Console()
@@ -268,7 +276,47 @@ def main() -> None:
         shutil.rmtree(os.environ["VLLM_RPC_BASE_PATH"], ignore_errors=True)
 
 
+def measure_startups(model_dir: Path, tmp: Path, repeats: int, console: Console) -> tuple[list, list, list]:
+    """(to /readyz, to registered, idle SIGTERM to exit) per start, each printed as it is measured."""
+    ready, registered, stopped = [], [], []
+    with console.status("worker start-up"):
+        redis_process, redis_url = start_redis_server(tmp / "redis")
+        try:
+            for i in range(repeats):
+                ready_s, registered_s, stopped_s = measure_startup(model_dir, tmp, redis_url, f"startup-{i}")
+                console.print(
+                    f"start {i + 1}: /readyz after {ready_s:.1f} s, registered after {registered_s:.1f} s; "
+                    f"idle SIGTERM to exit {stopped_s:.1f} s"
+                )
+                ready.append(ready_s)
+                registered.append(registered_s)
+                stopped.append(stopped_s)
+        finally:
+            redis_process.stop()
+    return ready, registered, stopped
+
+
+def run_startup_only(args, console: Console, model_dir: Path, tmp: Path) -> None:
+    load_start = os.getloadavg()[0]
+    ready, registered, stopped = measure_startups(model_dir, tmp, args.startup_repeats, console)
+    table = Table(title="rollout worker start and stop (goals: ready within 10 s, idle exit within 2 s)")
+    table.add_column("figure")
+    table.add_column("best", justify="right")
+    table.add_column("median", justify="right")
+    table.add_row("start to /readyz s", f"{min(ready):.1f}", f"{statistics.median(ready):.1f}")
+    table.add_row("start to registered in Redis s", f"{min(registered):.1f}", f"{statistics.median(registered):.1f}")
+    table.add_row("idle SIGTERM to exit s", f"{min(stopped):.1f}", f"{statistics.median(stopped):.1f}")
+    console.print(table)
+    console.print(f"load average (1 min) at start {load_start:.2f}, at end {os.getloadavg()[0]:.2f}")
+    if args.out:
+        figures = {"startup_ready_s": ready, "startup_registered_s": registered, "idle_sigterm_exit_s": stopped}
+        args.out.write_text(json.dumps(figures, indent=1))
+
+
 def run_benchmark(args, console: Console, model_dir: Path, tmp: Path) -> None:
+    if args.startup_only:
+        run_startup_only(args, console, model_dir, tmp)
+        return
     requests = workload(model_dir, args.prompts, args.n, args.max_tokens)
     figures: dict = {"workload": {"prompts": args.prompts, "n": args.n, "max_tokens": args.max_tokens},
                      "load_average_start": os.getloadavg()[0]}
@@ -293,12 +341,7 @@ def run_benchmark(args, console: Console, model_dir: Path, tmp: Path) -> None:
             finally:
                 worker.stop()
 
-    with console.status("worker start-up"):
-        redis_process, redis_url = start_redis_server(tmp / "redis")
-        try:
-            startup = [measure_startup(model_dir, tmp, redis_url, f"startup-{i}") for i in range(2)]
-        finally:
-            redis_process.stop()
+    ready, registered, stopped = measure_startups(model_dir, tmp, args.startup_repeats, console)
 
     def rate(runs):
         return [tokens / seconds for seconds, tokens in runs]
@@ -321,9 +364,9 @@ def run_benchmark(args, console: Console, model_dir: Path, tmp: Path) -> None:
             trips, held = [r[0] for r in rows], [r[1] for r in rows]
             table.add_row(f"swap {label} {kind}: request s", f"{min(trips):.3f}", f"{statistics.median(trips):.3f}")
             table.add_row(f"swap {label} {kind}: engine held s", f"{min(held):.3f}", f"{statistics.median(held):.3f}")
-    ready, registered = [s[0] for s in startup], [s[1] for s in startup]
     table.add_row("start to /readyz s", f"{min(ready):.1f}", f"{statistics.median(ready):.1f}")
     table.add_row("start to registered in Redis s", f"{min(registered):.1f}", f"{statistics.median(registered):.1f}")
+    table.add_row("idle SIGTERM to exit s", f"{min(stopped):.1f}", f"{statistics.median(stopped):.1f}")
     console.print(table)
     console.print(f"load average (1 min) at start {figures['load_average_start']:.2f}, at end {os.getloadavg()[0]:.2f}")
 
@@ -331,6 +374,7 @@ def run_benchmark(args, console: Console, model_dir: Path, tmp: Path) -> None:
         in_process_tokens_per_s=tps_in, http_tokens_per_s=tps_http, tokens_per_run=in_process[0][1],
         ratio_best=max(tps_http) / max(tps_in), ratio_median=statistics.median(tps_http) / statistics.median(tps_in),
         swap_default=swaps_default, swap_135m=swaps_135m, startup_ready_s=ready, startup_registered_s=registered,
+        idle_sigterm_exit_s=stopped,
         load_average_end=os.getloadavg()[0],
     )
     if args.out:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import logging
 import os
 import shutil
@@ -45,8 +46,10 @@ def configure_vllm_environment(settings: RolloutSettings) -> None:
     """vLLM reads these at import and start-up; values set by the operator win."""
     defaults = {
         "VLLM_CPU_KVCACHE_SPACE": str(settings.kv_cache_gib),  # CPU start-up fails without it
-        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # seconds instead of 15 s to start on CPU
         "VLLM_HOST_IP": "127.0.0.1",
+        # Only vLLM's synchronous LLM runs in-process with this; AsyncLLM always starts an EngineCore
+        # child process (engine_child binds its life to this process's).
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
         "VLLM_NO_USAGE_STATS": "1",
         "HF_HUB_OFFLINE": "1",  # models come from local directories only
         "TOKENIZERS_PARALLELISM": "false",
@@ -106,6 +109,9 @@ class RolloutEngine:
         self.openai: OpenAIServing | None = None
         self.last_swap_seconds: float | None = None
         self._swap_lock = asyncio.Lock()
+        # vLLM forks the engine core from the thread that builds the engine, and the child's parent-death
+        # signal (engine_child) is tied to that thread: it must live until the engine is shut down.
+        self._builder = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-build")
         self._dead: BaseException | None = None
         # Set last in start(): every part a request uses exists before the engine says it is ready.
         self._started = False
@@ -114,7 +120,7 @@ class RolloutEngine:
 
     async def start(self) -> None:
         """Build the engine (blocking work runs on a thread, so the HTTP server keeps answering)."""
-        self.llm = await asyncio.to_thread(self._build)
+        self.llm = await asyncio.get_running_loop().run_in_executor(self._builder, self._build)
         config = self.llm.model_config
         self.vocab_size = int(config.get_vocab_size())
         self.max_model_len = int(config.max_model_len)
@@ -137,6 +143,9 @@ class RolloutEngine:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        from services.rollout import engine_child
+
+        engine_child.install()
         s = self.settings
         on_gpu = _cuda_available()
         options = dict(
@@ -183,12 +192,14 @@ class RolloutEngine:
 
     def shutdown(self) -> None:
         if self.llm is None:
+            self._builder.shutdown(wait=False)
             return
         llm, self.llm = self.llm, None
-        llm.shutdown()
+        llm.shutdown(timeout=self.settings.engine_shutdown_grace_s)
         # AsyncLLM.__del__ calls shutdown() again, at interpreter exit, when vLLM's module globals are
         # already gone (a TypeError on every clean exit): make the second call a no-op.
         llm.shutdown = lambda *args, **kwargs: None
+        self._builder.shutdown(wait=False)
 
     # ------------------------------------------------------------------ generation
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -73,7 +74,16 @@ async def run(settings: RolloutSettings) -> int:
     server_task = asyncio.create_task(server.serve(), name="http")
     worker = None
     try:
+        # The engine core is forked from this process: frozen, the heap it inherits (every module
+        # imported so far) is skipped by its collections, the full one vLLM runs before it says it is
+        # ready included, and fewer of its pages are copied from this process. (On CPU vLLM's platform
+        # forces spawn: the engine core is a fresh interpreter and this does not apply.)
+        gc.freeze()
         await engine.start()
+        # Start-up is over (entry.main turned the collector off): what exists now lives as long as the
+        # process; frozen, the collections from now on skip it (vLLM's engine core does the same).
+        gc.freeze()
+        gc.enable()
         if settings.worker_enabled and not stop.is_set():
             from services.rollout.worker import TaskWorker
 
@@ -112,5 +122,10 @@ def serve(settings: RolloutSettings) -> None:
         level=settings.python_log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
     code = asyncio.run(run(settings))
+    # Everything is shut down; what is left is the interpreter's teardown, whose garbage collections
+    # walk the whole object graph of torch and vLLM (measured here on a loaded machine: 10.7 s, 1.3 s
+    # frozen), most of an idle worker's time from SIGTERM to exit. Frozen objects are skipped, and
+    # the operating system reclaims their memory anyway.
+    gc.freeze()
     if code:
         sys.exit(code)

@@ -58,6 +58,11 @@ class RolloutSettings(ServiceSettings):
     max_deliveries: int = Field(5, ge=1)
     # On SIGTERM: time to finish tasks in flight before releasing them to other workers.
     drain_timeout_s: float = Field(60.0, ge=0.0)
+    # Then the engine core gets SIGTERM and this long before SIGKILL. No task is left in it by then
+    # (finished or handed back), and its own teardown is a full garbage collection of its heap
+    # (longer than vLLM's default 5 s grace on CPU) that a process about to end does not need.
+    # 0: SIGKILL at once (vLLM still gives ROCm, whose teardown frees device memory, its own grace).
+    engine_shutdown_grace_s: float = Field(0.0, ge=0.0)
 
     # Reward service calls: each attempt has a timeout; failures back off up to reward_retries times.
     reward_timeout_s: float = Field(120.0, gt=0.0)

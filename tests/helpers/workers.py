@@ -1,6 +1,6 @@
 """Rollout workers in tests: one started on its own (a real vLLM engine), and probes of a worker as
 the learner sees it: the weights version it serves, its count of weight swaps, its entry in the job's
-worker registry, the groups it appended and a wait on any condition."""
+worker registry, the groups it appended, the processes it started and a wait on any condition."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from launcher.processes import free_port, start_process
+import psutil
+
+from launcher.processes import ManagedProcess, free_port, start_process
 from shared.api.rollout import RolloutClient
 from shared.bus import Keys, LedgerQueries, WorkerRegistry
 from shared.messages import TrajectoryGroup, WorkerInfo
@@ -73,3 +75,22 @@ def wait_for(condition, timeout: float, what: str, processes=()):
             process.check_alive()
         time.sleep(0.2)
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def started_processes(process: ManagedProcess) -> list[psutil.Process]:
+    """The processes a worker started (vLLM's EngineCore among them), checked to hold the engine."""
+    children = psutil.Process(process.popen.pid).children(recursive=True)
+    assert any("EngineCor" in child.name() for child in children), [c.name() for c in children]
+    return children
+
+
+def still_running(processes: list[psutil.Process]) -> list[psutil.Process]:
+    """Those not ended (a zombie has ended: it holds no memory, only its exit status)."""
+    running = []
+    for process in processes:
+        try:
+            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                running.append(process)
+        except psutil.NoSuchProcess:
+            pass
+    return running

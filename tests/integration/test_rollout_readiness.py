@@ -1,5 +1,6 @@
 """Ready means ready: while any part of the engine is still loading, /readyz says 503 and requests get a
-503 that says so, never a 500 from a part that is not there yet.
+503 that says so, never a 500 from a part that is not there yet. And a worker leaves fast: once idle,
+SIGTERM ends it within 2 s (issue 20), out of the worker registry, with no engine process left.
 
 A real tokenizer is slow to load (SmolLM2's took long enough for the first /v1/generate after /readyz to
 fail); the built-in one loads in milliseconds, so the service here runs with its tokenizer load held
@@ -8,6 +9,7 @@ until the test lets it go: the vLLM engine is up, the tokenizer is not.
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 
@@ -15,7 +17,9 @@ import httpx
 import pytest
 
 from launcher.processes import free_port, start_process, wait_http_ready
-from tests.helpers.rollout import rollout_args, rollout_env
+from shared.bus import Keys, WorkerRegistry
+from tests.helpers.rollout import rollout_env
+from tests.helpers.workers import started_processes, still_running, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -42,14 +46,19 @@ main(sys.argv[3:])
 """
 
 
-def test_requests_before_the_tokenizer_is_loaded_get_503_and_ready_means_they_work(tmp_path, default_init_dir):
+def test_requests_before_the_tokenizer_is_loaded_get_503_ready_means_they_work_and_idle_it_stops_fast(
+    tmp_path, default_init_dir, redis_url, redis_client, namespace
+):
     loading, release = tmp_path / "loading", tmp_path / "release"
     port = free_port()
-    argv = [sys.executable, "-c", HELD_TOKENIZER, str(loading), str(release), *rollout_args(default_init_dir, port)]
-    process = start_process("rollout", argv, tmp_path / "rollout.log", env=rollout_env(tmp_path))
+    service_args = ["--model", str(default_init_dir), "--port", str(port)]  # a worker: it consumes tasks
+    argv = [sys.executable, "-c", HELD_TOKENIZER, str(loading), str(release), *service_args]
+    worker_env = {"PRFT_REDIS__URL": redis_url, "PRFT_REDIS__NAMESPACE": namespace, "PRFT_ROLLOUT__WORKER_ID": "w"}
+    process = start_process("rollout", argv, tmp_path / "rollout.log", env=rollout_env(tmp_path, worker_env))
     url = f"http://127.0.0.1:{port}"
     text_prompt = {"prompt": "What is 1 + 1?", "sampling": {"max_tokens": 2}}
     completion = {"prompt": "1 + 1 =", "max_tokens": 2}
+    engine = []
     try:
         deadline = time.monotonic() + 600
         while not loading.exists():
@@ -72,5 +81,20 @@ def test_requests_before_the_tokenizer_is_loaded_get_503_and_ready_means_they_wo
             served = client.post("/v1/generate", json=text_prompt)
             assert served.status_code == 200, served.text
             assert client.post("/v1/completions", json=completion).status_code == 200
+
+        # Registered, with no task in the stream: SIGTERM (to the worker's process only, as a container
+        # runtime sends it) ends it within 2 s, out of the registry, its engine core ended with it.
+        registry = WorkerRegistry(redis_client, Keys(namespace))
+        wait_for(lambda: registry.get("w") is not None, 60, "the worker to register", (process,))
+        engine = started_processes(process)
+        signalled = time.monotonic()
+        process.popen.send_signal(signal.SIGTERM)
+        assert process.popen.wait(60) == 0, process.log_tail()
+        stopped_s = time.monotonic() - signalled
+        assert stopped_s < 2.0, f"an idle worker took {stopped_s:.1f} s to stop:\n{process.log_tail()}"
+        assert registry.get("w") is None
+        assert not still_running(engine)
     finally:
         process.stop()
+        for leftover in still_running(engine):
+            leftover.kill()

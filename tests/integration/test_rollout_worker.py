@@ -1,6 +1,7 @@
 """Rollout workers as real processes on one tasks stream, with the real reward service and Redis: they
 share the tasks, a worker killed with SIGKILL mid-task has its tasks finished by the other (no group
-lost or duplicated), a worker loads the weights recorded in Redis when it starts, and SIGTERM drains."""
+lost or duplicated) and leaves no engine process behind, a worker loads the weights recorded in Redis
+when it starts, and SIGTERM drains."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from shared.bus import Keys, LedgerQueries, TaskStream, WeightsRecordStore, Work
 from shared.datasets.arithmetic import ArithmeticDataset
 from shared.messages import RolloutKind, RolloutTask, TrajectoryGroup, WeightsRecord, WorkerInfo
 from shared.modeling import load_tokenizer, prompt_token_ids, response_token_ids
-from tests.helpers.workers import groups_in, start_worker, wait_for
+from tests.helpers.workers import groups_in, start_worker, started_processes, still_running, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -102,6 +103,7 @@ def test_workers_share_tasks_and_finish_the_work_of_a_killed_one(
     WeightsRecordStore(redis_client, keys).set(WeightsRecord(version=RECORDED_VERSION, uri=default_init_dir.as_uri()))
     a, url_a = start_worker(tmp_path, "worker-a", default_init_dir, redis_url, namespace, reward_url)
     b, url_b = start_worker(tmp_path, "worker-b", default_init_dir, redis_url, namespace, reward_url)
+    engine_a = []
     try:
         for process, url in ((a, url_a), (b, url_b)):
             wait_http_ready(process, f"{url}/readyz", timeout=240)
@@ -129,14 +131,18 @@ def test_workers_share_tasks_and_finish_the_work_of_a_killed_one(
         # Each worker held two tasks while the reward service was down: both produce groups.
         assert {g.worker_id for g in groups_in(redis_client, keys)} == {"worker-a", "worker-b"}
 
-        # Kill worker-a as soon as it holds tasks of a second, longer batch.
+        # Kill worker-a as soon as it holds tasks of a second, longer batch: SIGKILL to its own process
+        # only (as the OOM killer does), not its process group.
         second = make_tasks(tokenizer, 8, offset=4, max_tokens=128)
         for task in second:
             producer.append(task)
         wait_for(lambda: pending_on(redis_client, keys, "worker-a"), 60, "worker-a to take a task", (a, b))
         orphaned = pending_on(redis_client, keys, "worker-a")
-        a.kill()
+        engine_a = started_processes(a)
+        a.popen.kill()
         assert orphaned
+        # Its vLLM engine core does not live on as an orphan holding the model.
+        wait_for(lambda: not still_running(engine_a), 10, "worker-a's engine process to end", (b,))
         tasks = first + second
 
         wait_for(lambda: len(groups_in(redis_client, keys)) >= len(tasks), 180, "every group", (b,))
@@ -177,6 +183,8 @@ def test_workers_share_tasks_and_finish_the_work_of_a_killed_one(
         assert "worker-b" not in registered()
     finally:
         a.kill()
+        for leftover in still_running(engine_a):
+            leftover.kill()
         b.stop()
         if reward is not None:
             reward.stop()
