@@ -29,7 +29,8 @@ def test_tensorboard_gets_every_step_record_the_job_config_and_completions(guide
     assert not [key for key in hparams if key.startswith("auth")]  # the bearer token stays out
     tables = read.tensorboard_table(run, "samples/text_summary")
     assert sorted(tables) == [1, 3]  # step 1, then every 2 steps
-    assert len(tables[1]) == 8 and list(tables[1][0]) == ["prompt", "prefix_len", "response", "reward", "kind"]
+    assert len(tables[1]) == 8
+    assert list(tables[1][0]) == ["prompt", "prefix_len", "response", "reward", "kind", "verifier"]
     assert {row["kind"] for rows in tables.values() for row in rows} <= {"on_policy", "hybrid"}
 
     evaluation = read.tensorboard_run(out / "tracking" / "tensorboard" / "my-task-eval")
