@@ -84,7 +84,8 @@ GROUPS = [
 def test_sample_rows_hold_the_prompt_prefix_length_response_reward_kind_and_verifier():
     rows = sample_rows(GROUPS, lambda ids: f"prompt{ids}", limit=3)
     assert SAMPLE_COLUMNS == ["prompt", "prefix_len", "response", "reward", "kind", "verifier"]
-    assert rows == [["prompt[0, 9]", 0, "a0", 1.0, "on_policy", "math"], ["prompt[0, 9]", 3, "b0", 0.0, "hybrid", "math"],
+    assert rows == [["prompt[0, 9]", 0, "a0", 1.0, "on_policy", "math"],
+                    ["prompt[0, 9]", 3, "b0", 0.0, "hybrid", "math"],
                     ["prompt[1, 9]", 0, "a1", 1.0, "on_policy", "math"]]
 
 
