@@ -10,12 +10,11 @@ from collections.abc import Callable
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import FileResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from services.learner.metrics import StepMetrics
 from services.learner.weights import WeightStore
-from shared.api.weights import BUCKET_ROUTE, MANIFEST_ROUTE, WEIGHTS_ROUTE, auth_refusal
+from shared.api.weights import BUCKET_ROUTE, MANIFEST_ROUTE, WEIGHTS_ROUTE, bearer_guard
 from shared.records import LearnerStatus
 
 log = logging.getLogger(__name__)
@@ -41,14 +40,7 @@ def create_app(
     """``token``: the job's bearer token; weights are served only to a request that presents it (the
     model is the job's most valuable output), and an empty one serves them to nobody."""
     app = FastAPI(title="Prefix-RFT learner")
-    bearer = HTTPBearer(auto_error=False)
-
-    def authorised(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        scheme, presented = (credentials.scheme, credentials.credentials) if credentials else (None, "")
-        refusal = auth_refusal(scheme, presented, token, "weight downloads are disabled: the learner")
-        if refusal is not None:
-            code, reason = refusal
-            raise HTTPException(code, reason, {"WWW-Authenticate": "Bearer"} if code == 401 else None)
+    authorised = bearer_guard(token, "weight downloads are disabled: the learner", HTTPException)
 
     @app.get("/healthz")
     def healthz() -> dict:

@@ -8,7 +8,6 @@ import logging
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.responses import JSONResponse, Response
 
 from services.rollout.engine import EngineFailed, EngineRequest, RequestRejected, RolloutEngine
@@ -18,7 +17,7 @@ from services.rollout.settings import RolloutSettings
 from services.rollout.updates import StaleVersion, WeightUpdater
 from services.rollout.weights import WeightsError
 from shared.api.rollout import GenerateRequest, GenerateResponse, WeightsVersion, WeightUpdate
-from shared.api.weights import PUSH_ROUTE, auth_refusal
+from shared.api.weights import PUSH_ROUTE, bearer_guard
 from shared.bodylimit import BodySizeLimit
 
 log = logging.getLogger(__name__)
@@ -44,14 +43,7 @@ def create_app(
     app.add_exception_handler(HTTPProblem, _problem)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     token = settings.auth.token.get_secret_value()
-    bearer = HTTPBearer(auto_error=False)
-
-    def authorised(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        scheme, presented = (credentials.scheme, credentials.credentials) if credentials else (None, "")
-        refusal = auth_refusal(scheme, presented, token)
-        if refusal is not None:
-            status, reason = refusal
-            raise HTTPProblem(status, reason, {"WWW-Authenticate": "Bearer"} if status == 401 else None)
+    authorised = bearer_guard(token, "weight pushes are disabled: this worker", HTTPProblem)
 
     def require_ready() -> None:
         if not engine.ready:

@@ -5,9 +5,12 @@ is saved as, the URL the learner serves it at, the download, and the bearer toke
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+from fastapi import Depends
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from shared.api.http import RetryPolicy, checked
 
@@ -51,6 +54,21 @@ def auth_refusal(
     if not hmac.compare_digest(credentials.encode(), token.encode()):  # constant time: no timing oracle
         return 403, "wrong token"
     return None
+
+
+def bearer_guard(token: str, guarded: str, refuse: Callable[[int, str, dict[str, str] | None], Exception]):
+    """A FastAPI dependency that lets a request through only with ``token`` (see ``auth_refusal``);
+    otherwise it raises ``refuse(status, reason, headers)``, the service's own HTTP error."""
+    bearer = HTTPBearer(auto_error=False)
+
+    def authorised(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        scheme, presented = (credentials.scheme, credentials.credentials) if credentials else (None, "")
+        refusal = auth_refusal(scheme, presented, token, guarded)
+        if refusal is not None:
+            status, reason = refusal
+            raise refuse(status, reason, {"WWW-Authenticate": "Bearer"} if status == 401 else None)
+
+    return authorised
 
 
 async def download(
