@@ -3,8 +3,6 @@ constant-time token comparison on the one mutating endpoint (the rollout service
 
 from __future__ import annotations
 
-import inspect
-
 import pytest
 
 from services.learner.settings import LearnerSettings
@@ -42,15 +40,39 @@ def test_the_learner_api_mutates_nothing(tmp_path):
     assert methods <= {"GET", "HEAD"}
 
 
-def test_the_weight_push_token_is_compared_in_constant_time():
-    from services.rollout import app
-    from shared.api import weights
+def test_weight_tokens_are_compared_in_constant_time(tmp_path, monkeypatch):
+    from fastapi import HTTPException
+    from fastapi.testclient import TestClient
 
-    # The rollout app checks the token with the weights contract's check, which compares in constant time.
-    assert "auth_refusal(" in inspect.getsource(app.create_app)
-    source = inspect.getsource(weights.auth_refusal)
-    assert "hmac.compare_digest(" in source
-    assert "credentials.credentials == token" not in source and "== token" not in source
+    from services.learner.app import StatusSource, create_app
+    from services.learner.metrics import StepMetrics
+    from services.learner.weights import WeightStore
+    from shared.api import weights
+    from shared.records import metrics_file
+
+    compared: list[tuple[bytes, bytes]] = []
+    real_compare = weights.hmac.compare_digest
+
+    def spy(a, b):
+        compared.append((a, b))
+        return real_compare(a, b)
+
+    monkeypatch.setattr(weights.hmac, "compare_digest", spy)
+    # The guard both services build: a wrong token is refused after a constant-time comparison.
+    guard = weights.bearer_guard("right-token", "weight pushes are disabled: this worker", HTTPException)
+    wrong = weights.HTTPAuthorizationCredentials(scheme="Bearer", credentials="wrong-token")
+    with pytest.raises(HTTPException) as refused:
+        guard(wrong)
+    assert refused.value.status_code == 403
+    assert compared == [(b"wrong-token", b"right-token")]
+    guard(weights.HTTPAuthorizationCredentials(scheme="Bearer", credentials="right-token"))
+
+    # The learner's weight download goes through the same comparison.
+    compared.clear()
+    app = create_app(StatusSource(), WeightStore(tmp_path, keep=1), StepMetrics(metrics_file(tmp_path)), "t")
+    with TestClient(app) as client:
+        response = client.get(weights.WEIGHTS_ROUTE.format(version=1), headers={"Authorization": "Bearer nope"})
+    assert response.status_code == 403 and compared == [(b"nope", b"t")]
 
 
 def test_an_empty_token_refuses_every_push_and_a_set_one_never_prints():
