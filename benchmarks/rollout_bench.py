@@ -128,7 +128,7 @@ class Worker:
             "PRFT_ROLLOUT__WORKER_ID": name,
             "PRFT_ROLLOUT__HEARTBEAT_S": "0.2",
             "VLLM_RPC_BASE_PATH": os.environ["VLLM_RPC_BASE_PATH"],
-            "VLLM_CACHE_ROOT": str(tmp / f"vllm-cache-{name}"),
+            "VLLM_CACHE_ROOT": str(tmp / "vllm-cache"),  # shared, as in a run: the first start fills it
         }
         argv = [sys.executable, "-m", "services.rollout", "--model", str(model_dir), "--port", str(self.port)]
         if redis_url:

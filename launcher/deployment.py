@@ -85,10 +85,11 @@ class LocalDeployment:
             "rollout.worker_id": f"rollout-{index}",
             "rollout.worker_enabled": consume_tasks,
         }
-        # Each engine needs its own RPC and cache paths when several share a machine.
+        # Each engine needs its own RPC path when several share a machine. vLLM's cache (VLLM_CACHE_ROOT,
+        # ~/.cache/vllm by default) is shared: its entries are written atomically, and a fresh one costs
+        # every start a subprocess that imports vLLM to inspect the model class (about 20 s on 2 cores).
         env = {
             "VLLM_RPC_BASE_PATH": str(self.run_dir / f"vllm-rpc-{index}"),
-            "VLLM_CACHE_ROOT": str(self.run_dir / f"vllm-cache-{index}"),
             **(env or {}),
         }
         cores = self.cores.workers[index % len(self.cores.workers)] if self.cores else None

@@ -35,7 +35,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
 
-    from services.rollout.main import serve
     from services.rollout.settings import RolloutSettings
 
     settings = load_or_exit(
@@ -43,5 +42,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         public_url=args.public_url, worker_id=args.worker_id, reward_url=args.reward_url,
         worker_enabled=args.worker, log_level=args.log_level,
     )
+    from services.rollout import engine_child
+
+    engine_child.start_forkserver()  # imports the engine core's modules while this process imports its own
     model_folder_or_exit(parser, settings.model, "rollout.model")
+    from services.rollout.main import serve
+
     serve(settings)

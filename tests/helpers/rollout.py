@@ -19,7 +19,6 @@ def rollout_env(tmp: Path, extra_env: dict[str, str] | None = None) -> dict[str,
         "PRFT_ROLLOUT__MAX_N": str(MAX_N),
         "PRFT_ROLLOUT__MAX_TOKENS": str(MAX_TOKENS),
         "VLLM_RPC_BASE_PATH": str(tmp / "rpc"),
-        "VLLM_CACHE_ROOT": str(tmp / "vllm-cache"),
         "PYTHONUNBUFFERED": "1",
         **(extra_env or {}),
     }

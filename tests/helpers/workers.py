@@ -52,7 +52,6 @@ def start_worker(tmp: Path, name: str, model: Path, redis_url: str, namespace: s
         "PRFT_ROLLOUT__RECLAIM_IDLE_MS": "2000",
         "PRFT_ROLLOUT__REWARD_BACKOFF_S": "0.2",
         "VLLM_RPC_BASE_PATH": str(tmp / f"rpc-{name}"),
-        "VLLM_CACHE_ROOT": str(tmp / f"vllm-cache-{name}"),
         "PYTHONUNBUFFERED": "1",
         # Two engines on a small machine: one compute thread each, or their OpenMP threads fight.
         "OMP_NUM_THREADS": "1",

@@ -102,9 +102,8 @@ class ComposeOnLoopback:
             # A smaller job than the compose default, so that steps take seconds on two cores.
             env.update(SMALL_JOB)
         if service == "rollout":
-            # Containers have their own file systems; processes sharing one need their own paths.
+            # Containers have their own file systems; processes sharing one need their own RPC paths.
             env["VLLM_RPC_BASE_PATH"] = str(self.root / f"vllm-rpc-{replica}")
-            env["VLLM_CACHE_ROOT"] = str(self.root / f"vllm-cache-{replica}")
         argv = list(spec["command"])
         config = next(
             v for v in spec["volumes"] if isinstance(v, dict) and v["target"] == argv[argv.index("--config") + 1]
