@@ -118,6 +118,7 @@ def install() -> None:
 def run_engine_core(*args, **kwargs):
     """The EngineCore process's target: bind the child's life to its parent's, then run vLLM's."""
     die_with_parent()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the forkserver ignores it (engine_preload); vLLM sets its own
     # A forked child inherits the rollout process's start-up state, collector off (entry.main); the
     # engine core runs for the life of the worker and must collect.
     gc.enable()

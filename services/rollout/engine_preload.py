@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import signal
 
 from services.rollout import engine_child
 
@@ -30,6 +31,9 @@ MODULES = (
 # The forkserver dies with the rollout process at once (its own exit, once the alive pipe closes,
 # tears down torch and vLLM: seconds), and the engine core it forked follows it.
 engine_child.die_with_parent()
+# A SIGTERM to the rollout's process group (a launcher stopping it) is for the rollout process, which
+# shuts the engine down in order: the forkserver dying of it would kill the engine core under it.
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
 gc.disable()
 for name in MODULES:
     try:

@@ -293,7 +293,8 @@ def test_a_response_comes_from_one_version_and_names_it(client, service, tokeniz
     prompt_ids = prompt_token_ids(tokenizer, QUESTION)
     with ThreadPoolExecutor(1) as pool:
         running = pool.submit(
-            client.completions.create, model=MODEL, prompt=prompt_ids, n=2, temperature=1.0, max_tokens=200,
+            # As long a request as the service allows (n x max_tokens), so that it is still running when seen.
+            client.completions.create, model=MODEL, prompt=prompt_ids, n=MAX_N, temperature=1.0, max_tokens=MAX_TOKENS,
             seed=5, logprobs=0, extra_body={"return_token_ids": True, "ignore_eos": True},
         )
         wait_until_generating(service)
@@ -305,7 +306,7 @@ def test_a_response_comes_from_one_version_and_names_it(client, service, tokeniz
     assert pushed.status_code == 200, pushed.text
     assert in_flight.model_extra["model_version"] == start
     for choice in in_flight.choices:
-        assert len(choice.token_ids) == 200
+        assert len(choice.token_ids) == MAX_TOKENS
         assert_logprobs_match(default_base_dir, prompt_ids, choice.token_ids, choice.logprobs.token_logprobs, 1.0)
 
     after = client.completions.with_raw_response.create(
