@@ -48,8 +48,7 @@ WATCH_INTERVAL_S = 0.5
 PRELOAD_MODULE = "services.rollout.engine_preload"
 
 _original_target = None  # EngineCoreProc.run_engine_core before install(); inherited by a forked child
-_forkserver_started = False
-_forkserver_pid = 0
+_forkserver_pid = 0  # the preloaded forkserver's, once start_forkserver ran; 0 when none runs
 
 
 class _ProcessWithCallersEnvironment(ForkServerProcess):
@@ -74,12 +73,11 @@ class _PreloadedForkServer(ForkServerContext):
 def start_forkserver() -> None:
     """Start the forkserver the engine core will be forked from, importing ``engine_preload`` now,
     while this process goes on with its own imports. Call it early, before importing torch."""
-    global _forkserver_started, _forkserver_pid
+    global _forkserver_pid
     from multiprocessing import forkserver
 
     forkserver.set_forkserver_preload([PRELOAD_MODULE])
     forkserver.ensure_running()
-    _forkserver_started = True
     _forkserver_pid = forkserver._forkserver._forkserver_pid
     # It notices this process's exit only once its imports are done: a start that fails before the
     # engine (a bad model folder) would leave it importing for seconds after the message.
@@ -105,11 +103,13 @@ def install() -> None:
     vllms_context = engine_utils.get_mp_context
 
     def get_mp_context():
+        global _forkserver_pid
         context = vllms_context()
-        if _forkserver_started and context.get_start_method() == "spawn":
+        if _forkserver_pid and context.get_start_method() == "spawn":
             return _PreloadedForkServer()
-        if _forkserver_started:  # vLLM forks from this process (a GPU): the forkserver's memory is not needed
+        if _forkserver_pid:  # vLLM forks from this process (a GPU): the forkserver's memory is not needed
             _stop_forkserver(_forkserver_pid)
+            _forkserver_pid = 0
         return context
 
     engine_utils.get_mp_context = get_mp_context
