@@ -13,8 +13,8 @@ import logging
 import math
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from rich.console import Console
 from rich.progress import (
@@ -38,6 +38,9 @@ from shared.modeling import (
     response_token_ids,
     save_model,
 )
+
+if TYPE_CHECKING:  # torch is imported by the warm-up: a cached policy is found without it
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +109,8 @@ def default_base_policy(spec: DefaultPolicySpec = DefaultPolicySpec(), cache_dir
 
 
 def warm_up(init_dir: Path, spec: DefaultPolicySpec, out_dir: Path) -> None:
+    import torch
+
     torch.manual_seed(spec.warmup.seed)
     tokenizer = load_tokenizer(init_dir)
     model = load_model(init_dir)
@@ -155,6 +160,8 @@ def _sft_example(tokenizer, prompt: str, demonstration: str) -> tuple[list[int],
 
 
 def _pad(batch, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
     width = max(len(ids) for ids, _ in batch)
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), width), -100, dtype=torch.long)

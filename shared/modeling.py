@@ -14,18 +14,17 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    PreTrainedTokenizerFast,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-)
+
+# torch and transformers are imported where they are used: importing them takes about 10 s on two
+# cores, and the launcher imports this module for folder checks and prompt ids before it starts the
+# services (which import them in parallel, in their own processes).
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerFast
 
 USER_TAG = "<|user|>"
 ASSISTANT_TAG = "<|assistant|>"
@@ -68,6 +67,9 @@ def default_cache_dir() -> Path:
 
 
 def train_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
@@ -87,6 +89,9 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokeniz
 
 def build_default_model(spec: DefaultModelSpec, corpus: Iterable[str], out_dir: Path) -> Path:
     """Write tokenizer + randomly initialised Qwen2 (deterministic from ``spec.seed``) to ``out_dir``."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
     tokenizer = train_tokenizer(corpus, spec.vocab_size)
     config = Qwen2Config(
         vocab_size=len(tokenizer),
@@ -178,6 +183,8 @@ def check_model_folder(path: str | Path) -> Path:
 
 def load_tokenizer(path: str | Path):
     """The folder's tokenizer, checked to be usable: ModelFolderError (never an empty tokenizer) when not."""
+    from transformers import AutoTokenizer
+
     path = check_model_folder(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
@@ -190,8 +197,13 @@ def load_tokenizer(path: str | Path):
     return tokenizer
 
 
-def load_model(path: str | Path, dtype: torch.dtype = torch.float32):
+def load_model(path: str | Path, dtype: torch.dtype | None = None):
+    """``dtype``: float32 when not given."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
     path = _checked_dir(path)
+    dtype = torch.float32 if dtype is None else dtype
     return AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
 
 
