@@ -36,6 +36,8 @@ class LocalDeployment:
     learner_url: str = ""
     # Disjoint cores for the learner and each worker (None: every process may use every core).
     cores: CorePlan | None = None
+    # Services started with wait=False, with the URL that answers 200 once each is ready.
+    starting: list[tuple[ManagedProcess, str, float]] = field(default_factory=list)
 
     def service_argv(self, service: str, sets: dict[str, Any], *flags: str) -> list[str]:
         """``python -m services.<service>`` on the job's file, with what this process alone has (its port,
@@ -62,19 +64,20 @@ class LocalDeployment:
         process, _ = start_redis_server(self.run_dir / "redis", port=port, appendonly=True)
         self._register(process)
 
-    def start_reward(self, workers: int, port: int | None = None) -> str:
-        """``port``: the port of a reward service that stopped (the workers know its URL)."""
+    def start_reward(self, workers: int, port: int | None = None, wait: bool = True) -> str:
+        """``port``: the port of a reward service that stopped (the workers know its URL). ``wait=False``:
+        return once it is started; :meth:`wait_ready` waits for it (the services start in parallel)."""
         port = port or free_port()
         process = self._start("reward", self.service_argv("reward", {"reward.port": port, "reward.workers": workers}))
         self.reward_url = f"http://127.0.0.1:{port}"
-        wait_http_ready(process, f"{self.reward_url}/healthz", timeout=120)
+        self._ready_at(process, f"{self.reward_url}/healthz", 120, wait)
         return self.reward_url
 
     def start_rollout_worker(
-        self, model: Path, index: int, consume_tasks: bool = True, env: dict[str, str] | None = None
+        self, model: Path, index: int, consume_tasks: bool = True, env: dict[str, str] | None = None, wait: bool = True
     ) -> str:
         """``consume_tasks=False`` serves HTTP only (evaluation without Redis). ``env``: what only this
-        worker gets (its CUDA_VISIBLE_DEVICES)."""
+        worker gets (its CUDA_VISIBLE_DEVICES). ``wait``: as for :meth:`start_reward`."""
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         sets = {
@@ -94,14 +97,17 @@ class LocalDeployment:
         }
         cores = self.cores.workers[index % len(self.cores.workers)] if self.cores else None
         process = self._start(f"rollout-{index}", self.service_argv("rollout", sets), env, cores)
-        wait_http_ready(process, f"{url}/readyz", timeout=300)
         self.rollout_urls.append(url)
+        self._ready_at(process, f"{url}/readyz", 300, wait)
         return url
 
-    def start_learner(self, resume: bool = False, ranks: int = 1, env: dict[str, str] | None = None) -> str:
+    def start_learner(
+        self, resume: bool = False, ranks: int = 1, env: dict[str, str] | None = None, wait: bool = True
+    ) -> str:
         """One process, or with ``ranks`` > 1 torchrun starting that many (data-parallel, gloo on CPUs,
         NCCL on GPUs) in its process group, so stopping it stops them all. Rank 0 serves HTTP.
-        ``env``: what only the learner gets (its CUDA_VISIBLE_DEVICES; rank i takes the i-th device)."""
+        ``env``: what only the learner gets (its CUDA_VISIBLE_DEVICES; rank i takes the i-th device).
+        ``wait``: as for :meth:`start_reward`."""
         port = free_port()
         argv = self.service_argv("learner", {"learner.port": port}, *(["--resume"] if resume else []))
         if ranks > 1:
@@ -115,8 +121,20 @@ class LocalDeployment:
             env["OMP_NUM_THREADS"] = str(max(1, len(cores) // ranks))
         process = self._start("learner", argv, env, cores)
         self.learner_url = f"http://127.0.0.1:{port}"
-        wait_http_ready(process, f"{self.learner_url}/v1/status", timeout=300)
+        self._ready_at(process, f"{self.learner_url}/v1/status", 300, wait)
         return self.learner_url
+
+    def wait_ready(self) -> None:
+        """Wait for every service started with ``wait=False``; the first that dies or times out raises,
+        naming it, with its log tail."""
+        while self.starting:
+            process, url, timeout = self.starting.pop(0)
+            wait_http_ready(process, url, timeout=timeout)
+
+    def _ready_at(self, process: ManagedProcess, url: str, timeout: float, wait: bool) -> None:
+        self.starting.append((process, url, timeout))
+        if wait:
+            self.wait_ready()
 
     def process(self, name: str) -> ManagedProcess:
         """The latest process started under ``name`` (a restarted service replaces the one before)."""

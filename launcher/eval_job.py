@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from launcher.config import JobConfig
 from launcher.eval_report import EvalSummary, print_table, write_outputs
 from launcher.evaluate import EvalSample, benchmark_name, evaluate_samples, load_benchmark
-from shared.modeling import load_tokenizer
+from shared.modeling import check_model_folder, load_tokenizer
 from shared.problems import Problem
 
 
@@ -52,7 +52,7 @@ def run_eval(options: EvalOptions, job: JobConfig, console: Console) -> EvalSumm
 
         with console.status("building the default model (first time only)"):
             model = default_base_policy()
-    tokenizer = job.learner.prompt.apply_to(load_tokenizer(model))
+    check_model_folder(model)
     out = (options.out or Path("runs") / f"eval-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     rollout_url, reward_url, deployment = options.rollout_url, options.reward_url, None
     samples: list[EvalSample] = []
@@ -62,9 +62,14 @@ def run_eval(options: EvalOptions, job: JobConfig, console: Console) -> EvalSumm
             run_dir = Path(tempfile.mkdtemp(prefix="prft-eval-"))
             deployment = LocalDeployment(run_dir=run_dir, config_path=job.dump(run_dir / "job.yaml"), redis_url=None)
             with console.status("starting the reward service and a rollout worker (vLLM)"):
-                reward_url = reward_url or deployment.start_reward(1)
+                # In parallel, and this process loads the tokenizer meanwhile (each takes many seconds).
+                reward_url = reward_url or deployment.start_reward(1, wait=False)
                 deployment.reward_url = reward_url
-                rollout_url = rollout_url or deployment.start_rollout_worker(model, 0, consume_tasks=False)
+                rollout_url = rollout_url or deployment.start_rollout_worker(model, 0, consume_tasks=False, wait=False)
+                tokenizer = job.learner.prompt.apply_to(load_tokenizer(model))
+                deployment.wait_ready()
+        else:
+            tokenizer = job.learner.prompt.apply_to(load_tokenizer(model))
         settings = job.eval
         with Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
