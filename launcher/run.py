@@ -1,7 +1,8 @@
 """``prefix-rft run``: a real training job on a local deployment, evaluated before and after.
 
-Order: redis-server, reward service, rollout workers, evaluation of the base policy, learner (which
-trains and pushes weights to the workers), periodic and final evaluation, report. Every process is
+Order: redis-server; then the reward service, the rollout workers and the learner, in parallel; the
+evaluation of the base policy, while the learner builds its engine and holds; the learner let go (it
+trains and pushes weights to the workers); periodic and final evaluation; report. Every process is
 stopped at the end, on Ctrl-C, or as soon as one of them dies (naming it, with its log tail).
 """
 
@@ -30,6 +31,7 @@ from launcher.pipeline import pipeline_stats, worker_busy_seconds
 from launcher.report import AccuracyPoint, RunReport, print_summary, write_report
 from launcher.tracking import check_trackers, log_evaluation
 from services.learner.algorithm import AlgorithmName
+from shared.api.learner import LearnerClient
 from shared.api.rollout import RolloutClient
 from shared.data import DataFormatError, heldout_problems
 from shared.modeling import load_tokenizer
@@ -90,22 +92,28 @@ def run_job(options: RunOptions, console: Console) -> RunReport:
     cores = plan_cores(available_cores(), placement.rollout_workers) if options.pin_cores else None
     deployment = LocalDeployment(run_dir=run_dir, config_path=config_path, redis_url=options.redis_url, cores=cores)
     try:
-        with console.status("starting redis-server and the reward service"):
+        starting = (
+            f"starting the reward service, {placement.rollout_workers} rollout worker(s) (vLLM) and the learner "
+            f"(DeepSpeed, {placement.learner_ranks} rank(s))"
+        )
+        with console.status(starting):
             # A private redis-server's address is known once it runs: job.yaml records it.
             job = job.with_redis_url(deployment.start_redis())
             job.dump(config_path)
-            deployment.start_reward(options.reward_workers)
-        with console.status(f"starting {placement.rollout_workers} rollout worker(s) (vLLM)"):
+            # In parallel: each imports torch (or math-verify) and loads its model for many seconds, and
+            # this process loads the tokenizer meanwhile. The learner holds until it is let go below.
+            deployment.start_reward(options.reward_workers, wait=False)
             for index in range(placement.rollout_workers):
-                deployment.start_rollout_worker(model_path, index, env=placement.rollout_env(index))
-        tokenizer = job.learner.prompt.apply_to(load_tokenizer(model_path))
+                deployment.start_rollout_worker(model_path, index, env=placement.rollout_env(index), wait=False)
+            deployment.start_learner(ranks=placement.learner_ranks, env=placement.learner_env(), wait=False)
+            tokenizer = job.learner.prompt.apply_to(load_tokenizer(model_path))
+            deployment.wait_ready()
         before = (
             _evaluate_all(deployment, tokenizer, splits, options, console, "before") if options.evaluate_before else {}
         )
         busy_before = worker_busy_seconds(deployment.rollout_urls)
         train_started = time.monotonic()
-        with console.status(f"starting the learner (DeepSpeed, {placement.learner_ranks} rank(s))"):
-            deployment.start_learner(ranks=placement.learner_ranks, env=placement.learner_env())
+        asyncio.run(_let_learner_start(deployment.learner_url, job.auth.token.get_secret_value()))
         curve = _follow_training(deployment, tokenizer, splits, options, console, run_dir)
         train_time = time.monotonic() - train_started
         busy = [b - a for a, b in zip(busy_before, worker_busy_seconds(deployment.rollout_urls))]
@@ -221,6 +229,8 @@ def build_job_config(options: RunOptions, run_dir: Path) -> JobConfig:
         "learner.seed": options.seed,
         "learner.run_dir": str(run_dir / "learner"),
         "learner.algorithm.name": options.algorithm.value,
+        # It starts with the workers and waits while the base policy is evaluated (run_job lets it go).
+        "learner.start_on_request": True,
         "reward.workers": options.reward_workers,
     }
     if options.model is not None:
@@ -271,6 +281,11 @@ def _evaluate_split(deployment, tokenizer, split, problems, settings, console, l
                 ),
             )
         )
+
+
+async def _let_learner_start(url: str, token: str) -> None:
+    async with LearnerClient(url) as learner:
+        await learner.start(token)
 
 
 async def _guarded(deployment: LocalDeployment, work):

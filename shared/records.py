@@ -153,9 +153,10 @@ class StalenessStatus(_Record):
 
 
 class LearnerStatus(_Record):
-    """``GET /v1/status``. While the engine starts only ``phase`` is set (and served)."""
+    """``GET /v1/status``. While the engine starts only ``phase`` is set (and served). "held": ready, and
+    waiting for ``POST /v1/start`` before it issues any task (``learner.start_on_request``)."""
 
-    phase: Literal["starting", "waiting", "training", "done", "stopped"]
+    phase: Literal["starting", "held", "waiting", "training", "done", "stopped"]
     run_id: str | None = None
     algorithm: str | None = None
     step: int | None = None

@@ -1,4 +1,5 @@
-"""The learner's HTTP API (rank 0 only): status, weight files for workers that pull, Prometheus metrics."""
+"""The learner's HTTP API (rank 0 only): status, weight files for workers that pull, Prometheus metrics,
+and, for a learner held at its start (``learner.start_on_request``), the call that lets it go."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from services.learner.metrics import StepMetrics
 from services.learner.weights import WeightStore
+from shared.api.learner import START_ROUTE
 from shared.api.weights import BUCKET_ROUTE, MANIFEST_ROUTE, WEIGHTS_ROUTE, bearer_guard
 from shared.records import LearnerStatus
 
@@ -35,10 +37,15 @@ class StatusSource:
 
 
 def create_app(
-    status: Callable[[], LearnerStatus], store: WeightStore, metrics: StepMetrics, token: str
+    status: Callable[[], LearnerStatus],
+    store: WeightStore,
+    metrics: StepMetrics,
+    token: str,
+    start_gate: threading.Event | None = None,
 ) -> FastAPI:
     """``token``: the job's bearer token; weights are served only to a request that presents it (the
-    model is the job's most valuable output), and an empty one serves them to nobody."""
+    model is the job's most valuable output), and an empty one serves them to nobody. ``start_gate``:
+    set by ``POST /v1/start`` (``learner.start_on_request``; None: training starts by itself)."""
     app = FastAPI(title="Prefix-RFT learner")
     authorised = bearer_guard(token, "weight downloads are disabled: the learner", HTTPException)
 
@@ -50,6 +57,14 @@ def create_app(
     @app.get("/v1/status", response_model=LearnerStatus, response_model_exclude_unset=True)
     def get_status() -> LearnerStatus:
         return status()
+
+    if start_gate is not None:  # else the API changes nothing
+
+        @app.post(START_ROUTE, dependencies=[Depends(authorised)])
+        def start() -> dict:
+            """Let the held learner start training (idempotent)."""
+            start_gate.set()
+            return {"started": True}
 
     @app.get(WEIGHTS_ROUTE, dependencies=[Depends(authorised)])
     def get_weights(version: int) -> FileResponse:

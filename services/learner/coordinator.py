@@ -117,6 +117,11 @@ class Follower:
         self.engine = engine
         self.checkpointer = checkpointer
 
+    def hold(self, gate: threading.Event) -> None:
+        """Until rank 0 is let go: it sends idle plans while it holds, then None."""
+        while broadcast(None, self.info.world_size) is not None:
+            pass
+
     def first_plan(self) -> Plan | None:
         return broadcast(None, self.info.world_size)
 
@@ -223,6 +228,14 @@ class Rank0(Follower):
             self.state.version = published + 1
 
     # ------------------------------------------------------------------ plans
+
+    def hold(self, gate: threading.Event) -> None:
+        """Issue no task and publish nothing until ``gate`` is set (POST /v1/start) or a stop is asked
+        for; an idle plan each second keeps the other ranks in step."""
+        self.phase = "held"
+        while not gate.wait(1.0) and not self.stop_event.is_set():
+            broadcast(Plan("idle", step=self.state.step), self.info.world_size)
+        broadcast(None, self.info.world_size)
 
     def first_plan(self) -> Plan | None:
         """Publish the starting weights: version 0 on a fresh start, a new number after a resume."""

@@ -55,15 +55,18 @@ def serve(settings: LearnerSettings, resume: bool) -> None:
         settings.run_dir / "weights", settings.keep_weights, settings.keep_weights_every, settings.weights.bucket_bytes
     )
     status = StatusSource()
+    start_gate = threading.Event() if settings.start_on_request else None
     server = None
     if is_main:
         # Up before the slow engine start, so a supervisor sees the process is alive.
-        app = create_app(status, store, metrics, settings.auth.token.get_secret_value())
+        app = create_app(status, store, metrics, settings.auth.token.get_secret_value(), start_gate)
         server = BackgroundServer(app, settings.host, settings.port)
         server.start()
     try:
         loop = _start(settings, resume, stop_event, metrics, store, status)
         try:
+            if start_gate is not None:
+                loop.hooks.hold(start_gate)
             loop.run()
         finally:
             loop.hooks.close()

@@ -91,6 +91,9 @@ class LearnerSettings(ServiceSettings):
     # ... and every version numbered a multiple of this (0: none): milestones to evaluate or export
     keep_weights_every: int = Field(20, ge=0)
     publish_initial: bool = True  # publish version 0 (the starting weights) at a fresh start
+    # Build the engine, then wait for POST /v1/start before issuing any task or publishing: the launcher
+    # starts the learner alongside the workers and lets it go once it has evaluated the base policy.
+    start_on_request: bool = False
 
     run_dir: Path = Path("runs/learner")
     host: str = "127.0.0.1"
@@ -147,6 +150,8 @@ class LearnerSettings(ServiceSettings):
             raise ValueError(
                 f"batch_prompts {self.batch_prompts} is not a multiple of mini_batch_prompts {self.mini_batch_prompts}"
             )
+        if self.start_on_request and not self.auth.token.get_secret_value():
+            raise ValueError("start_on_request needs auth.token: POST /v1/start is refused without one")
         return self
 
     @property

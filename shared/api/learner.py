@@ -1,4 +1,5 @@
-"""The learner's HTTP API as its callers use it: its status, and the weights it serves."""
+"""The learner's HTTP API as its callers use it: its status, the weights it serves, and the start of a
+held learner."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from pathlib import Path
 import httpx
 
 from shared.api.http import RetryPolicy, async_client, checked
-from shared.api.weights import download, weights_url
+from shared.api.weights import auth_header, download, weights_url
 from shared.records import LearnerStatus
+
+START_ROUTE = "/v1/start"
 
 
 class LearnerClient:
@@ -32,6 +35,15 @@ class LearnerClient:
             return LearnerStatus.model_validate(checked(await self._client.get("/v1/status"), what).json())
 
         return await self.retry.call(attempt, what)
+
+    async def start(self, token: str) -> None:
+        """POST /v1/start: let a learner held by ``learner.start_on_request`` issue tasks and train."""
+        what = f"POST {START_ROUTE} on {self.url}"
+
+        async def attempt() -> None:
+            checked(await self._client.post(START_ROUTE, headers=auth_header(token)), what)
+
+        await self.retry.call(attempt, what)
 
     async def download_weights(self, version: int, target: Path, token: str | None = None) -> Path:
         """Weights ``version`` streamed into the file ``target``."""

@@ -8,6 +8,7 @@ dropped as stale. Weight pushes go to a real HTTP endpoint registered as a worke
 
 from __future__ import annotations
 
+import asyncio
 import random
 import sys
 import threading
@@ -22,6 +23,7 @@ import yaml
 from safetensors.torch import load_file
 
 from launcher.processes import free_port, start_process, wait_http_ready
+from shared.api.learner import LearnerClient
 from shared.bus import Keys, LedgerQueries, TaskStream, TrajectoryStream, WeightsRecordStore, connect
 from shared.messages import RolloutKind, RolloutTask, Trajectory, TrajectoryGroup
 from shared.modeling import load_tokenizer
@@ -119,6 +121,15 @@ def write_config(tmp_path: Path, redis_url: str, namespace: str, model_dir: Path
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(document))
     return path
+
+
+def _phase(base: str) -> str:
+    return LearnerStatus.model_validate(httpx.get(f"{base}/v1/status").json()).phase
+
+
+async def _start_learner(base: str) -> None:
+    async with LearnerClient(base) as client:
+        await client.start(TOKEN)
 
 
 def wait_until(predicate, timeout: float, process=None, what: str = "condition") -> None:
@@ -257,12 +268,15 @@ def test_sigkill_between_checkpoints_then_resume_trains_every_group_once(
 
 @pytest.mark.parametrize("zero_stage", [2, 3])
 def test_two_ranks_train_and_publish_whole_weights(tmp_path, redis_url, namespace, default_init_dir, zero_stage):
-    # SFT for two steps (demonstrations from the learner's data, no tasks), then RFT.
+    # SFT for two steps (demonstrations from the learner's data, no tasks), then RFT. Held at the start
+    # (as the launcher starts it) until POST /v1/start: both ranks wait, and nothing is issued or published.
     config = write_config(
         tmp_path, redis_url, namespace, default_init_dir, total_steps=4, checkpoint_every=2,
         deepspeed={"zero_stage": zero_stage}, algorithm={"name": "sft-then-rft", "sft_steps": 2, "n_rollouts": 4},
+        start_on_request=True,
     )
-    run_dir = Path(yaml.safe_load(config.read_text())["learner"]["run_dir"])
+    learner_section = yaml.safe_load(config.read_text())["learner"]
+    run_dir, base = Path(learner_section["run_dir"]), f"http://127.0.0.1:{learner_section['port']}"
     producer = DemoProducer(redis_url, namespace, load_tokenizer(default_init_dir).eos_token_id, lagged_every=10**9)
     producer.start()
     argv = [
@@ -271,6 +285,13 @@ def test_two_ranks_train_and_publish_whole_weights(tmp_path, redis_url, namespac
     ]
     learner = start_process("learner-2ranks", argv, tmp_path / "learner.log", cwd=REPO)
     try:
+        wait_http_ready(learner, f"{base}/v1/status", timeout=120)
+        wait_until(lambda: _phase(base) == "held", 120, learner, "the held phase")
+        time.sleep(3)  # several idle rounds between the ranks
+        assert _phase(base) == "held" and not metrics_file(run_dir).read()
+        assert not WeightsRecordStore(connect(redis_url), Keys(namespace)).get()  # v0 not published yet
+        assert httpx.post(f"{base}/v1/start").status_code == 401  # the job's token is needed
+        asyncio.run(_start_learner(base))
         assert wait_exit(learner, timeout=240) == 0, learner.log_tail(60)
     finally:
         learner.kill()

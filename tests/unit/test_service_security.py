@@ -1,5 +1,6 @@
-"""Security defaults of the three services: loopback unless configured, read-only learner API, and a
-constant-time token comparison on the one mutating endpoint (the rollout service's weight push)."""
+"""Security defaults of the three services: loopback unless configured; a learner API that changes
+nothing but the start of a held learner, and that only with the job's token; constant-time token
+comparisons (the rollout service's weight push, the learner's weights)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,30 @@ def test_the_learner_api_mutates_nothing(tmp_path):
     app = create_app(StatusSource(), WeightStore(tmp_path, keep=1), StepMetrics(metrics_file(tmp_path)), "t")
     methods = {m for route in app.routes for m in getattr(route, "methods", set())}
     assert methods <= {"GET", "HEAD"}
+
+
+def test_a_held_learner_is_let_go_only_with_the_jobs_token(tmp_path):
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    from services.learner.app import StatusSource, create_app
+    from services.learner.metrics import StepMetrics
+    from services.learner.weights import WeightStore
+    from shared.records import metrics_file
+
+    gate = threading.Event()
+    app = create_app(StatusSource(), WeightStore(tmp_path, keep=1), StepMetrics(metrics_file(tmp_path)), "t", gate)
+    mutating = {(route.path, m) for route in app.routes for m in getattr(route, "methods", set())} - {
+        (route.path, m) for route in app.routes for m in ("GET", "HEAD")
+    }
+    assert mutating == {("/v1/start", "POST")}
+    client = TestClient(app)
+    assert client.post("/v1/start").status_code == 401
+    assert client.post("/v1/start", headers={"Authorization": "Bearer wrong"}).status_code == 403
+    assert not gate.is_set()
+    assert client.post("/v1/start", headers={"Authorization": "Bearer t"}).status_code == 200
+    assert gate.is_set()
 
 
 def test_weight_tokens_are_compared_in_constant_time(tmp_path, monkeypatch):
