@@ -64,6 +64,9 @@ LOCAL_JOB_DEFAULTS = dotted(
         "learner.checkpoint_every": 25,
         "learner.sampling.temperature": 1.0,
         "learner.sampling.max_tokens": 160,
+        # A local run stops its workers after its learner: tasks still in flight then feed nobody, and a
+        # worker must not spend the launcher's grace on them (retrying a reward service that died, say).
+        "rollout.drain_timeout_s": 5.0,
     }
 )
 
