@@ -69,29 +69,36 @@ def test_prompt_leaves_the_assistant_turn_open(default_init_dir):
     assert tokenizer.decode(prompt + response) == "<|user|>What is 1+1?<|assistant|>\\boxed{2}<|end|>"
 
 
-def _greedy_accuracy(model_dir, problems) -> float:
+def _greedy_correct(model_dir, problems, batch: int = 16) -> list[bool]:
+    """Whether each problem's greedy answer (transformers, batches left-padded) is right."""
     tokenizer = load_tokenizer(model_dir)
+    tokenizer.padding_side = "left"
     model = load_model(model_dir).eval()
-    correct = 0
-    for problem in problems:
-        ids = torch.tensor([prompt_token_ids(tokenizer, problem.prompt)])
+    correct = []
+    for start in range(0, len(problems), batch):
+        chunk = problems[start:start + batch]
+        prompts = [prompt_token_ids(tokenizer, p.prompt) for p in chunk]
+        inputs = tokenizer.pad({"input_ids": prompts}, return_tensors="pt")
         with torch.no_grad():
             out = model.generate(
-                ids, max_new_tokens=160, do_sample=False, eos_token_id=tokenizer.eos_token_id,
+                **inputs, max_new_tokens=160, do_sample=False, eos_token_id=tokenizer.eos_token_id,
                 pad_token_id=tokenizer.pad_token_id,
             )
-        text = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-        found = re.findall(r"\\boxed\{(\d+)\}", text)
-        correct += bool(found) and found[-1] == problem.answer
-    return correct / len(problems)
+        for problem, row in zip(chunk, out[:, inputs["input_ids"].shape[1]:]):
+            found = re.findall(r"\\boxed\{(\d+)\}", tokenizer.decode(row, skip_special_tokens=True))
+            correct.append(bool(found) and found[-1] == problem.answer)
+    return correct
 
 
 def test_base_policy_is_weak_but_not_hopeless(default_base_dir):
     task = ArithmeticDataset()
-    warmup = _greedy_accuracy(default_base_dir, task.problems("warmup")[:24])
+    warmup = _greedy_correct(default_base_dir, task.problems("warmup")[:24])
     test = task.problems("test")[:48]
-    accuracy = _greedy_accuracy(default_base_dir, test)
-    three_steps = _greedy_accuracy(default_base_dir, [p for p in test if p.prompt.count("Then ") == 3])
+    correct = _greedy_correct(default_base_dir, test)
+    accuracy = sum(correct) / len(test)
+    three_steps = [ok for problem, ok in zip(test, correct) if problem.prompt.count("Then ") == 3]
+    warmup, three_steps = sum(warmup) / len(warmup), sum(three_steps) / len(three_steps)
+    print(f"\nbase policy greedy: warm-up {warmup:.2f}, test {accuracy:.2f}, three-step {three_steps:.2f}")
     assert warmup >= 0.7, f"the warm-up did not take: {warmup:.2f} on its own distribution"
     assert 0.1 <= accuracy <= 0.8, f"in-distribution accuracy of the base policy {accuracy:.2f}"
     # RL needs some reward on the harder half of the training split, and room to improve there.
