@@ -31,6 +31,7 @@ learner:
   sampling: {temperature: 1.0, max_tokens: 24}
 rollout:
   max_model_len: 1024  # not SmolLM2's 8192: vLLM's start-up profiles a batch of this many tokens
+eval: {k: 0, max_tokens: 32}  # greedy, short: SmolLM2 writes 192 tokens of prose in over 30 s on 2 cores
 """
 
 
