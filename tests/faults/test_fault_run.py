@@ -108,9 +108,10 @@ def run(tmp_path_factory, default_base_dir) -> Run:
     try:
         auditor = Auditor(deployment.start_redis(), namespace)
         auditor.start()
-        deployment.start_reward(workers=1)
-        deployment.start_rollout_worker(default_base_dir, 0)
-        deployment.start_learner()
+        deployment.start_reward(workers=1, wait=False)  # the three start in parallel
+        deployment.start_rollout_worker(default_base_dir, 0, wait=False)
+        deployment.start_learner(wait=False)
+        deployment.wait_ready()
         yield Run(deployment, token, namespace, default_base_dir, {}, auditor)
     finally:
         if auditor is not None:

@@ -55,8 +55,9 @@ def services(tmp_path_factory, default_base_dir) -> Services:
     )
     deployment = LocalDeployment(run_dir=run_dir, config_path=config)
     try:
-        reward = deployment.start_reward(workers=1)
-        rollout = deployment.start_rollout_worker(default_base_dir, 0, consume_tasks=False)
+        reward = deployment.start_reward(workers=1, wait=False)
+        rollout = deployment.start_rollout_worker(default_base_dir, 0, consume_tasks=False, wait=False)
+        deployment.wait_ready()
         yield Services(reward, rollout, token, deployment)
     finally:
         deployment.stop()

@@ -32,8 +32,9 @@ def services(tmp_path_factory, default_base_dir):
     run_dir = tmp_path_factory.mktemp("eval-services")
     deployment = LocalDeployment(run_dir=run_dir, config_path=JobConfig.load().dump(run_dir / "job.yaml"))
     try:
-        reward_url = deployment.start_reward(1)
-        rollout_url = deployment.start_rollout_worker(default_base_dir, 0, consume_tasks=False)
+        reward_url = deployment.start_reward(1, wait=False)
+        rollout_url = deployment.start_rollout_worker(default_base_dir, 0, consume_tasks=False, wait=False)
+        deployment.wait_ready()
         yield rollout_url, reward_url
     finally:
         deployment.stop()
