@@ -24,6 +24,9 @@ from launcher.processes import (
 
 log = logging.getLogger(__name__)
 
+# Stop order by the first part of a process's name (rollout-0 -> "rollout"); unnamed roles go with the workers.
+_STOP_ORDER = {"learner": 0, "rollout": 1, "reward": 2, "redis": 3}
+
 
 @dataclass
 class LocalDeployment:
@@ -148,8 +151,10 @@ class LocalDeployment:
                 process.check_alive()
 
     def stop(self) -> None:
-        # Stop in reverse order: the learner before the workers, the workers before redis.
-        for process in reversed(self.processes):
+        """The learner first, then the workers (which finish their tasks, talking to the reward service
+        and Redis), then the reward service, then redis-server: by role, not by start order, which a
+        restarted service changes."""
+        for process in sorted(reversed(self.processes), key=lambda p: _STOP_ORDER.get(p.name.split("-")[0], 1)):
             code = process.stop()
             log.info("stopped %s (pid %d, exit code %s)", process.name, process.pid, code)
 
