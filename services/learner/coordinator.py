@@ -326,7 +326,8 @@ class Rank0(Follower):
             uri = weights_url(self.settings.public_base_url(), version)
             manifest = manifest_url(self.settings.public_base_url(), version)
         self.publisher.publish(version, uri, manifest, transport)
-        self.published_step = self.state.step
+        # A train plan publishes the weights after its step (state.step counts it only in record()).
+        self.published_step = plan.step + 1 if plan.kind == "train" else plan.step
         self._held_weights_published = True
         return time.monotonic() - started
 

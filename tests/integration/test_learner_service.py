@@ -287,7 +287,7 @@ def test_two_ranks_train_and_publish_whole_weights(tmp_path, redis_url, namespac
     try:
         wait_http_ready(learner, f"{base}/v1/status", timeout=120)
         wait_until(lambda: _phase(base) == "held", 120, learner, "the held phase")
-        time.sleep(3)  # several idle rounds between the ranks
+        time.sleep(2)  # idle rounds between the ranks
         assert _phase(base) == "held" and not metrics_file(run_dir).read()
         assert not WeightsRecordStore(connect(redis_url), Keys(namespace)).get()  # v0 not published yet
         assert httpx.post(f"{base}/v1/start").status_code == 401  # the job's token is needed
@@ -297,7 +297,8 @@ def test_two_ranks_train_and_publish_whole_weights(tmp_path, redis_url, namespac
         learner.kill()
         producer.stop()
     final = FinalRecord.read(run_dir)
-    assert final.step == 4
+    # v0 at the start, then one version per step; the last step's is not published a second time.
+    assert final.step == 4 and final.version == 4
     if zero_stage == 2:  # every rank holds the whole model: they must agree
         print(f"\nrank weight digests after {final.step} steps: {final.rank_digests}")
         assert len(final.rank_digests) == 2 and final.rank_digests[0] == final.rank_digests[1]
