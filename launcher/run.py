@@ -113,7 +113,8 @@ def run_job(options: RunOptions, console: Console) -> RunReport:
         )
         busy_before = worker_busy_seconds(deployment.rollout_urls)
         train_started = time.monotonic()
-        asyncio.run(_let_learner_start(deployment.learner_url, job.auth.token.get_secret_value()))
+        if job.learner.start_on_request:  # unless a --set turned it off: then it started by itself
+            asyncio.run(_let_learner_start(deployment.learner_url, job.auth.token.get_secret_value()))
         curve = _follow_training(deployment, tokenizer, splits, options, console, run_dir)
         train_time = time.monotonic() - train_started
         busy = [b - a for a, b in zip(busy_before, worker_busy_seconds(deployment.rollout_urls))]
