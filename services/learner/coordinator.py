@@ -26,12 +26,12 @@ from services.learner.plan import Plan, broadcast
 from services.learner.settings import LearnerSettings
 from services.learner.weights import Publisher, WeightStore, digest, full_state_dict
 from services.learner.window import StalenessWindow
-from shared.api.weights import manifest_url, weights_url
 from shared.bus import Keys, Redis, TaskStream, TrajectoryStream, WeightsRecordStore, WorkerRegistry, connect
 from shared.messages import TrajectoryGroup
 from shared.modeling import prompt_token_ids
 from shared.problems import Problem
 from shared.records import LearnerStatus, QueueDepths, StalenessStatus
+from shared.weights.transports import open_origin
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +197,7 @@ class Rank0(Follower):
         self.streams = _open_streams(settings)
         self.window = _open_window(settings, tokenizer, state, self.streams)
         self.publisher = _open_publisher(settings, self.streams)
+        self.origin = open_origin(settings.weights, settings.public_base_url())
         self.books = Bookkeeping(settings, state, metrics, self.window, self.streams.trajectories, self.streams.tasks)
         self.published_step: int | None = None
         self._held_weights_published = False
@@ -317,15 +318,11 @@ class Rank0(Follower):
         if plan.new_version:
             self.state.version += 1
         version = self.state.version
-        path = self.store.save(self.engine.module, state_dict, version, self.tokenizer)
-        transport = self.settings.weights.transport
-        if transport == "file":
-            uri = path.resolve().as_uri()
-            manifest = self.store.manifest_file(version).resolve().as_uri()
-        else:
-            uri = weights_url(self.settings.public_base_url(), version)
-            manifest = manifest_url(self.settings.public_base_url(), version)
-        self.publisher.publish(version, uri, manifest, transport)
+        self.store.save(self.engine.module, state_dict, version, self.tokenizer)
+        ref = self.origin.publish(version, self.store.directory(version))
+        self.publisher.publish(version, ref.uri, ref.manifest, self.origin.name)
+        for dropped in self.store.prune(version):
+            self.origin.retire(dropped)
         # A train plan publishes the weights after its step (state.step counts it only in record()).
         self.published_step = plan.step + 1 if plan.kind == "train" else plan.step
         self._held_weights_published = True
@@ -361,11 +358,13 @@ class Rank0(Follower):
             self.books.write_final(rank_digests)
         # Let the last push reach the workers before the process exits (they could also pull it).
         self.publisher.close(timeout=self.settings.push_timeout_s + 5)
+        self.origin.close()
 
     def close(self) -> None:
         """On the way out after an error: stop the pusher without waiting for it."""
         if self.phase not in ("done", "stopped"):
             self.publisher.close(timeout=1.0)
+            self.origin.close()
 
     # ------------------------------------------------------------------ status
 

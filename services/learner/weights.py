@@ -105,14 +105,17 @@ class WeightStore:
         write_manifest(tmp / WEIGHTS_FILE, version, self.bucket_bytes)
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
-        self.prune(version)
         return target / WEIGHTS_FILE
 
-    def prune(self, newest: int) -> None:
+    def prune(self, newest: int) -> list[int]:
+        """Drop the versions no longer kept (see the class); the versions dropped."""
+        dropped = []
         for version in self.versions():
             milestone = self.keep_every > 0 and version % self.keep_every == 0
             if version <= newest - self.keep and not milestone:
                 shutil.rmtree(self.directory(version), ignore_errors=True)
+                dropped.append(version)
+        return dropped
 
 
 async def push_to_worker(

@@ -1,4 +1,5 @@
-"""The ``WeightTransport`` interface: how a receiver gets a version's manifest and its buckets.
+"""The two sides of a weight transport backend: ``WeightOrigin`` (the learner makes a saved version
+reachable) and ``WeightTransport`` (a receiver gets a version's manifest and its buckets).
 
 A backend only moves bytes; ``receive`` owns the rules every backend shares: buckets fetched
 concurrently, each verified against the manifest (a mismatch is refetched, then fails the version),
@@ -10,10 +11,38 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import ABC, abstractmethod
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
 
 from shared.weights.manifest import BucketMismatch, Manifest
 
 log = logging.getLogger(__name__)
+
+
+class VersionRef(BaseModel):
+    """Where a published version is: what the Redis record and a push carry."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    uri: str  # the whole safetensors file, for a receiver that takes no transport (file:// or http(s)://)
+    manifest: str  # the manifest's address in the backend's terms: what ``WeightTransport`` reads
+
+
+class WeightOrigin(ABC):
+    """The learner's side of one backend. ``publish`` is called once per version, after the version's
+    folder (the safetensors file and its manifest.json) is complete; ``retire`` when the folder is pruned."""
+
+    name: str
+
+    @abstractmethod
+    def publish(self, version: int, directory: Path) -> VersionRef: ...
+
+    def retire(self, version: int) -> None:  # noqa: B027 - a backend that copies nothing has nothing to drop
+        pass
+
+    def close(self) -> None:  # noqa: B027
+        pass
 
 
 class WeightTransport(ABC):

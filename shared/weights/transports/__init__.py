@@ -1,9 +1,10 @@
-"""One module per weight transport backend; ``open_transport`` picks one by the name in the settings."""
+"""One module per weight transport backend; ``open_transport`` (a receiver) and ``open_origin`` (the
+learner) pick one by the name in the settings."""
 
 from __future__ import annotations
 
-from shared.weights.settings import TransportName
-from shared.weights.transport import WeightTransport
+from shared.weights.settings import TransportName, WeightsSettings
+from shared.weights.transport import WeightOrigin, WeightTransport
 
 
 def open_transport(name: TransportName, token: str | None = None, timeout_s: float = 600.0) -> WeightTransport:
@@ -17,3 +18,16 @@ def open_transport(name: TransportName, token: str | None = None, timeout_s: flo
 
         return HttpTransport(token, timeout_s)
     raise ValueError(f"unknown weights transport {name!r} (http, file)")
+
+
+def open_origin(settings: WeightsSettings, public_base_url: str) -> WeightOrigin:
+    """The learner's side of the job's ``weights.transport``; ``public_base_url`` is the learner's API."""
+    if settings.transport == "file":
+        from shared.weights.transports.file import FileOrigin
+
+        return FileOrigin()
+    if settings.transport == "http":
+        from shared.weights.transports.http import HttpOrigin
+
+        return HttpOrigin(public_base_url)
+    raise ValueError(f"unknown weights transport {settings.transport!r} (http, file)")

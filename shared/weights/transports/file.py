@@ -9,8 +9,8 @@ import urllib.parse
 from pathlib import Path
 
 from shared.api.weights import WEIGHTS_FILE
-from shared.weights.manifest import Manifest
-from shared.weights.transport import WeightTransport
+from shared.weights.manifest import MANIFEST_FILE, Manifest
+from shared.weights.transport import VersionRef, WeightOrigin, WeightTransport
 
 
 def manifest_path(ref: str) -> Path:
@@ -36,3 +36,13 @@ class FileTransport(WeightTransport):
     async def bucket(self, ref: str, manifest: Manifest, index: int) -> bytes:
         bucket = manifest.buckets[index]
         return await asyncio.to_thread(_read, manifest_path(ref).parent / WEIGHTS_FILE, bucket.start, bucket.size)
+
+
+class FileOrigin(WeightOrigin):
+    """The version's folder is already where every receiver reads it."""
+
+    name = "file"
+
+    def publish(self, version: int, directory: Path) -> VersionRef:
+        folder = directory.resolve()
+        return VersionRef(uri=(folder / WEIGHTS_FILE).as_uri(), manifest=(folder / MANIFEST_FILE).as_uri())

@@ -3,12 +3,14 @@ ref is the version's manifest URL (``shared.api.weights.manifest_url``)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 
 from shared.api.http import RetryPolicy, checked
-from shared.api.weights import auth_header, bucket_url
+from shared.api.weights import auth_header, bucket_url, manifest_url, weights_url
 from shared.weights.manifest import Manifest
-from shared.weights.transport import WeightTransport
+from shared.weights.transport import VersionRef, WeightOrigin, WeightTransport
 
 
 class HttpTransport(WeightTransport):
@@ -42,3 +44,16 @@ class HttpTransport(WeightTransport):
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+class HttpOrigin(WeightOrigin):
+    """The learner's own API serves every version it keeps (services/learner/app.py)."""
+
+    name = "http"
+
+    def __init__(self, public_base_url: str):
+        self.public_base_url = public_base_url
+
+    def publish(self, version: int, directory: Path) -> VersionRef:
+        return VersionRef(uri=weights_url(self.public_base_url, version),
+                          manifest=manifest_url(self.public_base_url, version))
