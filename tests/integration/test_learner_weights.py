@@ -28,10 +28,14 @@ pytestmark = pytest.mark.integration
 def test_store_serves_and_prunes_versions(tmp_path, default_init_dir):
     model, tokenizer = load_model(default_init_dir), load_tokenizer(default_init_dir)
     store = WeightStore(tmp_path / "weights", keep=2, keep_every=2)
+    dropped = []
     for version in range(6):
         store.save(model, model.state_dict(), version, tokenizer)
-    # The newest two, and the milestones (multiples of 2) however old.
+        dropped += store.prune(version)
+    # The newest two, and the milestones (multiples of 2) however old; what was dropped is said (the
+    # learner retires those versions in its weight transport).
     assert store.versions() == [0, 2, 4, 5]
+    assert dropped == [1, 3]
     metrics = StepMetrics(metrics_file(tmp_path))
     metrics.record(step_record(1, loss=0.5, staleness_hist={"0": 3}))
     port = free_port()
