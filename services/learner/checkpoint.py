@@ -17,6 +17,8 @@ import torch
 import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.learner.consumed import ConsumedState
+
 log = logging.getLogger(__name__)
 
 STATE_FILE = "learner_state.json"
@@ -34,8 +36,9 @@ class LearnerState(BaseModel):
     position: int = 0  # data position
     issued: int = 0  # tasks issued
     commit: int = 0  # checkpoints committed so far; labels the ledger lines each one covers
-    # Every group id trained or dropped so far: a redelivered group is recognised as a duplicate.
-    consumed_ids: list[str] = Field(default_factory=list)
+    # Every group trained or dropped so far, as a watermark: a redelivered group is recognised as a duplicate.
+    consumed: ConsumedState = Field(default_factory=ConsumedState)
+    consumed_ids: list[str] = Field(default_factory=list)  # the same as a plain list: checkpoints before the watermark
     totals: dict[str, float] = Field(default_factory=dict)  # cumulative counters for metrics
 
 

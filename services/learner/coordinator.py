@@ -18,6 +18,7 @@ import torch.distributed as dist
 from services.learner.batching import TrainBatch, collate, sft_batch
 from services.learner.bookkeeping import Bookkeeping, StepTimes
 from services.learner.checkpoint import Checkpointer, LearnerState
+from services.learner.consumed import ConsumedIds
 from services.learner.engine import DistInfo
 from services.learner.feeder import DataOrder, Feeder, FeederState, TaskFactory
 from services.learner.intake import GroupIntake
@@ -85,10 +86,17 @@ def _open_window(settings: LearnerSettings, tokenizer, state: LearnerState, stre
         settings.consumer,
         settings.max_staleness,
         owns=feeder.owns,
-        consumed_ids=set(state.consumed_ids),
+        consumed_ids=_restore_consumed(state),
     )
     intake.counts.update({k: int(v) for k, v in state.totals.items()})
     return StalenessWindow(feeder, intake, settings.window)
+
+
+def _restore_consumed(state: LearnerState) -> ConsumedIds:
+    consumed = ConsumedIds(state.consumed)
+    for group_id in state.consumed_ids:  # a checkpoint written before the watermark
+        consumed.add(group_id)
+    return consumed
 
 
 def _open_publisher(settings: LearnerSettings, streams: Streams) -> Publisher:

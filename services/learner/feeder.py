@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from services.learner.algorithm import AlgorithmSettings
+from services.learner.consumed import ConsumedIds
 from shared.api.reward import DEFAULT_VERIFIER
 from shared.api.rollout import SamplingParams
 from shared.bus import FeederState, TaskStream
@@ -150,9 +151,9 @@ class Feeder:
             self.state.position = max(self.state.position, position)
             self.state.issued = max(self.state.issued, issued)
 
-    def outstanding(self, consumed_ids: set[str]) -> int:
+    def outstanding(self, consumed_ids: ConsumedIds) -> int:
         """Tasks issued whose group is neither consumed (trained or dropped) nor never coming (dead letter)."""
-        return self.state.issued - len(consumed_ids) - len(self.dead_ids - consumed_ids)
+        return self.state.issued - len(consumed_ids) - sum(1 for i in self.dead_ids if i not in consumed_ids)
 
     def read_dead_letters(self) -> int:
         """Take in the dead letters appended since the last call; returns how many were this run's."""
@@ -168,16 +169,21 @@ class Feeder:
                 log.warning("task %s is in the dead letters: its place in the window is given back", task_id)
         return new
 
-    def fill(self, step: int, version: int, consumed_ids: set[str]) -> int:
+    def fill(self, step: int, version: int, consumed_ids: ConsumedIds) -> int:
         """Issue tasks while fewer than ``window`` issued groups are outstanding; returns how many were issued."""
         self.read_dead_letters()
+        for task_id in self.dead_ids:
+            consumed_ids.dead(task_id)
         issued = 0
         while (outstanding := self.outstanding(consumed_ids)) < self.window:
             # The task will be trained about this many steps ahead (FIFO), so cut with that step's schedule.
             target_step = step + outstanding // self.batch_prompts
             position = self.state.position
             problem = self.order.at(position)
-            task = self.factory.make(f"{self.task_prefix()}{position:08d}", problem, position, target_step, version)
+            # Numbered by issue, not by data position (SFT steps draw positions that issue no task): the
+            # numbers have no gaps, which the consumed-ids watermark relies on (services/learner/consumed.py).
+            task_id = f"{self.task_prefix()}{self.state.issued:08d}"
+            task = self.factory.make(task_id, problem, position, target_step, version)
             self.tasks.issue(task, self.run_id, FeederState(position=position + 1, issued=self.state.issued + 1))
             self.state.position += 1
             self.state.issued += 1

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from services.learner.consumed import ConsumedIds
 from shared.bus import Entry, TrajectoryStream
 from shared.messages import TrajectoryGroup
 from shared.records import Decision
@@ -41,7 +42,7 @@ class GroupIntake:
         consumer: str,
         max_staleness: int,
         owns: Callable[[str], bool],
-        consumed_ids: set[str],
+        consumed_ids: ConsumedIds,
     ):
         self.queue = queue
         self.consumer = consumer

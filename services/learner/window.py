@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 
 from services.learner.checkpoint import LearnerState
+from services.learner.consumed import ConsumedIds
 from services.learner.feeder import Feeder
 from services.learner.intake import Decisions, GroupIntake
 from shared.messages import TrajectoryGroup
@@ -30,7 +31,7 @@ class StalenessWindow:
         return self.feeder.state.issued
 
     @property
-    def consumed_ids(self) -> set[str]:
+    def consumed_ids(self) -> ConsumedIds:
         return self.intake.consumed_ids
 
     @property
@@ -80,5 +81,6 @@ class StalenessWindow:
         """Record the window in the state a checkpoint writes."""
         state.position = self.feeder.state.position
         state.issued = self.feeder.state.issued
-        state.consumed_ids = sorted(self.intake.consumed_ids)
+        state.consumed = self.intake.consumed_ids.state()
+        state.consumed_ids = []  # read from older checkpoints only
         state.totals = {k: float(v) for k, v in self.intake.counts.items()}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from services.learner.algorithm import AlgorithmSettings
+from services.learner.consumed import ConsumedIds
 from services.learner.feeder import DataOrder, Feeder, TaskFactory
 from shared.api.rollout import SamplingParams
 from shared.bus import Keys, TaskStream
@@ -33,25 +34,25 @@ def _dead_letter_the_next_task(tasks: TaskStream):
 def test_a_dead_lettered_task_frees_its_place_in_the_window(redis_client, namespace, default_init_dir):
     feeder = _feeder(redis_client, namespace, load_tokenizer(default_init_dir))
     keys = Keys(namespace)
-    assert feeder.fill(step=0, version=0, consumed_ids=set()) == 4
-    assert feeder.fill(step=0, version=0, consumed_ids=set()) == 0  # the window is full
+    assert feeder.fill(step=0, version=0, consumed_ids=ConsumedIds()) == 4
+    assert feeder.fill(step=0, version=0, consumed_ids=ConsumedIds()) == 0  # the window is full
     first = _dead_letter_the_next_task(feeder.tasks)
     assert first.id == "run-00000000"
     redis_client.xadd(keys.dead_tasks, {b"junk": b"1"})  # unreadable (no code of the project writes it): ignored
-    assert feeder.fill(step=0, version=0, consumed_ids=set()) == 1
+    assert feeder.fill(step=0, version=0, consumed_ids=ConsumedIds()) == 1
     assert feeder.outstanding(set()) == 4
     # The same task both dead-lettered and consumed (a second copy produced it) frees one place only.
     assert feeder.outstanding({first.id}) == 4
     # A restarted learner finds the dead letters again.
     again = _feeder(redis_client, namespace, load_tokenizer(default_init_dir))
     again.catch_up()
-    assert again.fill(step=0, version=0, consumed_ids=set()) == 0 and again.dead_ids == {first.id}
+    assert again.fill(step=0, version=0, consumed_ids=ConsumedIds()) == 0 and again.dead_ids == {first.id}
 
 
 def test_another_runs_dead_letters_free_nothing(redis_client, namespace, default_init_dir):
     tokenizer = load_tokenizer(default_init_dir)
     other = _feeder(redis_client, namespace, tokenizer, run_id="other")
-    other.fill(step=0, version=0, consumed_ids=set())
+    other.fill(step=0, version=0, consumed_ids=ConsumedIds())
     _dead_letter_the_next_task(other.tasks)
     mine = _feeder(redis_client, namespace, tokenizer)
-    assert mine.fill(step=0, version=0, consumed_ids=set()) == 4 and mine.dead_ids == set()
+    assert mine.fill(step=0, version=0, consumed_ids=ConsumedIds()) == 4 and mine.dead_ids == set()

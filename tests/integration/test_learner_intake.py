@@ -3,6 +3,7 @@ only after the checkpoint, and redelivery of unacknowledged entries after a cras
 
 import pytest
 
+from services.learner.consumed import ConsumedIds
 from services.learner.intake import GroupIntake
 from shared.bus import Keys, TrajectoryStream
 from shared.messages import RolloutKind, Trajectory, TrajectoryGroup
@@ -25,7 +26,7 @@ def make_intake(redis_client, namespace, consumed=None):
     queue = TrajectoryStream(redis_client, Keys(namespace))
     queue.ensure_group()
     intake = GroupIntake(queue, "learner-0", max_staleness=1, owns=lambda i: i.startswith("run-"),
-                         consumed_ids=set(consumed or ()))
+                         consumed_ids=ConsumedIds.of(consumed or ()))
     return queue, intake
 
 
@@ -38,7 +39,8 @@ def test_decisions_and_acks(redis_client, namespace):
     assert intake.counts == {"duplicate": 1, "foreign": 1, "stale": 1}
     taken = intake.take(2, version=3, step=7)
     assert [g.id for g in taken] == ["run-1", "run-3"]
-    assert intake.consumed_ids == {"run-1", "run-2", "run-3"}
+    consumed = intake.consumed_ids
+    assert len(consumed) == 3 and all(i in consumed for i in ("run-1", "run-2", "run-3")) and "run-4" not in consumed
     events = {e.event: e for e in intake.decisions.events}
     assert events["trained"].ids == ["run-1", "run-3"] and events["trained"].step == 8
     assert events["stale"].ids == ["run-2"] and events["stale"].lags == [2]

@@ -1,4 +1,5 @@
 from services.learner.checkpoint import LearnerState
+from services.learner.consumed import ConsumedState
 from services.learner.metrics import StepMetrics, batch_stats
 from shared.messages import RolloutKind, Trajectory, TrajectoryGroup
 from shared.records import JsonlFile, StepRecord
@@ -47,5 +48,5 @@ def test_jsonl_log_cuts_the_lines_of_lost_steps(tmp_path):
 
 def test_learner_state_round_trips():
     state = LearnerState(run_id="abc", step=3, version=4, position=30, issued=28, commit=1,
-                         consumed_ids=["abc-1", "abc-2"], totals={"stale": 2.0})
+                         consumed=ConsumedState(floor=2, above=[4], count=3), totals={"stale": 2.0})
     assert LearnerState.model_validate_json(state.model_dump_json()) == state
