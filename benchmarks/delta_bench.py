@@ -8,6 +8,10 @@ Two sources:
 - a synthetic bf16 file of ``--synthetic-mb`` MB where a share of the values change by a few low bits
   (an RL step at a small learning rate), and where every value changes (the worst case).
 
+The learner encodes on its release thread (services.learner.weights.Release), not in the training
+loop; the last figure is how long the loop's thread was held at most while a synthetic delta was encoded
+beside it (the longest gap between iterations of a small torch loop, against the same loop alone).
+
     .venv/bin/python benchmarks/delta_bench.py --weights runs/<run>/learner/weights [--synthetic-mb 500]
 """
 
@@ -15,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -72,7 +78,36 @@ def run_versions(weights: Path, scratch: Path) -> list[dict]:
     return [row for v in versions if v - 1 in versions and (row := measure(store, v)) is not None]
 
 
-def synthetic(scratch: Path, megabytes: int, share: float, seed: int = 0) -> dict:
+def _gaps(until: threading.Event | None, seconds: float = 2.0) -> list[float]:
+    """Gaps between iterations of a small torch loop (a stand-in for the training loop's thread). On one
+    torch thread: what is measured is the thread being held (the GIL), not two cores shared by three."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    x = torch.ones(256, 256)
+    gaps = []
+    last = started = time.perf_counter()
+    while (until is None and last - started < seconds) or (until is not None and not until.is_set()):
+        (x @ x).sum()
+        now = time.perf_counter()
+        gaps.append(now - last)
+        last = now
+    torch.set_num_threads(threads)
+    return gaps
+
+
+def loop_stall(store: WeightStore) -> tuple[list[float], list[float]]:
+    """The loop's gaps alone, then while ``store``'s v1 delta is encoded on another thread."""
+    alone = _gaps(None)
+    (store.directory(1) / DELTA_FILE).unlink(missing_ok=True)
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (store.write_delta(1), done.set()))
+    thread.start()
+    beside = _gaps(done)
+    thread.join()
+    return alone, beside
+
+
+def synthetic(scratch: Path, megabytes: int, share: float, seed: int = 0, stall: bool = False) -> dict:
     """A bf16 file of ``megabytes`` where ``share`` of the values move by a few low bits."""
     store = WeightStore(scratch / f"synthetic-{share}", keep=10, bucket_bytes=BUCKET)
     values = megabytes * (1 << 20) // 2
@@ -92,6 +127,8 @@ def synthetic(scratch: Path, megabytes: int, share: float, seed: int = 0) -> dic
     del weights, moved
     row = measure(store, 1)
     row["version"] = f"{share:.0%} moved"
+    if stall:
+        row["stall"] = loop_stall(store)
     return row
 
 
@@ -125,10 +162,16 @@ def main() -> None:
             console.print(f"mean delta / full: {mean:.1%} over {len(rows)} versions")
         if args.synthetic_mb:
             rows = []
-            for share in args.shares:
-                rows.append(synthetic(scratch, args.synthetic_mb, share))
+            for index, share in enumerate(args.shares):
+                rows.append(synthetic(scratch, args.synthetic_mb, share, stall=index == 0))
                 shutil.rmtree(scratch / f"synthetic-{share}")
             console.print(table(f"Synthetic bf16 versions of {args.synthetic_mb} MB", rows))
+            alone, beside = rows[0]["stall"]
+            console.print(
+                f"training-loop thread while the {rows[0]['version']} delta is encoded on the release thread: "
+                f"longest gap {max(beside) * 1e3:.0f} ms (alone {max(alone) * 1e3:.0f} ms), median iteration "
+                f"{statistics.median(beside) * 1e3:.1f} ms (alone {statistics.median(alone) * 1e3:.1f} ms)"
+            )
 
 
 if __name__ == "__main__":
