@@ -29,11 +29,11 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save, save_file
 
 from services.learner.weights import WeightStore
 from shared.api.weights import DELTA_FILE
-from shared.weights.delta import apply_delta
+from shared.weights.delta import apply_delta, encode_delta
 from shared.weights.manifest import Manifest, write_manifest
 
 BUCKET = 16 << 20
@@ -62,7 +62,17 @@ def measure(store: WeightStore, version: int) -> dict | None:
     apply_s = time.perf_counter() - started
     assert bytes(rebuilt) == new
     return {"version": version, "full": len(new), "delta": len(data), "changed": _changed_values(base, new),
-            "encode_s": encode_s, "apply_s": apply_s}
+            "encode_s": encode_s, "apply_s": apply_s, "bf16": _as_bf16(store, version)}
+
+
+def _as_bf16(store: WeightStore, version: int) -> float | None:
+    """delta / full had the two versions been saved in bf16 (None when they already are): what a model
+    trained in fp32 would send if it published bf16 weights, as vLLM serves them."""
+    pair = [load_file(store.file(v)) for v in (version - 1, version)]
+    if all(t.dtype == torch.bfloat16 for t in pair[1].values()):
+        return None
+    base, new = (save({k: t.to(torch.bfloat16) for k, t in state.items()}) for state in pair)
+    return encode_delta(base, new, version - 1, version)[0].delta_bytes / len(new)
 
 
 def run_versions(weights: Path, scratch: Path) -> list[dict]:
@@ -134,12 +144,13 @@ def synthetic(scratch: Path, megabytes: int, share: float, seed: int = 0, stall:
 
 def table(title: str, rows: list[dict]) -> Table:
     out = Table(title=title)
-    for column in ("version", "full MB", "delta MB", "delta / full", "values changed", "encode s", "apply s"):
+    for column in ("version", "full MB", "delta MB", "delta / full", "16-bit words changed", "encode s",
+                   "apply s", "in bf16: delta / full"):
         out.add_column(column, justify="right")
     for row in rows:
         out.add_row(str(row["version"]), f"{row['full'] / 1e6:.2f}", f"{row['delta'] / 1e6:.3f}",
                     f"{row['delta'] / row['full']:.1%}", f"{row['changed']:.1%}", f"{row['encode_s']:.2f}",
-                    f"{row['apply_s']:.2f}")
+                    f"{row['apply_s']:.2f}", "-" if row["bf16"] is None else f"{row['bf16']:.1%}")
     return out
 
 

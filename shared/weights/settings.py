@@ -23,8 +23,10 @@ class WeightsSettings(BaseModel):
     bucket_retries: int = Field(2, ge=0)  # refetches of a bucket whose hash does not match
     # Every version is published whole; a version not numbered a multiple of ``full_every`` also carries
     # its delta from the version before (shared.weights.delta), which a worker holding that version
-    # fetches instead. 1: no deltas. The default is measured in docs/benchmarks.md ("Delta versions").
-    full_every: int = Field(10, ge=1)
+    # fetches instead. 1: no deltas. Measured (docs/benchmarks.md, "Delta versions"), a delta is always
+    # smaller than the full file, and a version without one only costs workers bytes (joiners take the
+    # newest full file, which every version keeps), hence a rare full-only version.
+    full_every: int = Field(100, ge=1)
 
     def has_delta(self, version: int) -> bool:
         """Whether ``version`` is published with a delta from ``version - 1``."""
