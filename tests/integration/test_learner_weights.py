@@ -14,6 +14,7 @@ from launcher.processes import free_port
 from services.learner.app import BackgroundServer, StatusSource, create_app
 from services.learner.metrics import StepMetrics
 from services.learner.weights import Publisher, Release, WeightStore
+from shared.api.rollout import RolloutClient
 from shared.api.weights import auth_header, manifest_url
 from shared.bus import Keys, WeightsRecordStore, WorkerRegistry
 from shared.modeling import load_model, load_tokenizer
@@ -182,3 +183,55 @@ def test_versions_are_released_with_their_delta(tmp_path, redis_client, namespac
         server.stop()
     assert paths == ["full", "delta", "delta", "full"]
     assert store.versions() == [2, 3]  # pruned after each release, v1 only once v2's delta was written
+
+
+def test_a_worker_takes_the_delta_of_the_version_after_the_one_it_serves(
+    tmp_path, redis_client, namespace, default_init_dir, rollout_worker
+):
+    """A real worker (vLLM) pushed two versions: the first whole (it has no delta), the second by its
+    delta alone, from the bytes of the first that the worker kept."""
+    keys = Keys(namespace)
+    model, tokenizer = load_model(default_init_dir), load_tokenizer(default_init_dir)
+    store = WeightStore(tmp_path / "weights", keep=3, bucket_bytes=1 << 20)
+    settings = WeightsSettings(full_every=100)
+    port = free_port()
+    app = create_app(StatusSource(), store, StepMetrics(metrics_file(tmp_path)), TOKEN)
+    served_paths: list[str] = []
+
+    @app.middleware("http")
+    async def note_path(request, call_next):
+        served_paths.append(request.url.path)
+        return await call_next(request)
+
+    server = BackgroundServer(app, "127.0.0.1", port)
+    server.start()
+    registry = WorkerRegistry(redis_client, keys)
+    publisher = Publisher(WeightsRecordStore(redis_client, keys), registry, TOKEN, worker_ttl_s=30, retries=2,
+                          timeout_s=120)
+    release = Release(store, open_origin(settings, f"http://127.0.0.1:{port}"), publisher, settings)
+    first = served_version(rollout_worker) + 1
+    register(redis_client, keys, "live", rollout_worker, version=first - 1)
+    try:
+        for version in (first, first + 1):
+            with torch.no_grad():
+                model.model.embed_tokens.weight[version % 100] += 0.01
+            store.save(model, model.state_dict(), version, tokenizer)
+            release.submit(version)
+            deadline = time.monotonic() + 180
+            while served_version(rollout_worker) != version and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert served_version(rollout_worker) == version
+    finally:
+        release.drain()
+        publisher.close()
+        server.stop()
+    second = f"/v1/weights/{first + 1}"
+    assert f"{second}/delta/manifest" in served_paths and f"{second}/delta/buckets/0" in served_paths
+    assert not any(path.startswith(f"{second}/buckets/") for path in served_paths)  # nothing of the full file
+    assert any(path.startswith(f"/v1/weights/{first}/buckets/") for path in served_paths)
+
+    async def fetches(path: str) -> float:
+        async with RolloutClient(rollout_worker, timeout_s=10) as worker:
+            return await worker.metric("rollout_weight_fetches_total", path=path) or 0.0
+
+    assert asyncio.run(fetches("delta")) >= 1
