@@ -35,6 +35,7 @@ def test_store_serves_and_prunes_versions(tmp_path, default_init_dir):
     store = WeightStore(tmp_path / "weights", keep=2, keep_every=2)
     for version in range(6):
         store.save(model, model.state_dict(), version, tokenizer)
+        store.prune(version)  # as the learner's release does after each version
     # The newest two, and the milestones (multiples of 2) however old.
     assert store.versions() == [0, 2, 4, 5]
     metrics = StepMetrics(metrics_file(tmp_path))
