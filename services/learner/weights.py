@@ -30,7 +30,7 @@ from shared.bus import WeightsRecordStore, WorkerRegistry
 from shared.messages import WeightsRecord, WorkerInfo
 from shared.modeling import write_companions
 from shared.records import PushReport
-from shared.weights.delta import encode_delta
+from shared.weights.delta import write_delta
 from shared.weights.manifest import (
     DELTA_MANIFEST_FILE,
     MANIFEST_FILE,
@@ -127,8 +127,8 @@ class WeightStore:
 
     def write_delta(self, version: int) -> Manifest | None:
         """Add the delta from ``version - 1`` to ``version``'s folder; the delta's manifest, or None when
-        the version before is not kept or has another layout. Reads both files through mmap: memory
-        stays flat whatever the model size."""
+        the version before is not kept or has another layout. Reads both files through mmap and writes
+        the delta as it is compressed: memory stays flat whatever the model size."""
         base = version - 1
         if base < 0 or not self.file(base).is_file():
             return None
@@ -136,12 +136,11 @@ class WeightStore:
             if os.fstat(old.fileno()).st_size != os.fstat(new.fileno()).st_size:
                 log.info("v%d: no delta, its file's layout differs from v%d's", version, base)
                 return None
+            directory = self.directory(version)
+            tmp = directory / f".{DELTA_FILE}.tmp"
             with mmap.mmap(old.fileno(), 0, access=mmap.ACCESS_READ) as a, \
-                    mmap.mmap(new.fileno(), 0, access=mmap.ACCESS_READ) as b:
-                spec, data = encode_delta(a, b, base, version)
-        directory = self.directory(version)
-        tmp = directory / f".{DELTA_FILE}.tmp"
-        tmp.write_bytes(data)
+                    mmap.mmap(new.fileno(), 0, access=mmap.ACCESS_READ) as b, tmp.open("wb") as out:
+                spec = write_delta(a, b, base, version, out)
         tmp.replace(directory / DELTA_FILE)
         # The manifest last: a delta is there for a reader only once its bytes are.
         manifest = build_delta_manifest(directory / DELTA_FILE, spec, self.bucket_bytes)
