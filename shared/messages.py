@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 
 from shared.api.reward import DEFAULT_VERIFIER, ScoreStatus
 from shared.api.rollout import FinishReason, SamplingParams
+from shared.api.weights import DeltaRef
 from shared.schema import Message, TokenIds
 from shared.weights.settings import TransportName
 
@@ -115,6 +116,7 @@ class WeightsRecord(Message):
     # The version's manifest in the transport's terms (shared.weights): buckets verified on arrival.
     manifest: str | None = None
     transport: TransportName | None = None
+    delta: DeltaRef | None = None  # the version's delta from an earlier one, when it has one
 
 
 class WorkerInfo(Message):

@@ -16,7 +16,14 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from services.learner.metrics import StepMetrics
 from services.learner.weights import WeightStore
 from shared.api.learner import START_ROUTE
-from shared.api.weights import BUCKET_ROUTE, MANIFEST_ROUTE, WEIGHTS_ROUTE, bearer_guard
+from shared.api.weights import (
+    BUCKET_ROUTE,
+    DELTA_BUCKET_ROUTE,
+    DELTA_MANIFEST_ROUTE,
+    MANIFEST_ROUTE,
+    WEIGHTS_ROUTE,
+    bearer_guard,
+)
 from shared.records import LearnerStatus
 
 log = logging.getLogger(__name__)
@@ -82,11 +89,25 @@ def create_app(
 
     @app.get(BUCKET_ROUTE, dependencies=[Depends(authorised)])
     def get_bucket(version: int, index: int) -> Response:
+        return bucket(version, index, delta=False)
+
+    @app.get(DELTA_MANIFEST_ROUTE, dependencies=[Depends(authorised)])
+    def get_delta_manifest(version: int) -> Response:
+        path = store.delta_manifest_file(version)
+        if not path.is_file():
+            raise HTTPException(404, f"weights version {version} has no delta (kept: {store.versions()})")
+        return Response(path.read_bytes(), media_type="application/json")
+
+    @app.get(DELTA_BUCKET_ROUTE, dependencies=[Depends(authorised)])
+    def get_delta_bucket(version: int, index: int) -> Response:
+        return bucket(version, index, delta=True)
+
+    def bucket(version: int, index: int, delta: bool) -> Response:
         try:
-            data = store.read_bucket(version, index)
+            data = store.read_bucket(version, index, delta)
         except FileNotFoundError:
-            kept = store.versions()
-            raise HTTPException(404, f"weights version {version} are not available (kept: {kept})") from None
+            what = "has no delta" if delta else "are not available"
+            raise HTTPException(404, f"weights version {version} {what} (kept: {store.versions()})") from None
         except IndexError as exc:
             raise HTTPException(404, str(exc)) from None
         return Response(data, media_type="application/octet-stream")

@@ -25,7 +25,7 @@ from services.learner.intake import GroupIntake
 from services.learner.metrics import StepMetrics
 from services.learner.plan import Plan, broadcast
 from services.learner.settings import LearnerSettings
-from services.learner.weights import Publisher, WeightStore, digest, full_state_dict
+from services.learner.weights import Publisher, Release, WeightStore, digest, full_state_dict
 from services.learner.window import StalenessWindow
 from shared.bus import Keys, Redis, TaskStream, TrajectoryStream, WeightsRecordStore, WorkerRegistry, connect
 from shared.messages import TrajectoryGroup
@@ -206,6 +206,7 @@ class Rank0(Follower):
         self.window = _open_window(settings, tokenizer, state, self.streams)
         self.publisher = _open_publisher(settings, self.streams)
         self.origin = open_origin(settings.weights, settings.public_base_url())
+        self.release = Release(store, self.origin, self.publisher, settings.weights)
         self.books = Bookkeeping(settings, state, metrics, self.window, self.streams.trajectories, self.streams.tasks)
         self.published_step: int | None = None
         self._held_weights_published = False
@@ -327,10 +328,7 @@ class Rank0(Follower):
             self.state.version += 1
         version = self.state.version
         self.store.save(self.engine.module, state_dict, version, self.tokenizer)
-        ref = self.origin.publish(version, self.store.directory(version))
-        self.publisher.publish(version, ref.uri, ref.manifest, self.origin.name)
-        for dropped in self.store.prune(version):
-            self.origin.retire(dropped)
+        self.release.submit(version)  # the delta, the record and the push, off the training loop
         # A train plan publishes the weights after its step (state.step counts it only in record()).
         self.published_step = plan.step + 1 if plan.kind == "train" else plan.step
         self._held_weights_published = True
@@ -365,12 +363,14 @@ class Rank0(Follower):
         if plan.final:
             self.books.write_final(rank_digests)
         # Let the last push reach the workers before the process exits (they could also pull it).
+        self.release.drain()
         self.publisher.close(timeout=self.settings.push_timeout_s + 5)
         self.origin.close()
 
     def close(self) -> None:
         """On the way out after an error: stop the pusher without waiting for it."""
         if self.phase not in ("done", "stopped"):
+            self.release.close()
             self.publisher.close(timeout=1.0)
             self.origin.close()
 

@@ -12,23 +12,35 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import mmap
 import os
 import queue
 import shutil
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
 from shared.api.http import RetryPolicy, ServiceRefused, ServiceUnavailable
 from shared.api.rollout import RolloutClient, WeightUpdate
-from shared.api.weights import WEIGHTS_FILE
+from shared.api.weights import DELTA_FILE, WEIGHTS_FILE, DeltaRef
 from shared.bus import WeightsRecordStore, WorkerRegistry
 from shared.messages import WeightsRecord, WorkerInfo
 from shared.modeling import write_companions
 from shared.records import PushReport
-from shared.weights.manifest import MANIFEST_FILE, Manifest, write_manifest
+from shared.weights.delta import write_delta
+from shared.weights.manifest import (
+    DELTA_MANIFEST_FILE,
+    MANIFEST_FILE,
+    Manifest,
+    build_delta_manifest,
+    save_manifest,
+    write_manifest,
+)
+from shared.weights.settings import WeightsSettings
+from shared.weights.transport import WeightOrigin
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +69,8 @@ class WeightStore:
     """``root/v{N}/``: each version a complete model folder (weights, config, tokenizer, chat template,
     generation config) that transformers, vLLM and ``prefix-rft eval --model`` load as it is. The newest
     ``keep`` versions are kept, and every version numbered a multiple of ``keep_every`` (0: none), so a
-    long run leaves milestones to evaluate or export."""
+    long run leaves milestones to evaluate or export. ``write_delta`` adds a version's delta from the
+    version before to its folder (DELTA_FILE and its manifest, DELTA_MANIFEST_FILE)."""
 
     def __init__(self, root: Path, keep: int, keep_every: int = 0, bucket_bytes: int = 16 << 20):
         self.root = root
@@ -75,14 +88,19 @@ class WeightStore:
     def manifest_file(self, version: int) -> Path:
         return self.directory(version) / MANIFEST_FILE
 
-    def read_bucket(self, version: int, index: int) -> bytes:
-        """Bucket ``index`` of ``version``; FileNotFoundError for a version not kept, IndexError for a
-        bucket it does not have."""
-        manifest = Manifest.model_validate_json(self.manifest_file(version).read_text())
+    def delta_manifest_file(self, version: int) -> Path:
+        return self.directory(version) / DELTA_MANIFEST_FILE
+
+    def read_bucket(self, version: int, index: int, delta: bool = False) -> bytes:
+        """Bucket ``index`` of ``version`` (of its delta with ``delta``); FileNotFoundError for a version
+        not kept (or without a delta), IndexError for a bucket it does not have."""
+        path = self.delta_manifest_file(version) if delta else self.manifest_file(version)
+        manifest = Manifest.model_validate_json(path.read_text())
+        what = f"the delta of weights version {version}" if delta else f"weights version {version}"
         if not 0 <= index < len(manifest.buckets):
-            raise IndexError(f"weights version {version} has buckets 0-{len(manifest.buckets) - 1}, not {index}")
+            raise IndexError(f"{what} has buckets 0-{len(manifest.buckets) - 1}, not {index}")
         bucket = manifest.buckets[index]
-        with self.file(version).open("rb") as handle:
+        with (self.directory(version) / manifest.data_file).open("rb") as handle:
             handle.seek(bucket.start)
             return handle.read(bucket.size)
 
@@ -106,6 +124,28 @@ class WeightStore:
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
         return target / WEIGHTS_FILE
+
+    def write_delta(self, version: int) -> Manifest | None:
+        """Add the delta from ``version - 1`` to ``version``'s folder; the delta's manifest, or None when
+        the version before is not kept or has another layout. Reads both files through mmap and writes
+        the delta as it is compressed: memory stays flat whatever the model size."""
+        base = version - 1
+        if base < 0 or not self.file(base).is_file():
+            return None
+        with self.file(base).open("rb") as old, self.file(version).open("rb") as new:
+            if os.fstat(old.fileno()).st_size != os.fstat(new.fileno()).st_size:
+                log.info("v%d: no delta, its file's layout differs from v%d's", version, base)
+                return None
+            directory = self.directory(version)
+            tmp = directory / f".{DELTA_FILE}.tmp"
+            with mmap.mmap(old.fileno(), 0, access=mmap.ACCESS_READ) as a, \
+                    mmap.mmap(new.fileno(), 0, access=mmap.ACCESS_READ) as b, tmp.open("wb") as out:
+                spec = write_delta(a, b, base, version, out)
+        tmp.replace(directory / DELTA_FILE)
+        # The manifest last: a delta is there for a reader only once its bytes are.
+        manifest = build_delta_manifest(directory / DELTA_FILE, spec, self.bucket_bytes)
+        save_manifest(manifest, self.delta_manifest_file(version))
+        return manifest
 
     def prune(self, newest: int) -> list[int]:
         """Drop the versions no longer kept (see the class); the versions dropped."""
@@ -160,9 +200,12 @@ class Publisher:
         record = self.records.get()
         return record.version if record else None
 
-    def publish(self, version: int, uri: str, manifest: str | None = None, transport: str | None = None) -> None:
-        self.records.set(WeightsRecord(version=version, uri=uri, manifest=manifest, transport=transport))
-        self._pending.put(WeightUpdate(version=version, uri=uri, manifest=manifest, transport=transport))
+    def publish(
+        self, version: int, uri: str, manifest: str | None = None, transport: str | None = None,
+        delta: DeltaRef | None = None,
+    ) -> None:
+        self.records.set(WeightsRecord(version=version, uri=uri, manifest=manifest, transport=transport, delta=delta))
+        self._pending.put(WeightUpdate(version=version, uri=uri, manifest=manifest, transport=transport, delta=delta))
 
     def close(self, timeout: float = 10.0) -> None:
         self._pending.put(None)
@@ -205,3 +248,55 @@ class Publisher:
                 report.seconds, len(report.failed),
             )
         return report
+
+
+class Release:
+    """Makes each saved version available, off the training loop (a delta of a large model takes seconds
+    to encode, docs/benchmarks.md): its delta from the version before when the settings ask for one, the
+    origin's publish, the record and the push, then the prune. One version at a time, in order, so a
+    delta's base is never pruned under it. A failed release (an origin that cannot publish) is raised
+    by the next ``submit`` or by ``drain``, so it stops training as it did when publishing was inline."""
+
+    def __init__(self, store: WeightStore, origin: WeightOrigin, publisher: Publisher, settings: WeightsSettings):
+        self.store = store
+        self.origin = origin
+        self.publisher = publisher
+        self.settings = settings
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="weights-release")
+        self._newest = -1
+        self._failure: BaseException | None = None
+
+    def submit(self, version: int) -> None:
+        self._raise_failure()
+        self._newest = version
+        self._executor.submit(self._release, version)
+
+    def drain(self) -> None:
+        """Wait for every submitted version to be released."""
+        self._executor.shutdown(wait=True)
+        self._raise_failure()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise RuntimeError("releasing a weights version failed") from self._failure
+
+    def _release(self, version: int) -> None:
+        try:
+            started = time.monotonic()
+            # A version already overtaken is never pushed: its delta would serve nobody.
+            if self.settings.has_delta(version) and version == self._newest:
+                delta = self.store.write_delta(version)
+                if delta is not None:
+                    share = delta.total_bytes / self.store.file(version).stat().st_size
+                    log.info("v%d: delta from v%d, %d bytes (%.1f%% of the version) in %.2f s", version,
+                             version - 1, delta.total_bytes, 100 * share, time.monotonic() - started)
+            ref = self.origin.publish(version, self.store.directory(version))
+            self.publisher.publish(version, ref.uri, ref.manifest, self.origin.name, ref.delta)
+            for dropped in self.store.prune(version):
+                self.origin.retire(dropped)
+        except BaseException as exc:  # kept for the training loop, which raises it
+            log.exception("releasing weights v%d failed", version)
+            self._failure = self._failure or exc

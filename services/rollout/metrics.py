@@ -33,6 +33,12 @@ class RolloutMetrics:
         self.fetch_seconds = Histogram(
             "rollout_weight_fetch_seconds", "Time to fetch the weights of a swap", buckets=_SWAP_BUCKETS, registry=r
         )
+        self.weight_fetches = Counter(
+            "rollout_weight_fetches", "Weight versions fetched, by path (delta or full)", ["path"], registry=r
+        )
+        self.weight_fetched_bytes = Counter(
+            "rollout_weight_fetched_bytes", "Bytes fetched for weight versions, by path", ["path"], registry=r
+        )
         self.tasks = Counter("rollout_tasks", "Tasks by outcome", ["outcome"], registry=r)
         self.inflight_tasks = Gauge("rollout_inflight_tasks", "Tasks this worker is generating or scoring", registry=r)
         # Its complement over a training run is the time the worker waited for tasks, that is for the

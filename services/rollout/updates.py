@@ -20,6 +20,7 @@ from services.rollout.metrics import RolloutMetrics
 from services.rollout.weights import fetch, fetch_manifest
 from shared.api.rollout import WeightUpdate
 from shared.api.weights import WEIGHTS_FILE
+from shared.weights.receiver import Held
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ class WeightUpdater:
         self.download_dir = download_dir
         self.token = token
         self.fetch_concurrency = fetch_concurrency
+        # The bytes of the version served, the base of the next version's delta (memory: one model file).
+        self._held: Held | None = None
         self._lock = asyncio.Lock()
 
     async def update(self, update: WeightUpdate, force: bool = False) -> UpdateResult:
@@ -80,20 +83,27 @@ class WeightUpdater:
         scratch = Path(tempfile.mkdtemp(prefix="prft-weights-", dir=self.download_dir))
         try:
             started = time.monotonic()
+            received = None
             if update.manifest is not None and update.transport is not None:
-                paths = [
-                    await fetch_manifest(
-                        update.manifest, update.transport, scratch / WEIGHTS_FILE, self.fetch_timeout_s, self.token,
-                        self.fetch_concurrency,
-                    )
-                ]
+                received = await fetch_manifest(
+                    update.manifest, update.transport, scratch / WEIGHTS_FILE, self.fetch_timeout_s, self.token,
+                    self.fetch_concurrency, update.delta, self._held,
+                )
+                paths = [scratch / WEIGHTS_FILE]
+                self.metrics.weight_fetches.labels(received.path).inc()
+                self.metrics.weight_fetched_bytes.labels(received.path).inc(received.fetched_bytes)
+                log.info("v%d: %s version, %d bytes fetched (%s)", update.version, received.path,
+                         received.fetched_bytes, received.reason)
             else:
                 paths = await fetch(update.uri, scratch, self.fetch_timeout_s, self.token)
             # Before anything is loaded: a wrong file must not leave a half-swapped model.
             await asyncio.to_thread(self.engine.check_weights, paths)
             fetch_seconds = time.monotonic() - started
             self.metrics.fetch_seconds.observe(fetch_seconds)
+            self._held = None  # from here the engine may hold neither version
             swap_seconds = await self.engine.swap(update.version, paths)
+            if received is not None:
+                self._held = Held(update.version, received.blob)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return UpdateResult(update.version, swapped=True, fetch_seconds=fetch_seconds, swap_seconds=swap_seconds)

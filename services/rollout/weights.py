@@ -11,10 +11,10 @@ from pathlib import Path
 from safetensors import SafetensorError, safe_open
 
 from shared.api.http import ServiceRefused, ServiceUnavailable
-from shared.api.weights import WEIGHTS_FILE, download
+from shared.api.weights import WEIGHTS_FILE, DeltaRef, download
 from shared.weights.manifest import BucketMismatch
+from shared.weights.receiver import Held, Received, receive_version
 from shared.weights.settings import TransportName
-from shared.weights.transport import receive
 from shared.weights.transports import open_transport
 
 # Tied embeddings: the checkpoint may or may not carry the output layer separately.
@@ -91,18 +91,19 @@ def local_path(uri: str) -> Path | None:
 
 
 async def fetch_manifest(
-    ref: str, transport_name: TransportName, target: Path, timeout_s: float, token: str | None, concurrency: int
-) -> Path:
+    ref: str, transport_name: TransportName, target: Path, timeout_s: float, token: str | None, concurrency: int,
+    delta: DeltaRef | None = None, held: Held | None = None,
+) -> Received:
     """The version whose manifest is at ``ref``, fetched in verified buckets through the named transport
-    and written whole to ``target`` only once every bucket is verified (a partial version is never
-    there to load)."""
+    (by its ``delta`` when ``held`` is the delta's base: shared.weights.receiver) and written whole to
+    ``target`` only once every bucket is verified (a partial version is never there to load)."""
     try:
         async with open_transport(transport_name, token, timeout_s) as transport:
-            _, blob = await receive(transport, ref, concurrency)
+            received = await receive_version(transport, ref, delta, held, concurrency)
     except (ServiceRefused, ServiceUnavailable, BucketMismatch, OSError, ValueError) as exc:
         raise WeightsError(f"weights at {ref} ({transport_name}): {exc}") from exc
-    target.write_bytes(blob)
-    return target
+    target.write_bytes(received.blob)
+    return received
 
 
 async def fetch(uri: str, download_dir: Path, timeout_s: float, token: str | None = None) -> list[Path]:

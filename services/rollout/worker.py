@@ -243,7 +243,8 @@ class TaskWorker:
             if record is None or (record.version <= self.engine.version and not force):
                 return True
             await self.updater.update(WeightUpdate(
-                    version=record.version, uri=record.uri, manifest=record.manifest, transport=record.transport
+                    version=record.version, uri=record.uri, manifest=record.manifest, transport=record.transport,
+                    delta=record.delta,
                 ), force=force)
             return True
         except StaleVersion:

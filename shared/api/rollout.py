@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import Field, model_validator
 
 from shared.api.http import RetryPolicy, async_client, checked
-from shared.api.weights import PUSH_ROUTE, auth_header
+from shared.api.weights import PUSH_ROUTE, DeltaRef, auth_header
 from shared.schema import Message, TokenIds
 from shared.weights.settings import TransportName
 
@@ -95,15 +95,24 @@ class WeightUpdate(Message):
     # rather than the whole file at ``uri``.
     manifest: str | None = Field(None, min_length=1, pattern=r"^(file|https?)://")
     transport: TransportName | None = None
+    # The version's delta from an earlier one, through the same transport: a worker that holds the base
+    # takes it instead of the full version (shared.weights.receiver).
+    delta: DeltaRef | None = None
 
     @model_validator(mode="after")
     def _manifest_fits_its_transport(self) -> WeightUpdate:
         if (self.manifest is None) != (self.transport is None):
             raise ValueError("manifest and transport come together (or neither)")
+        if self.delta is not None and self.manifest is None:
+            raise ValueError("a delta comes with the version's manifest and transport")
         if self.transport is not None:
             wanted = ("file://",) if self.transport == "file" else ("http://", "https://")
-            if not self.manifest.startswith(wanted):
-                raise ValueError(f"the {self.transport} transport takes a {' or '.join(wanted)} manifest")
+            for what, ref in (("manifest", self.manifest), ("delta manifest", self.delta and self.delta.manifest)):
+                if ref is not None and not ref.startswith(wanted):
+                    raise ValueError(f"the {self.transport} transport takes a {' or '.join(wanted)} {what}")
+        if self.delta is not None and self.delta.base_version >= self.version:
+            raise ValueError(f"a delta to v{self.version} applies to an earlier version, "
+                             f"not v{self.delta.base_version}")
         return self
 
 

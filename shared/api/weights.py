@@ -11,13 +11,18 @@ from pathlib import Path
 import httpx
 from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import Field
 
 from shared.api.http import RetryPolicy, checked
+from shared.schema import Message
 
 WEIGHTS_FILE = "model.safetensors"  # one file per version, whatever the model size: one URL serves it
+DELTA_FILE = "delta.bin"  # a version's delta from the version before (shared.weights.delta), when it has one
 WEIGHTS_ROUTE = "/v1/weights/{version}"  # the learner: GET a version's WEIGHTS_FILE
 MANIFEST_ROUTE = "/v1/weights/{version}/manifest"  # the learner: GET a version's manifest (shared.weights)
 BUCKET_ROUTE = "/v1/weights/{version}/buckets/{index}"  # the learner: GET one bucket's bytes
+DELTA_MANIFEST_ROUTE = "/v1/weights/{version}/delta/manifest"  # the learner: the manifest of a version's delta
+DELTA_BUCKET_ROUTE = "/v1/weights/{version}/delta/buckets/{index}"  # the learner: one bucket of the delta
 PUSH_ROUTE = "/v1/weights"  # a worker: GET the version it serves, POST a WeightUpdate (bearer token)
 
 
@@ -27,6 +32,18 @@ def weights_url(base_url: str, version: int) -> str:
 
 def manifest_url(base_url: str, version: int) -> str:
     return base_url.rstrip("/") + MANIFEST_ROUTE.format(version=version)
+
+
+def delta_manifest_url(base_url: str, version: int) -> str:
+    return base_url.rstrip("/") + DELTA_MANIFEST_ROUTE.format(version=version)
+
+
+class DeltaRef(Message):
+    """A version's delta, as a record or a push names it: the version it applies to, and its manifest in
+    the transport's terms (read like any version's manifest, its buckets verified the same way)."""
+
+    base_version: int = Field(ge=0)
+    manifest: str = Field(min_length=1)  # its scheme is checked against the transport by WeightUpdate
 
 
 def bucket_url(manifest_ref: str, index: int) -> str:

@@ -13,46 +13,60 @@ the caller fetches the full version instead.
 from __future__ import annotations
 
 import hashlib
+import io
 import zlib
+from typing import BinaryIO
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
-from shared.weights.manifest import BucketMismatch, Manifest
+from shared.weights.manifest import BucketMismatch, DeltaSpec, Manifest
+
+__all__ = ["DeltaSpec", "apply_delta", "encode_delta", "write_delta"]
 
 CHUNK = 64 << 20  # XOR and compress in chunks: memory stays flat whatever the model size
 
 
-class DeltaSpec(BaseModel):
-    """What a delta is: the version it applies to, and its own size and hash."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    base_version: int = Field(ge=0)
-    version: int = Field(ge=0)
-    delta_bytes: int = Field(ge=0)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+Bytes = bytes | bytearray | memoryview  # or an mmap: the learner encodes from its files without reading them whole
 
 
-def _xor(a: bytes | bytearray | memoryview, b: bytes | bytearray | memoryview) -> bytes:
-    return np.bitwise_xor(np.frombuffer(a, dtype=np.uint8), np.frombuffer(b, dtype=np.uint8)).tobytes()
-
-
-def encode_delta(base: bytes, new: bytes, base_version: int, version: int, level: int = 1) -> tuple[DeltaSpec, bytes]:
-    """The delta from ``base`` to ``new`` (two versions' safetensors files)."""
+def write_delta(base: Bytes, new: Bytes, base_version: int, version: int, out: BinaryIO, level: int = 1) -> DeltaSpec:
+    """The delta from ``base`` to ``new`` (two versions' safetensors files), written to ``out`` as it is
+    compressed: memory stays at one chunk whatever the model and the delta's size. zlib at level 1:
+    measured on a 50 MB bf16 file with 2% of its values moved, level 6 makes the delta 30% smaller for
+    2.7x the time and level 9 45% smaller for 40x; the learner must encode a version between two
+    publishes."""
     if len(base) != len(new):
         raise ValueError(f"a delta needs files of one layout: {len(base)} and {len(new)} bytes")
     compressor = zlib.compressobj(level)
-    parts = [compressor.compress(_xor(memoryview(base)[i : i + CHUNK], memoryview(new)[i : i + CHUNK]))
-             for i in range(0, len(new), CHUNK)]
-    parts.append(compressor.flush())
-    data = b"".join(parts)
-    spec = DeltaSpec(base_version=base_version, version=version, delta_bytes=len(data),
-                     sha256=hashlib.sha256(data).hexdigest())
-    return spec, data
+    digest = hashlib.sha256()
+    size = 0
+
+    def emit(data: bytes) -> None:
+        nonlocal size
+        digest.update(data)
+        out.write(data)
+        size += len(data)
+
+    # One buffer for every chunk's XOR: numpy and zlib release the GIL while they work, but allocating
+    # and copying a fresh chunk would hold it (measured: a 200 ms stall of the training loop's thread).
+    buffer = np.empty(min(CHUNK, len(new)), dtype=np.uint8)
+    for i in range(0, len(new), CHUNK):
+        a = np.frombuffer(memoryview(base)[i : i + CHUNK], dtype=np.uint8)
+        xored = buffer[: len(a)]
+        np.bitwise_xor(a, np.frombuffer(memoryview(new)[i : i + CHUNK], dtype=np.uint8), out=xored)
+        emit(compressor.compress(xored))
+    emit(compressor.flush())
+    return DeltaSpec(base_version=base_version, version=version, delta_bytes=size, sha256=digest.hexdigest())
 
 
-def apply_delta(base: bytes | bytearray, spec: DeltaSpec, data: bytes, manifest: Manifest) -> bytearray:
+def encode_delta(base: Bytes, new: Bytes, base_version: int, version: int, level: int = 1) -> tuple[DeltaSpec, bytes]:
+    """``write_delta`` into memory: the delta's spec and bytes."""
+    out = io.BytesIO()
+    spec = write_delta(base, new, base_version, version, out, level)
+    return spec, out.getvalue()
+
+
+def apply_delta(base: Bytes, spec: DeltaSpec, data: Bytes, manifest: Manifest) -> bytearray:
     """The new version's bytes from the base and the delta, every bucket verified against ``manifest``
     (the new version's); BucketMismatch when anything does not match, so the caller takes the full
     version."""
@@ -62,13 +76,27 @@ def apply_delta(base: bytes | bytearray, spec: DeltaSpec, data: bytes, manifest:
         raise BucketMismatch(f"the delta v{spec.base_version}->v{spec.version} is corrupt")
     if len(base) != manifest.total_bytes:
         raise BucketMismatch(f"the base holds {len(base)} bytes, v{manifest.version} {manifest.total_bytes}")
+    # Decompressed a chunk at a time and XORed in place: memory is the base and the result, not a third copy.
+    result = bytearray(base)
+    out = np.frombuffer(result, dtype=np.uint8)
+    decompressor = zlib.decompressobj()
+    position = 0
+    pending = data
     try:
-        difference = zlib.decompress(data)
+        while not decompressor.eof:
+            chunk = decompressor.decompress(pending, CHUNK)
+            pending = decompressor.unconsumed_tail
+            if not chunk and not pending:
+                break  # the stream ends early: a truncated delta
+            end = position + len(chunk)
+            if end > len(result):
+                raise BucketMismatch(f"the delta covers more than the base's {len(result)} bytes")
+            np.bitwise_xor(out[position:end], np.frombuffer(chunk, dtype=np.uint8), out=out[position:end])
+            position = end
     except zlib.error as exc:
         raise BucketMismatch(f"the delta v{spec.base_version}->v{spec.version} does not decompress: {exc}") from exc
-    if len(difference) != len(base):
-        raise BucketMismatch(f"the delta covers {len(difference)} bytes, the base {len(base)}")
-    result = bytearray(_xor(base, difference))
+    if position != len(result) or not decompressor.eof:
+        raise BucketMismatch(f"the delta covers {position} bytes, the base {len(result)}")
     for index, bucket in enumerate(manifest.buckets):
         manifest.verify(index, memoryview(result)[bucket.start : bucket.start + bucket.size])
     return result

@@ -5,6 +5,10 @@ The buckets are slices of a standard safetensors file rather than a format of ou
 receiver reassembles are a file that safetensors, transformers and vLLM read as they are; the manifest
 is the only thing we define. Each bucket is verified on arrival, so a corrupt or truncated transfer is
 caught per bucket (and refetched) rather than after the whole file.
+
+A version's folder may also hold a delta (delta.py): the compressed difference from the version before.
+It is described by the same manifest, with ``delta`` set (its base and hash) and no tensors, and moves
+through every transport in verified buckets exactly as a full version does.
 """
 
 from __future__ import annotations
@@ -19,8 +23,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from safetensors.torch import load as load_safetensors
 
+from shared.api.weights import DELTA_FILE, WEIGHTS_FILE
+
 FORMAT = "prft-weights/1"
 MANIFEST_FILE = "manifest.json"
+DELTA_MANIFEST_FILE = "delta.json"  # the manifest of the version's delta, next to MANIFEST_FILE
 
 
 class BucketMismatch(ValueError):
@@ -45,6 +52,17 @@ class BucketSpec(BaseModel):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
+class DeltaSpec(BaseModel):
+    """What a delta is: the version it applies to, and its own size and hash."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_version: int = Field(ge=0)
+    version: int = Field(ge=0)
+    delta_bytes: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -54,6 +72,17 @@ class Manifest(BaseModel):
     bucket_bytes: int = Field(gt=0)
     tensors: list[TensorSpec]
     buckets: list[BucketSpec]
+    # Set when the buckets are a delta's bytes (DELTA_FILE) rather than the version's safetensors file.
+    # Left out of a full version's manifest.json (see ``dump``), which stays readable by older receivers.
+    delta: DeltaSpec | None = None
+
+    @property
+    def data_file(self) -> str:
+        """The file, next to this manifest, that the buckets slice."""
+        return DELTA_FILE if self.delta is not None else WEIGHTS_FILE
+
+    def dump(self) -> str:
+        return self.model_dump_json(exclude_none=True)
 
     @model_validator(mode="after")
     def _buckets_tile_the_file(self) -> Manifest:
@@ -67,6 +96,10 @@ class Manifest(BaseModel):
             position += bucket.size
         if position != self.total_bytes:
             raise ValueError(f"the buckets cover {position} bytes of {self.total_bytes}")
+        delta = self.delta
+        if delta is not None and (delta.version != self.version or delta.delta_bytes != self.total_bytes):
+            raise ValueError(f"the delta's spec (v{self.delta.version}, {self.delta.delta_bytes} bytes) does not "
+                             f"match its manifest (v{self.version}, {self.total_bytes} bytes)")
         for tensor in self.tensors:
             if not tensor.start <= tensor.end <= self.total_bytes:
                 raise ValueError(f"tensor {tensor.name} lies outside the file")
@@ -98,6 +131,16 @@ def _tensor_specs(header_bytes: bytes, data_start: int) -> list[TensorSpec]:
     return specs
 
 
+def _bucket_specs(path: Path, bucket_bytes: int) -> list[BucketSpec]:
+    buckets = []
+    start = 0
+    with path.open("rb") as handle:
+        while data := handle.read(bucket_bytes):
+            buckets.append(BucketSpec(start=start, size=len(data), sha256=hashlib.sha256(data).hexdigest()))
+            start += len(data)
+    return buckets
+
+
 def build_manifest(path: Path, version: int, bucket_bytes: int) -> Manifest:
     """The manifest of the safetensors file ``path`` as version ``version``, in buckets of ``bucket_bytes``."""
     total = path.stat().st_size
@@ -106,24 +149,27 @@ def build_manifest(path: Path, version: int, bucket_bytes: int) -> Manifest:
         if not 0 < header_len <= total - 8:
             raise ValueError(f"{path} is not a safetensors file (header length {header_len} of {total} bytes)")
         tensors = _tensor_specs(handle.read(header_len), 8 + header_len)
-        handle.seek(0)
-        buckets = []
-        start = 0
-        while start < total:
-            data = handle.read(bucket_bytes)
-            buckets.append(BucketSpec(start=start, size=len(data), sha256=hashlib.sha256(data).hexdigest()))
-            start += len(data)
-    return Manifest(version=version, total_bytes=total, bucket_bytes=bucket_bytes, tensors=tensors, buckets=buckets)
+    return Manifest(version=version, total_bytes=total, bucket_bytes=bucket_bytes, tensors=tensors,
+                    buckets=_bucket_specs(path, bucket_bytes))
+
+
+def build_delta_manifest(path: Path, spec: DeltaSpec, bucket_bytes: int) -> Manifest:
+    """The manifest of the delta file ``path`` (``spec`` from delta.encode_delta)."""
+    return Manifest(version=spec.version, total_bytes=spec.delta_bytes, bucket_bytes=bucket_bytes, tensors=[],
+                    buckets=_bucket_specs(path, bucket_bytes), delta=spec)
+
+
+def save_manifest(manifest: Manifest, target: Path) -> Path:
+    """``manifest`` written to ``target`` atomically."""
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(manifest.dump())
+    tmp.replace(target)
+    return target
 
 
 def write_manifest(path: Path, version: int, bucket_bytes: int) -> Path:
     """``manifest.json`` next to the safetensors file ``path``, written atomically."""
-    manifest = build_manifest(path, version, bucket_bytes)
-    target = path.parent / MANIFEST_FILE
-    tmp = target.with_suffix(".tmp")
-    tmp.write_text(manifest.model_dump_json())
-    tmp.replace(target)
-    return target
+    return save_manifest(build_manifest(path, version, bucket_bytes), path.parent / MANIFEST_FILE)
 
 
 def load_state_dict(manifest: Manifest, blob: bytes | bytearray) -> dict[str, torch.Tensor]:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from shared.weights.manifest import BucketMismatch, Manifest
+from shared.api.weights import DeltaRef
+from shared.weights.manifest import DELTA_MANIFEST_FILE, BucketMismatch, Manifest
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,19 @@ class VersionRef(BaseModel):
 
     uri: str  # the whole safetensors file, for a receiver that takes no transport (file:// or http(s)://)
     manifest: str  # the manifest's address in the backend's terms: what ``WeightTransport`` reads
+    delta: DeltaRef | None = None  # the version's delta, when its folder holds one (see ``delta_base``)
+
+
+def delta_base(directory: Path) -> int | None:
+    """The base version of the delta in a version's folder (DELTA_MANIFEST_FILE), None when it has none:
+    what an origin names in ``VersionRef.delta``."""
+    path = directory / DELTA_MANIFEST_FILE
+    if not path.is_file():
+        return None
+    delta = Manifest.model_validate_json(path.read_text()).delta
+    if delta is None:
+        raise ValueError(f"{path} describes no delta")
+    return delta.base_version
 
 
 class WeightOrigin(ABC):
@@ -55,7 +69,9 @@ class WeightTransport(ABC):
     async def manifest(self, ref: str) -> Manifest: ...
 
     @abstractmethod
-    async def bucket(self, ref: str, manifest: Manifest, index: int) -> bytes: ...
+    async def bucket(self, ref: str, manifest: Manifest, index: int) -> bytes:
+        """Bucket ``index`` of the object ``manifest`` (read at ``ref``) describes: the version's file, or
+        its delta's (``manifest.data_file``)."""
 
     async def close(self) -> None:  # noqa: B027 - most backends hold nothing
         pass
@@ -68,10 +84,12 @@ class WeightTransport(ABC):
 
 
 async def receive(
-    transport: WeightTransport, ref: str, concurrency: int = 4, retries: int = 2
+    transport: WeightTransport, ref: str, concurrency: int = 4, retries: int = 2, manifest: Manifest | None = None
 ) -> tuple[Manifest, bytearray]:
-    """The manifest and the verified bytes of the version at ``ref``."""
-    manifest = await transport.manifest(ref)
+    """The manifest and the verified bytes of the object (a version, or a delta) whose manifest is at
+    ``ref``; ``manifest``: that manifest when the caller has already read it."""
+    if manifest is None:
+        manifest = await transport.manifest(ref)
     blob = bytearray(manifest.total_bytes)
     limit = asyncio.Semaphore(concurrency)
 

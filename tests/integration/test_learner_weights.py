@@ -2,6 +2,7 @@
 workers only (a real rollout service that fetches and swaps the weights), and a dead worker that costs
 retries but never an exception."""
 
+import asyncio
 import threading
 import time
 
@@ -12,12 +13,16 @@ import torch
 from launcher.processes import free_port
 from services.learner.app import BackgroundServer, StatusSource, create_app
 from services.learner.metrics import StepMetrics
-from services.learner.weights import Publisher, WeightStore
+from services.learner.weights import Publisher, Release, WeightStore
+from shared.api.rollout import RolloutClient
 from shared.api.weights import auth_header, manifest_url
 from shared.bus import Keys, WeightsRecordStore, WorkerRegistry
 from shared.modeling import load_model, load_tokenizer
 from shared.records import LearnerStatus, metrics_file
 from shared.weights.manifest import Manifest
+from shared.weights.receiver import Held, receive_version
+from shared.weights.settings import WeightsSettings
+from shared.weights.transports import open_origin, open_transport
 from tests.helpers.records import step_record
 from tests.helpers.rollout import TOKEN
 from tests.helpers.workers import register, served_version, weight_swaps
@@ -126,3 +131,111 @@ def test_push_reaches_live_workers_and_survives_dead_ones(
     publisher.close()
     server.stop()
     assert threading.active_count() < 50
+
+
+@pytest.mark.parametrize("transport", ["http", "file"])
+def test_versions_are_released_with_their_delta(tmp_path, redis_client, namespace, default_init_dir, transport):
+    """The learner's release path (store, origin, record) with deltas on: each version after the first
+    names its delta from the version before, and a receiver holding that version fetches the delta
+    through the transport (with the token on http) and ends on the new version's exact bytes."""
+    model, tokenizer = load_model(default_init_dir), load_tokenizer(default_init_dir)
+    store = WeightStore(tmp_path / "weights", keep=2, bucket_bytes=256 << 10)
+    settings = WeightsSettings(transport=transport, full_every=3)
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    server = BackgroundServer(create_app(StatusSource(), store, StepMetrics(metrics_file(tmp_path)), TOKEN),
+                              "127.0.0.1", port)
+    server.start()
+    keys = Keys(namespace)
+    records = WeightsRecordStore(redis_client, keys)
+    publisher = Publisher(records, WorkerRegistry(redis_client, keys), TOKEN, worker_ttl_s=30, retries=0,
+                          timeout_s=10)
+    origin = open_origin(settings, base_url)
+    release = Release(store, origin, publisher, settings)
+    held: Held | None = None
+    paths = []
+    try:
+        for version in range(4):
+            with torch.no_grad():  # an optimizer step's worth of change
+                model.model.embed_tokens.weight[version] += 0.01
+            store.save(model, model.state_dict(), version, tokenizer)
+            release.submit(version)
+            deadline = time.monotonic() + 60
+            while (records.get() is None or records.get().version != version) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            record = records.get()
+            assert record.version == version and record.transport == transport
+            # v0 has nothing before it, v3 is a multiple of full_every: both whole only.
+            assert (record.delta is not None) == (version in (1, 2))
+            if record.delta is not None:
+                assert record.delta.base_version == version - 1
+
+            async def fetch(record=record, held=held):
+                async with open_transport(transport, TOKEN) as receiver:
+                    return await receive_version(receiver, record.manifest, record.delta, held)
+
+            received = asyncio.run(fetch())
+            assert bytes(received.blob) == store.file(version).read_bytes()
+            paths.append(received.path)
+            held = Held(version, received.blob)
+        if transport == "http":  # a delta is guarded like the weights; v3 (a multiple of full_every) has none
+            assert httpx.get(f"{base_url}/v1/weights/2/delta/manifest").status_code == 401
+            assert httpx.get(f"{base_url}/v1/weights/3/delta/manifest", headers=auth_header(TOKEN)).status_code == 404
+    finally:
+        release.drain()
+        publisher.close()
+        server.stop()
+    assert paths == ["full", "delta", "delta", "full"]
+    assert store.versions() == [2, 3]  # pruned after each release, v1 only once v2's delta was written
+
+
+def test_a_worker_takes_the_delta_of_the_version_after_the_one_it_serves(
+    tmp_path, redis_client, namespace, default_init_dir, rollout_worker
+):
+    """A real worker (vLLM) pushed two versions: the first whole (it has no delta), the second by its
+    delta alone, from the bytes of the first that the worker kept."""
+    keys = Keys(namespace)
+    model, tokenizer = load_model(default_init_dir), load_tokenizer(default_init_dir)
+    store = WeightStore(tmp_path / "weights", keep=3, bucket_bytes=1 << 20)
+    settings = WeightsSettings(full_every=100)
+    port = free_port()
+    app = create_app(StatusSource(), store, StepMetrics(metrics_file(tmp_path)), TOKEN)
+    served_paths: list[str] = []
+
+    @app.middleware("http")
+    async def note_path(request, call_next):
+        served_paths.append(request.url.path)
+        return await call_next(request)
+
+    server = BackgroundServer(app, "127.0.0.1", port)
+    server.start()
+    registry = WorkerRegistry(redis_client, keys)
+    publisher = Publisher(WeightsRecordStore(redis_client, keys), registry, TOKEN, worker_ttl_s=30, retries=2,
+                          timeout_s=120)
+    release = Release(store, open_origin(settings, f"http://127.0.0.1:{port}"), publisher, settings)
+    first = served_version(rollout_worker) + 1
+    register(redis_client, keys, "live", rollout_worker, version=first - 1)
+    try:
+        for version in (first, first + 1):
+            with torch.no_grad():
+                model.model.embed_tokens.weight[version % 100] += 0.01
+            store.save(model, model.state_dict(), version, tokenizer)
+            release.submit(version)
+            deadline = time.monotonic() + 180
+            while served_version(rollout_worker) != version and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert served_version(rollout_worker) == version
+    finally:
+        release.drain()
+        publisher.close()
+        server.stop()
+    second = f"/v1/weights/{first + 1}"
+    assert f"{second}/delta/manifest" in served_paths and f"{second}/delta/buckets/0" in served_paths
+    assert not any(path.startswith(f"{second}/buckets/") for path in served_paths)  # nothing of the full file
+    assert any(path.startswith(f"/v1/weights/{first}/buckets/") for path in served_paths)
+
+    async def fetches(path: str) -> float:
+        async with RolloutClient(rollout_worker, timeout_s=10) as worker:
+            return await worker.metric("rollout_weight_fetches_total", path=path) or 0.0
+
+    assert asyncio.run(fetches("delta")) >= 1

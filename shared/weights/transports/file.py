@@ -8,9 +8,9 @@ import asyncio
 import urllib.parse
 from pathlib import Path
 
-from shared.api.weights import WEIGHTS_FILE
-from shared.weights.manifest import MANIFEST_FILE, Manifest
-from shared.weights.transport import VersionRef, WeightOrigin, WeightTransport
+from shared.api.weights import WEIGHTS_FILE, DeltaRef
+from shared.weights.manifest import DELTA_MANIFEST_FILE, MANIFEST_FILE, Manifest
+from shared.weights.transport import VersionRef, WeightOrigin, WeightTransport, delta_base
 
 
 def manifest_path(ref: str) -> Path:
@@ -35,7 +35,7 @@ class FileTransport(WeightTransport):
 
     async def bucket(self, ref: str, manifest: Manifest, index: int) -> bytes:
         bucket = manifest.buckets[index]
-        return await asyncio.to_thread(_read, manifest_path(ref).parent / WEIGHTS_FILE, bucket.start, bucket.size)
+        return await asyncio.to_thread(_read, manifest_path(ref).parent / manifest.data_file, bucket.start, bucket.size)
 
 
 class FileOrigin(WeightOrigin):
@@ -45,4 +45,6 @@ class FileOrigin(WeightOrigin):
 
     def publish(self, version: int, directory: Path) -> VersionRef:
         folder = directory.resolve()
-        return VersionRef(uri=(folder / WEIGHTS_FILE).as_uri(), manifest=(folder / MANIFEST_FILE).as_uri())
+        base = delta_base(folder)
+        delta = None if base is None else DeltaRef(base_version=base, manifest=(folder / DELTA_MANIFEST_FILE).as_uri())
+        return VersionRef(uri=(folder / WEIGHTS_FILE).as_uri(), manifest=(folder / MANIFEST_FILE).as_uri(), delta=delta)

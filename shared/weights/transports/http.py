@@ -1,5 +1,6 @@
 """``http``: buckets fetched from the learner's API (today's origin), with the job's bearer token. The
-ref is the version's manifest URL (``shared.api.weights.manifest_url``)."""
+ref is the version's manifest URL (``shared.api.weights.manifest_url``), or its delta's
+(``delta_manifest_url``); a bucket's URL is the ref's with ``/buckets/{i}`` for ``/manifest``."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from pathlib import Path
 import httpx
 
 from shared.api.http import RetryPolicy, checked
-from shared.api.weights import auth_header, bucket_url, manifest_url, weights_url
+from shared.api.weights import DeltaRef, auth_header, bucket_url, delta_manifest_url, manifest_url, weights_url
 from shared.weights.manifest import Manifest
-from shared.weights.transport import VersionRef, WeightOrigin, WeightTransport
+from shared.weights.transport import VersionRef, WeightOrigin, WeightTransport, delta_base
 
 
 class HttpTransport(WeightTransport):
@@ -55,5 +56,8 @@ class HttpOrigin(WeightOrigin):
         self.public_base_url = public_base_url
 
     def publish(self, version: int, directory: Path) -> VersionRef:
+        base = delta_base(directory)
+        delta = None if base is None else DeltaRef(
+            base_version=base, manifest=delta_manifest_url(self.public_base_url, version))
         return VersionRef(uri=weights_url(self.public_base_url, version),
-                          manifest=manifest_url(self.public_base_url, version))
+                          manifest=manifest_url(self.public_base_url, version), delta=delta)
