@@ -93,7 +93,7 @@ class WeightUpdate(Message):
     uri: str = Field(min_length=1, pattern=r"^(file|https?)://")
     # When set, the worker fetches the version's verified buckets through this transport (shared.weights)
     # rather than the whole file at ``uri``.
-    manifest: str | None = Field(None, min_length=1, pattern=r"^(file|https?)://")
+    manifest: str | None = Field(None, min_length=1, pattern=r"^(file|https?|s3)://")
     transport: TransportName | None = None
 
     @model_validator(mode="after")
@@ -101,7 +101,7 @@ class WeightUpdate(Message):
         if (self.manifest is None) != (self.transport is None):
             raise ValueError("manifest and transport come together (or neither)")
         if self.transport is not None:
-            wanted = ("file://",) if self.transport == "file" else ("http://", "https://")
+            wanted = {"file": ("file://",), "s3": ("s3://",)}.get(self.transport, ("http://", "https://"))
             if not self.manifest.startswith(wanted):
                 raise ValueError(f"the {self.transport} transport takes a {' or '.join(wanted)} manifest")
         return self

@@ -17,7 +17,12 @@ def open_transport(name: TransportName, token: str | None = None, timeout_s: flo
         from shared.weights.transports.http import HttpTransport
 
         return HttpTransport(token, timeout_s)
-    raise ValueError(f"unknown weights transport {name!r} (http, file)")
+    if name == "s3":
+        # The store's endpoint and keys come from the standard AWS variables, not the job's token.
+        from shared.weights.transports.s3 import S3Transport
+
+        return S3Transport(timeout_s)
+    raise ValueError(f"unknown weights transport {name!r} (http, file, s3)")
 
 
 def open_origin(settings: WeightsSettings, public_base_url: str) -> WeightOrigin:
@@ -30,4 +35,8 @@ def open_origin(settings: WeightsSettings, public_base_url: str) -> WeightOrigin
         from shared.weights.transports.http import HttpOrigin
 
         return HttpOrigin(public_base_url)
-    raise ValueError(f"unknown weights transport {settings.transport!r} (http, file)")
+    if settings.transport == "s3":
+        from shared.weights.transports.s3 import S3Origin
+
+        return S3Origin(settings.s3, public_base_url)
+    raise ValueError(f"unknown weights transport {settings.transport!r} (http, file, s3)")
