@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import boto3
 import botocore.exceptions
 from botocore.config import Config
 
-from launcher.processes import ManagedProcess, free_port, start_process
+from launcher.processes import ManagedProcess, ProcessDied, start_process
 
 ACCESS_KEY = "prft-test-key"
 SECRET_KEY = "prft-test-secret-0123456789"
@@ -55,8 +56,48 @@ def weed_binary() -> str:
     return binary
 
 
-def start_seaweedfs(workdir: Path, bucket: str = BUCKET, timeout_s: float = 60.0) -> SeaweedS3:
-    """``weed mini`` with one identity (ACCESS_KEY/SECRET_KEY, full rights) and ``bucket`` created."""
+def _free_ports(names: list[str]) -> dict[str, int]:
+    """Distinct free loopback ports (all held open while chosen, so none is handed out twice), the
+    admin's with its port + 10000 free too: mini's maintenance worker dials the admin server there,
+    whatever -admin.port.grpc says."""
+    held: list[socket.socket] = []
+    try:
+        def take(port: int = 0) -> int:
+            sock = socket.socket()
+            held.append(sock)
+            sock.bind(("127.0.0.1", port))
+            return sock.getsockname()[1]
+
+        ports = {name: take() for name in names}
+        for _ in range(100):
+            admin = take()
+            if admin + 10000 < 65536:
+                try:
+                    take(admin + 10000)
+                except OSError:
+                    continue
+                ports["admin.port"] = admin
+                return ports
+        raise RuntimeError("no free loopback port for the admin server")
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def start_seaweedfs(workdir: Path, bucket: str = BUCKET, timeout_s: float = 60.0, attempts: int = 3) -> SeaweedS3:
+    """``weed mini`` with one identity (ACCESS_KEY/SECRET_KEY, full rights) and ``bucket`` created. Its
+    ports are chosen free but may be taken before it binds them (tests run beside other servers):
+    a start that dies is tried again on new ports."""
+    for attempt in range(attempts):
+        try:
+            return _start(workdir / f"try{attempt}", bucket, timeout_s)
+        except ProcessDied:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start(workdir: Path, bucket: str, timeout_s: float) -> SeaweedS3:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "data").mkdir(exist_ok=True)
     identities = workdir / "s3-identities.json"
@@ -65,10 +106,10 @@ def start_seaweedfs(workdir: Path, bucket: str = BUCKET, timeout_s: float = 60.0
         "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"],
     }]}))
-    ports = {name: free_port() for name in (
+    ports = _free_ports([
         "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
-        "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc",
-    )}
+        "s3.port", "s3.port.grpc",
+    ])
     argv = [
         weed_binary(), "mini", f"-dir={workdir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
         *(f"-{name}={port}" for name, port in ports.items()),
@@ -84,10 +125,15 @@ def start_seaweedfs(workdir: Path, bucket: str = BUCKET, timeout_s: float = 60.0
         try:
             client.create_bucket(Bucket=bucket)
             break
-        except (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ClientError) as exc:
-            if time.monotonic() > deadline:
-                process.kill()
-                raise TimeoutError(f"SeaweedFS's S3 gateway not ready: {exc}\n{process.log_tail()}") from exc
-            time.sleep(0.1)
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "BucketAlreadyOwnedByYou":  # an earlier try got there
+                break
+            last: Exception = exc
+        except botocore.exceptions.BotoCoreError as exc:  # not listening yet, or too slow to answer
+            last = exc
+        if time.monotonic() > deadline:
+            process.kill()
+            raise TimeoutError(f"SeaweedFS's S3 gateway not ready: {last}\n{process.log_tail()}")
+        time.sleep(0.1)
     client.close()
     return store
