@@ -3,7 +3,6 @@ against plain transformers forwards of the same weights."""
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import http.server
 import shutil
@@ -18,13 +17,14 @@ import torch
 from safetensors.torch import save_file
 
 from launcher.processes import free_port
-from shared.api.rollout import RolloutClient, WeightsStatus, WeightsUpdateFailed
+from shared.api.rollout import WeightsUpdateFailed
 from shared.api.weights import WEIGHTS_FILE
 from shared.datasets.arithmetic import ArithmeticDataset
 from shared.modeling import load_tokenizer, prompt_token_ids, response_token_ids
 from shared.weights.manifest import Manifest, write_manifest
 from tests.helpers.reference import hf_greedy, hf_logprobs, hf_model
 from tests.helpers.rollout import MAX_N, MAX_TOKENS, TOKEN, start_rollout
+from tests.helpers.workers import wait_served
 
 pytestmark = pytest.mark.integration
 
@@ -206,20 +206,10 @@ def push(client, update: dict, accepted: str = "queued") -> None:
     assert reply.json() == {"version": update["version"], "outcome": accepted}
 
 
-def served(service: str, version: int) -> WeightsStatus:
-    """Wait (through the real client) until the service serves ``version``."""
-
-    async def wait() -> WeightsStatus:
-        async with RolloutClient(service) as worker:
-            return await worker.wait_for_version(version, timeout_s=300, poll_s=0.05)
-
-    return asyncio.run(wait())
-
-
 def failed(service: str, version: int) -> str:
     """The reason the service gives for not loading ``version``."""
     with pytest.raises(WeightsUpdateFailed) as failure:
-        served(service, version)
+        wait_served(service, version)
     return str(failure.value)
 
 
@@ -260,7 +250,7 @@ def test_weight_push_swaps_the_served_model(
     for sample in in_flight["samples"]:
         assert_greedy(default_init_dir, prompt, sample)
 
-    status = served(service, start + 1)
+    status = wait_served(service, start + 1)
     assert (status.version, status.update, status.queued, status.last_failure) == (start + 1, None, None, None)
     push(client, {"version": start + 1, "uri": default_base_dir.as_uri()}, accepted="served")  # a no-op
     after = generate(client, prompt_token_ids=prompt, sampling=greedy)
@@ -285,7 +275,7 @@ def test_weight_push_swaps_the_served_model(
     server, base = serve_directory(perturbed)
     try:
         push(client, {"version": start + 2, "uri": f"{base}/model.safetensors"})
-        served(service, start + 2)  # the download is over once the version is served
+        wait_served(service, start + 2)  # the download is over once the version is served
     finally:
         server.shutdown()
     after = generate(client, prompt_token_ids=prompt, sampling=greedy)
@@ -317,7 +307,7 @@ def test_weight_push_swaps_the_served_model(
     untouched = download_dir.stat().st_mtime_ns
     push(client, {"version": start + 4, "uri": (published / WEIGHTS_FILE).as_uri(), "manifest": manifest.as_uri(),
                   "transport": "file"})
-    status = served(service, start + 4)
+    status = wait_served(service, start + 4)
     assert status.version == start + 4 and status.last_failure.version == start + 3  # the last failure stays
     assert list(download_dir.iterdir()) == [] and download_dir.stat().st_mtime_ns == untouched
     fresh = generate(client, prompt_token_ids=prompt, sampling=greedy)
