@@ -202,3 +202,45 @@ def test_the_header_check_reads_the_version_in_memory(tmp_path):
     finally:
         segment.close()
     assert not segment_exists(segment.name)
+
+
+def test_the_push_route_answers_at_once_and_the_client_waits_for_the_version(setup):
+    """The HTTP contract on the real app and the real client: 202 while the update runs in the background,
+    GET /v1/weights shows it, 409 for an older version, 422 for a transport the worker does not know."""
+    import httpx
+
+    from services.rollout.app import create_app
+    from services.rollout.settings import RolloutSettings
+    from shared.api.rollout import RolloutClient
+
+    engine, updater, root, _ = setup
+    engine.dead_reason = None
+    app = create_app(RolloutSettings(auth={"token": "s3cret"}), engine, updater, RolloutMetrics())
+    auth = {"Authorization": "Bearer s3cret"}
+    body = {v: publish(root, v).model_dump(mode="json", exclude_none=True) for v in (1, 2)}
+
+    async def run():
+        transport = httpx.ASGITransport(app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://worker") as http, \
+                RolloutClient("http://worker", "s3cret", transport=transport) as client:
+            engine.hold.clear()
+            first = await http.post("/v1/weights", json=body[1], headers=auth)
+            await engine.entered.wait()
+            during = (await http.get("/v1/weights")).json()
+            second = await client.push_weights(WeightUpdate.model_validate(body[2]))
+            again = await http.post("/v1/weights", json=body[1], headers=auth)
+            ftp = body[2] | {"version": 3, "transport": "ftp"}
+            unknown = await http.post("/v1/weights", json=ftp, headers=auth)
+            engine.hold.set()
+            status = await client.wait_for_version(2, timeout_s=30, poll_s=0.01)
+            stale = await http.post("/v1/weights", json=body[1], headers=auth)
+            return first, during, second, again, unknown, status, stale
+
+    first, during, second, again, unknown, status, stale = asyncio.run(run())
+    assert (first.status_code, first.json()) == (202, {"version": 1, "outcome": "queued"})
+    assert during["version"] == 0 and during["update"]["version"] == 1 and during["update"]["phase"] == "swapping"
+    assert (second.version, second.outcome) == (2, "queued")
+    assert (again.status_code, again.json()["outcome"]) == (202, "pending")
+    assert unknown.status_code == 422 and unknown.json()["detail"][0]["loc"] == ["body", "transport"]
+    assert status == WeightsStatus(version=2)
+    assert stale.status_code == 409 and "older than the served version 2" in stale.text
