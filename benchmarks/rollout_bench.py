@@ -9,7 +9,9 @@
 3. Weight swap: POST /v1/weights (file:// and http://) on the default model and on a model of
    SmolLM2-135M's shape (Llama, 30 layers, hidden 576, vocabulary 49152, tied embeddings; random
    weights built locally, since no checkpoint can be downloaded: the swap time depends on the
-   shapes, not on the values). Figures: the request's round trip and the time the engine was held.
+   shapes, not on the values), and a manifest version (file transport) that the worker applies from
+   memory. Figures: the push's answer (202, once validated), the time until the worker serves the
+   version (polling GET /v1/weights), and the time the engine was held.
 4. Start-up: from spawning a worker (worker loop on, with a private redis-server) to /readyz
    answering 200 and to its registry entry appearing in Redis (goal: ready within 10 s).
 
@@ -47,6 +49,8 @@ from shared.api.rollout import GenerateRequest, RolloutClient, WeightUpdate
 from shared.api.weights import WEIGHTS_FILE
 from shared.datasets.arithmetic import ArithmeticDataset
 from shared.modeling import cached_build, default_cache_dir, load_tokenizer, prompt_token_ids
+from shared.weights.manifest import write_manifest
+from shared.weights.settings import WeightsSettings
 
 TOKEN = "bench-token"
 SMOLLM2_135M_SHAPE = dict(
@@ -177,35 +181,47 @@ async def swap_metric_sum(client: RolloutClient) -> float:
     return value
 
 
-def measure_swaps(url: str, model_dir: Path, repeats: int) -> dict[str, list[tuple[float, float]]]:
-    """(round trip, engine held) per push, for file:// and http:// sources."""
+def measure_swaps(url: str, model_dir: Path, repeats: int) -> dict[str, list[tuple[float, float, float]]]:
+    """(push answered, until served, engine held) per push, for file:// and http:// sources and for a
+    manifest version (file transport) applied from memory. The push is answered once validated; the
+    worker fetches and swaps in the background, so "until served" polls GET /v1/weights."""
     weights = model_dir / WEIGHTS_FILE
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(model_dir))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
     server.RequestHandlerClass.log_message = lambda *args: None
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    published = Path(tempfile.mkdtemp(prefix="prft-bench-manifest-"))
+    shutil.copy(weights, published / WEIGHTS_FILE)
+    manifest = write_manifest(published / WEIGHTS_FILE, 0, WeightsSettings().bucket_bytes)
+    http_uri = f"http://127.0.0.1:{server.server_address[1]}/{WEIGHTS_FILE}"
     sources = {
-        "file://": weights.as_uri(),
-        "http://": f"http://127.0.0.1:{server.server_address[1]}/{WEIGHTS_FILE}",
+        "file://": lambda version: WeightUpdate(version=version, uri=weights.as_uri()),
+        "http://": lambda version: WeightUpdate(version=version, uri=http_uri),
+        "manifest (memory)": lambda version: WeightUpdate(
+            version=version, uri=(published / WEIGHTS_FILE).as_uri(), manifest=manifest.as_uri(), transport="file"
+        ),
     }
-    results: dict[str, list[tuple[float, float]]] = {k: [] for k in sources}
+    results: dict[str, list[tuple[float, float, float]]] = {k: [] for k in sources}
 
     async def pushes() -> None:
         async with RolloutClient(url, TOKEN, retry=RetryPolicy(retries=0)) as client:
             version = await client.version()
             for _ in range(repeats):
-                for kind, uri in sources.items():
+                for kind, update in sources.items():
                     version += 1
                     held_before = await swap_metric_sum(client)
                     started = time.perf_counter()
-                    await client.push_weights(WeightUpdate(version=version, uri=uri))
-                    round_trip = time.perf_counter() - started
-                    results[kind].append((round_trip, await swap_metric_sum(client) - held_before))
+                    await client.push_weights(update(version))
+                    answered = time.perf_counter() - started
+                    await client.wait_for_version(version, timeout_s=600, poll_s=0.005)
+                    served = time.perf_counter() - started
+                    results[kind].append((answered, served, await swap_metric_sum(client) - held_before))
 
     try:
         asyncio.run(pushes())
     finally:
         server.shutdown()
+        shutil.rmtree(published, ignore_errors=True)
     return results
 
 
@@ -361,8 +377,11 @@ def run_benchmark(args, console: Console, model_dir: Path, tmp: Path) -> None:
     swap_sets = [("default model", swaps_default)] + ([("135M model", swaps_135m)] if swaps_135m else [])
     for label, swaps in swap_sets:
         for kind, rows in swaps.items():
-            trips, held = [r[0] for r in rows], [r[1] for r in rows]
-            table.add_row(f"swap {label} {kind}: request s", f"{min(trips):.3f}", f"{statistics.median(trips):.3f}")
+            trips, served, held = [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+            table.add_row(f"swap {label} {kind}: push answered s", f"{min(trips):.3f}",
+                          f"{statistics.median(trips):.3f}")
+            table.add_row(f"swap {label} {kind}: push to served s", f"{min(served):.3f}",
+                          f"{statistics.median(served):.3f}")
             table.add_row(f"swap {label} {kind}: engine held s", f"{min(held):.3f}", f"{statistics.median(held):.3f}")
     table.add_row("start to /readyz s", f"{min(ready):.1f}", f"{statistics.median(ready):.1f}")
     table.add_row("start to registered in Redis s", f"{min(registered):.1f}", f"{statistics.median(registered):.1f}")

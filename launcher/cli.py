@@ -126,12 +126,13 @@ def failing_cleanly(died: str, interrupted: str):
     """A job that stopped its processes (a service died, Ctrl-C or SIGTERM) ends with a message, not a trace."""
     from launcher.deployment import ProcessDied
     from shared.api.http import ServiceRefused, ServiceUnavailable
+    from shared.api.rollout import WeightsUpdateFailed
 
     try:
         yield
     except ProcessDied as exc:
         fail(f"{died}: {exc}")
-    except (ServiceRefused, ServiceUnavailable) as exc:
+    except (ServiceRefused, ServiceUnavailable, WeightsUpdateFailed) as exc:
         fail(str(exc))
     except KeyboardInterrupt:
         fail(interrupted)

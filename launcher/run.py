@@ -383,11 +383,9 @@ def _wait_for_final_weights(deployment: LocalDeployment, console: Console, timeo
     deadline = time.monotonic() + timeout
 
     async def wait(url: str) -> None:
-        async with RolloutClient(url, timeout_s=5.0) as worker:
-            while await worker.version() < final_version:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"worker {url} never loaded the final weights v{final_version}")
-                await asyncio.sleep(0.5)
+        # The push only queued the version: the worker fetches and swaps it in the background.
+        async with RolloutClient(url, timeout_s=5.0, name=f"worker {url}") as worker:
+            await worker.wait_for_version(final_version, timeout_s=max(0.0, deadline - time.monotonic()))
 
     with console.status(f"waiting for the workers to serve weights v{final_version}"):
         for url in deployment.rollout_urls:

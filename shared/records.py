@@ -129,11 +129,12 @@ class LedgerEvent(Decision):
 
 
 class PushReport(_Record):
-    """One push of a weight version to the live workers."""
+    """One push of a weight version to the live workers: the time to notify them all (each fetches and
+    swaps in the background after accepting)."""
 
     version: int
     seconds: float
-    pushed: list[str]  # worker ids
+    pushed: list[str]  # worker ids that accepted the version (202)
     failed: list[str]
 
 

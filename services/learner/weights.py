@@ -4,7 +4,8 @@ push to live workers.
 A version is written to a temporary directory and renamed into place, so ``GET /v1/weights/{v}``
 never serves a half-written file. Pushing runs on its own thread, to every worker at once, and only
 ever pushes the newest version: a slow or dead worker delays nobody, and a failed push is retried,
-logged and forgotten (the worker loads the record from Redis when it comes back).
+logged and forgotten (the worker loads the record from Redis when it comes back). A push is delivered
+when the worker accepts it (202); the worker fetches and swaps on its own.
 """
 
 from __future__ import annotations
@@ -161,7 +162,8 @@ class WeightStore:
 async def push_to_worker(
     worker: WorkerInfo, update: WeightUpdate, token: str, retry: RetryPolicy, timeout_s: float
 ) -> bool:
-    """True once the worker serves ``update``; every failed attempt is logged by the retry policy."""
+    """True once the worker accepted ``update`` (202: it fetches and swaps in the background, so this
+    never waits on its download or its swap); every failed attempt is logged by the retry policy."""
     async with RolloutClient(worker.url, token, timeout_s, retry, name=worker.worker_id) as client:
         try:
             await client.push_weights(update)
@@ -230,7 +232,7 @@ class Publisher:
                 log.exception("push of v%d failed", update.version)
 
     async def _push_all(self, workers: list[WorkerInfo], update: WeightUpdate) -> list[bool]:
-        # All at once: the workers fetch the file in parallel, and a slow one delays none of the others.
+        # All at once, so a worker that is slow to answer delays none of the others.
         return await asyncio.gather(
             *(push_to_worker(w, update, self.token, self.retry, self.timeout_s) for w in workers)
         )

@@ -15,8 +15,7 @@ from services.rollout.metrics import CONTENT_TYPE, RolloutMetrics
 from services.rollout.openai_api import OPENAI_ROUTES, add_openai_routes, openai_error, openai_validation_error
 from services.rollout.settings import RolloutSettings
 from services.rollout.updates import StaleVersion, WeightUpdater
-from services.rollout.weights import WeightsError
-from shared.api.rollout import GenerateRequest, GenerateResponse, WeightsVersion, WeightUpdate
+from shared.api.rollout import GenerateRequest, GenerateResponse, WeightsAccepted, WeightsStatus, WeightUpdate
 from shared.api.weights import PUSH_ROUTE, bearer_guard
 from shared.bodylimit import BodySizeLimit
 
@@ -73,22 +72,19 @@ def create_app(
         # Serialised once by pydantic; FastAPI would validate the samples a second time.
         return Response(response.model_dump_json(), media_type="application/json")
 
-    @app.get(PUSH_ROUTE, response_model=WeightsVersion)
-    async def get_weights() -> WeightsVersion:
-        return WeightsVersion(version=engine.version)
+    @app.get(PUSH_ROUTE, response_model=WeightsStatus)
+    async def get_weights() -> WeightsStatus:
+        return updater.status()
 
-    @app.post(PUSH_ROUTE, response_model=WeightsVersion, dependencies=[Depends(authorised)])
-    async def push_weights(update: WeightUpdate) -> WeightsVersion:
+    # 202: validated and queued (or a no-op, as the outcome says); the fetch and the swap run in the
+    # background, so a pusher never waits on a download or a drain.
+    @app.post(PUSH_ROUTE, response_model=WeightsAccepted, status_code=202, dependencies=[Depends(authorised)])
+    async def push_weights(update: WeightUpdate) -> WeightsAccepted:
         require_ready()
         try:
-            await updater.update(update)
+            return updater.submit(update)
         except StaleVersion as exc:
             raise HTTPProblem(409, str(exc)) from exc
-        except WeightsError as exc:
-            raise HTTPProblem(422, str(exc)) from exc
-        except EngineFailed as exc:
-            raise HTTPProblem(500, str(exc)) from exc
-        return WeightsVersion(version=engine.version)
 
     add_openai_routes(app, settings, engine)
 

@@ -24,6 +24,7 @@ from services.rollout.gate import VersionGate
 from services.rollout.metrics import RolloutMetrics
 from services.rollout.openai_serving import OpenAIServing, build_openai_serving
 from services.rollout.settings import RolloutSettings
+from services.rollout.shared_weights import SharedWeights
 from services.rollout.weights import Header, check_compatible, read_headers, safetensors_files
 from shared.api.rollout import Sample, SamplingParams
 from shared.schema import TokenIds
@@ -313,24 +314,31 @@ class RolloutEngine:
 
     # ------------------------------------------------------------------ weights
 
-    def check_weights(self, paths: list[Path]) -> None:
-        check_compatible(self.reference_header, read_headers(paths))
+    def check_weights(self, source: list[Path] | SharedWeights) -> None:
+        """WeightsError unless ``source`` has this model's tensor names and shapes (read from its header)."""
+        header = source.header() if isinstance(source, SharedWeights) else read_headers(source)
+        check_compatible(self.reference_header, header)
 
-    async def swap(self, version: int, paths: list[Path]) -> float:
-        """Load ``paths`` as ``version`` once no generation runs; return the seconds the engine was held.
+    async def swap(self, version: int, source: list[Path] | SharedWeights) -> float:
+        """Load ``source`` (safetensors files, or a version in shared memory) as ``version`` once no
+        generation runs; return the seconds the engine was held.
 
         Shielded: a caller that goes away (client disconnect, shutdown) must not stop a swap between
         the reload and the version change."""
-        return await asyncio.shield(asyncio.ensure_future(self._swap(version, paths)))
+        return await asyncio.shield(asyncio.ensure_future(self._swap(version, source)))
 
-    async def _swap(self, version: int, paths: list[Path]) -> float:
+    async def _swap(self, version: int, source: list[Path] | SharedWeights) -> float:
+        if isinstance(source, SharedWeights):
+            method, args = "prft_reload_shared_weights", (source.name,)
+        else:
+            method, args = "prft_reload_weights", ([str(p) for p in source],)
         async with self._swap_lock:
             async with self.gate.exclusive():
                 started = time.monotonic()
                 # No hold runs now, but an aborted request may still be in the engine: let it end.
                 await self.llm.pause_generation(mode="wait", clear_cache=True)
                 try:
-                    await self.llm.collective_rpc("prft_reload_weights", args=([str(p) for p in paths],))
+                    await self.llm.collective_rpc(method, args=args)
                     # Cached KV blocks were computed by the old weights.
                     if not await self.llm.reset_prefix_cache():
                         raise EngineFailed("the prefix cache could not be reset after a weight swap")

@@ -2,7 +2,9 @@
 
 On CPU the linear weights are pre-packed for the kernels, so ``model.load_weights`` on the live model
 fails; ``model_runner.reload_weights`` re-runs the loader's post-processing and is the supported path.
-Tensors are read from local safetensors files here, in the worker, so no weights cross the RPC pipe.
+Tensors are read here, in the worker, so no weights cross the RPC pipe: from local safetensors files (a
+user's checkpoint), or from the shared-memory segment the rollout process assembled a received version
+in (``shared_weights``), as views of it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from collections.abc import Iterator
 
 import torch
 from safetensors import safe_open
+
+from services.rollout.shared_weights import attached, tensors
 
 
 def _tensors(paths: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
@@ -37,6 +41,12 @@ def _refresh_tied_output_layer(model: torch.nn.Module) -> None:
 class WeightSwapExtension:
     def prft_reload_weights(self, paths: list[str]) -> None:
         self.model_runner.reload_weights(weights_iterator=_tensors(paths))  # type: ignore[attr-defined]
+        _refresh_tied_output_layer(self.model_runner.get_model())  # type: ignore[attr-defined]
+
+    def prft_reload_shared_weights(self, name: str) -> None:
+        """Load the version in shared-memory segment ``name`` (its creator frees it afterwards)."""
+        with attached(name) as buffer:
+            self.model_runner.reload_weights(weights_iterator=tensors(buffer))  # type: ignore[attr-defined]
         _refresh_tied_output_layer(self.model_runner.get_model())  # type: ignore[attr-defined]
 
     def prft_weights_checksum(self) -> float:

@@ -1,20 +1,22 @@
-"""Weight sources for hot swaps: resolve a ``file://`` or ``http(s)://`` URI to local safetensors files,
-and check that they fit the served model before any tensor is loaded (a half-applied swap would
-serve a mix of two versions).
+"""Weight sources for hot swaps: a manifest update's verified bytes through its transport, or a
+``file://`` or ``http(s)://`` URI resolved to local safetensors files; and the check that they fit the
+served model before any tensor is loaded (a half-applied swap would serve a mix of two versions).
 """
 
 from __future__ import annotations
 
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 
 from shared.api.http import ServiceRefused, ServiceUnavailable
-from shared.api.weights import WEIGHTS_FILE, DeltaRef, download
-from shared.weights.manifest import BucketMismatch
+from shared.api.rollout import WeightUpdate
+from shared.api.weights import WEIGHTS_FILE, download
+from shared.weights.manifest import BucketMismatch, Manifest
 from shared.weights.receiver import Held, Received, receive_version
-from shared.weights.settings import TransportName
+from shared.weights.transport import Progress
 from shared.weights.transports import open_transport
 
 # Tied embeddings: the checkpoint may or may not carry the output layer separately.
@@ -90,20 +92,27 @@ def local_path(uri: str) -> Path | None:
     return Path(urllib.parse.unquote(parsed.path))
 
 
-async def fetch_manifest(
-    ref: str, transport_name: TransportName, target: Path, timeout_s: float, token: str | None, concurrency: int,
-    delta: DeltaRef | None = None, held: Held | None = None,
+async def fetch_version(
+    update: WeightUpdate,
+    token: str | None,
+    timeout_s: float,
+    concurrency: int,
+    allocate: Callable[[Manifest], bytearray | memoryview] | None = None,
+    progress: Progress | None = None,
+    held: Held | None = None,
 ) -> Received:
-    """The version whose manifest is at ``ref``, fetched in verified buckets through the named transport
-    (by its ``delta`` when ``held`` is the delta's base: shared.weights.receiver) and written whole to
-    ``target`` only once every bucket is verified (a partial version is never there to load)."""
+    """The verified bytes of a manifest update's version, fetched through its transport into the buffer
+    ``allocate`` gives (see ``shared.weights.transport.receive``): by the update's delta when ``held``
+    is its base (shared.weights.receiver), else whole. The one step that says where a version's bytes
+    come from."""
+    if update.manifest is None or update.transport is None:
+        raise WeightsError(f"the update to v{update.version} names no manifest and transport")
     try:
-        async with open_transport(transport_name, token, timeout_s) as transport:
-            received = await receive_version(transport, ref, delta, held, concurrency)
+        async with open_transport(update.transport, token, timeout_s) as transport:
+            return await receive_version(transport, update.manifest, update.delta, held, concurrency,
+                                         allocate=allocate, progress=progress)
     except (ServiceRefused, ServiceUnavailable, BucketMismatch, OSError, ValueError) as exc:
-        raise WeightsError(f"weights at {ref} ({transport_name}): {exc}") from exc
-    target.write_bytes(received.blob)
-    return received
+        raise WeightsError(f"weights at {update.manifest} ({update.transport}): {exc}") from exc
 
 
 async def fetch(uri: str, download_dir: Path, timeout_s: float, token: str | None = None) -> list[Path]:

@@ -18,7 +18,7 @@ from services.rollout.engine import EngineFailed, RequestRejected, RolloutEngine
 from services.rollout.group import assemble, drafts, plan_group, score_items
 from services.rollout.metrics import RolloutMetrics
 from services.rollout.settings import RolloutSettings
-from services.rollout.updates import StaleVersion, WeightUpdater
+from services.rollout.updates import StaleVersion, UpdateFailed, WeightUpdater
 from shared.api.http import RetryPolicy, ServiceRefused, ServiceUnavailable
 from shared.api.reward import RewardClient
 from shared.api.rollout import WeightUpdate
@@ -236,13 +236,14 @@ class TaskWorker:
             log.warning("reading the weights record failed (%s)", exc)
 
     async def _load_recorded_weights(self, force: bool) -> bool:
-        """Load the weights recorded in Redis if newer than those served (or always, when forced).
-        True when the engine now serves the recorded version (or there is no record)."""
+        """Load the weights recorded in Redis if newer than those served (or always, when forced), through
+        the updater's queue (one update at a time, newest wins, as for a push), and wait for them. True
+        when the engine now serves the recorded version or newer (or there is no record)."""
         try:
             record = await asyncio.to_thread(self.weights.get)
             if record is None or (record.version <= self.engine.version and not force):
                 return True
-            await self.updater.update(WeightUpdate(
+            await self.updater.apply(WeightUpdate(
                     version=record.version, uri=record.uri, manifest=record.manifest, transport=record.transport,
                     delta=record.delta,
                 ), force=force)
@@ -251,10 +252,10 @@ class TaskWorker:
             return True
         except Unreachable:
             raise
-        except EngineFailed as exc:
-            self.on_fatal(str(exc))
-        except Exception as exc:  # a bad record must not stop the worker: the next publish can fix it
+        except (UpdateFailed, ValueError) as exc:  # a bad record must not stop the worker: the next one can fix it
             log.error("loading the recorded weights failed: %s: %s", type(exc).__name__, exc)
+            if not self.engine.ready:
+                self.on_fatal(str(exc))
         return False
 
     # ------------------------------------------------------------------ one task

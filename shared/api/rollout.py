@@ -1,8 +1,11 @@
 """The rollout service's HTTP contract (POST /v1/generate, GET|POST /v1/weights, GET /metrics) and its
-client."""
+client. A weight push is answered once validated (202, ``WeightsAccepted``); the worker fetches and swaps
+in the background, and ``GET /v1/weights`` (``WeightsStatus``) shows its version and progress."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Annotated, Literal
 
 import httpx
@@ -84,8 +87,70 @@ class GenerateResponse(Message):
     samples: list[Sample]
 
 
-class WeightsVersion(Message):
+class WeightsProgress(Message):
+    """The update a worker is applying: fetching its bytes (verified bucket by bucket), or swapping them
+    into the engine. Bucket counts are those of a manifest update; a ``uri`` update counts nothing."""
+
     version: int = Field(ge=0)
+    phase: Literal["fetching", "swapping"]
+    buckets_done: int | None = None
+    buckets_total: int | None = None
+    bytes_done: int | None = None
+    bytes_total: int | None = None
+
+
+class WeightsFailure(Message):
+    version: int = Field(ge=0)
+    reason: str
+
+
+class WeightsStatus(Message):
+    """``GET /v1/weights``: the version served, the update under way (if any) and the one queued behind
+    it, and the last update that failed."""
+
+    version: int = Field(ge=0)
+    update: WeightsProgress | None = None
+    queued: int | None = None
+    last_failure: WeightsFailure | None = None
+
+    def pending(self) -> int | None:
+        """The newest version the worker is on its way to (under way or queued); None when idle."""
+        versions = [v for v in (self.update.version if self.update else None, self.queued) if v is not None]
+        return max(versions) if versions else None
+
+    def describe(self) -> str:
+        text = f"serves v{self.version}"
+        if self.update is not None:
+            u = self.update
+            text += f", updating to v{u.version} ({u.phase}"
+            if u.buckets_total is not None:
+                text += f", {u.buckets_done}/{u.buckets_total} buckets"
+            if u.bytes_total:
+                text += f", {(u.bytes_done or 0) >> 20}/{u.bytes_total >> 20} MiB"
+            text += ")"
+        if self.queued is not None:
+            text += f", v{self.queued} queued"
+        if self.last_failure is not None:
+            text += f"; v{self.last_failure.version} failed: {self.last_failure.reason}"
+        return text
+
+
+# queued: the worker will fetch and swap this version (it replaced any update queued before it);
+# served: it already serves it; pending: it is already fetching or has queued it; superseded: a newer
+# version is under way or queued, so this one will never be served (the newer one will).
+PushOutcome = Literal["queued", "served", "pending", "superseded"]
+
+
+class WeightsAccepted(Message):
+    """``POST /v1/weights`` answers 202 with this once the update is validated; the worker fetches and
+    swaps in the background (``GET /v1/weights`` shows how far it got)."""
+
+    version: int = Field(ge=0)
+    outcome: PushOutcome
+
+
+class WeightsUpdateFailed(RuntimeError):
+    """A worker could not apply a version it was waiting for (the reason is the worker's)."""
 
 
 class WeightUpdate(Message):
@@ -146,26 +211,49 @@ class RolloutClient:
 
         return await self.retry.call(attempt, what)
 
-    async def version(self) -> int:
-        """The weights version the worker serves."""
+    async def weights(self) -> WeightsStatus:
+        """The weights version the worker serves and the update under way."""
         what = f"GET {PUSH_ROUTE} on {self.name}"
 
-        async def attempt() -> int:
+        async def attempt() -> WeightsStatus:
             reply = checked(await self._client.get(PUSH_ROUTE), what)
-            return WeightsVersion.model_validate_json(reply.content).version
+            return WeightsStatus.model_validate_json(reply.content)
 
         return await self.retry.call(attempt, what)
 
-    async def push_weights(self, update: WeightUpdate) -> int:
-        """Make the worker load ``update`` (it fetches the weights itself); the version it serves after."""
+    async def version(self) -> int:
+        """The weights version the worker serves."""
+        return (await self.weights()).version
+
+    async def push_weights(self, update: WeightUpdate) -> WeightsAccepted:
+        """Hand ``update`` to the worker: it answers once the update is validated and fetches and swaps
+        in the background (``wait_for_version`` waits for it)."""
         what = f"push of v{update.version} to {self.name}"
         body = update.model_dump(mode="json", exclude_none=True)  # a plain push reads as before
 
-        async def attempt() -> int:
+        async def attempt() -> WeightsAccepted:
             reply = checked(await self._client.post(PUSH_ROUTE, json=body, headers=auth_header(self.token)), what)
-            return WeightsVersion.model_validate_json(reply.content).version
+            return WeightsAccepted.model_validate_json(reply.content)
 
         return await self.retry.call(attempt, what)
+
+    async def wait_for_version(self, version: int, timeout_s: float = 600.0, poll_s: float = 0.5) -> WeightsStatus:
+        """Poll ``GET /v1/weights`` until the worker serves ``version`` or newer. WeightsUpdateFailed when
+        it failed to get there and has nothing newer under way; TimeoutError after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status = await self.weights()
+            if status.version >= version:
+                return status
+            failure = status.last_failure
+            pending = status.pending()
+            if failure is not None and failure.version >= version and (pending is None or pending < version):
+                raise WeightsUpdateFailed(f"{self.name} could not load v{failure.version}: {failure.reason}")
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"{self.name} does not serve v{version} after {timeout_s:.0f} s: it {status.describe()}"
+                )
+            await asyncio.sleep(poll_s)
 
     async def metrics(self) -> str:
         """The worker's Prometheus exposition."""

@@ -66,10 +66,12 @@ def encode_delta(base: Bytes, new: Bytes, base_version: int, version: int, level
     return spec, out.getvalue()
 
 
-def apply_delta(base: Bytes, spec: DeltaSpec, data: Bytes, manifest: Manifest) -> bytearray:
+def apply_delta(
+    base: Bytes, spec: DeltaSpec, data: Bytes, manifest: Manifest, out: bytearray | memoryview | None = None
+) -> bytearray | memoryview:
     """The new version's bytes from the base and the delta, every bucket verified against ``manifest``
     (the new version's); BucketMismatch when anything does not match, so the caller takes the full
-    version."""
+    version. ``out``: the buffer to build them in (shared memory, say), at least the version's size."""
     if spec.version != manifest.version:
         raise BucketMismatch(f"a delta to v{spec.version} cannot make v{manifest.version}")
     if len(data) != spec.delta_bytes or hashlib.sha256(data).hexdigest() != spec.sha256:
@@ -77,7 +79,13 @@ def apply_delta(base: Bytes, spec: DeltaSpec, data: Bytes, manifest: Manifest) -
     if len(base) != manifest.total_bytes:
         raise BucketMismatch(f"the base holds {len(base)} bytes, v{manifest.version} {manifest.total_bytes}")
     # Decompressed a chunk at a time and XORed in place: memory is the base and the result, not a third copy.
-    result = bytearray(base)
+    if out is None:
+        result: bytearray | memoryview = bytearray(base)
+    else:
+        if len(out) < len(base):
+            raise ValueError(f"a buffer of {len(out)} bytes for v{manifest.version} of {len(base)}")
+        result = memoryview(out)[: len(base)]
+        result[:] = base
     out = np.frombuffer(result, dtype=np.uint8)
     decompressor = zlib.decompressobj()
     position = 0

@@ -141,6 +141,23 @@ def _bucket_specs(path: Path, bucket_bytes: int) -> list[BucketSpec]:
     return buckets
 
 
+def read_tensor_specs(data: bytes | bytearray | memoryview) -> list[TensorSpec]:
+    """The tensors of a safetensors file held in memory (its header; no tensor is read)."""
+    if len(data) < 8:
+        raise ValueError(f"not a safetensors file: {len(data)} bytes")
+    (header_len,) = struct.unpack_from("<Q", data, 0)
+    if not 0 < header_len <= len(data) - 8:
+        raise ValueError(f"not a safetensors file (header length {header_len} of {len(data)} bytes)")
+    try:
+        specs = _tensor_specs(bytes(data[8 : 8 + header_len]), 8 + header_len)
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"malformed safetensors header: {exc!r}") from exc
+    for spec in specs:
+        if not 8 + header_len <= spec.start <= spec.end <= len(data):
+            raise ValueError(f"tensor {spec.name} lies outside the {len(data)} bytes")
+    return specs
+
+
 def build_manifest(path: Path, version: int, bucket_bytes: int) -> Manifest:
     """The manifest of the safetensors file ``path`` as version ``version``, in buckets of ``bucket_bytes``."""
     total = path.stat().st_size

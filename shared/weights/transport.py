@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -83,15 +84,32 @@ class WeightTransport(ABC):
         await self.close()
 
 
+# Called as buckets are verified: (manifest, buckets done, bytes done).
+Progress = Callable[[Manifest, int, int], None]
+
+
 async def receive(
-    transport: WeightTransport, ref: str, concurrency: int = 4, retries: int = 2, manifest: Manifest | None = None
-) -> tuple[Manifest, bytearray]:
+    transport: WeightTransport,
+    ref: str,
+    concurrency: int = 4,
+    retries: int = 2,
+    allocate: Callable[[Manifest], bytearray | memoryview] | None = None,
+    progress: Progress | None = None,
+    manifest: Manifest | None = None,
+) -> tuple[Manifest, bytearray | memoryview]:
     """The manifest and the verified bytes of the object (a version, or a delta) whose manifest is at
-    ``ref``; ``manifest``: that manifest when the caller has already read it."""
+    ``ref``; ``manifest``: that manifest when the caller has already read it. ``allocate`` gives the
+    buffer the buckets are written into (``manifest.total_bytes`` long; a bytearray by default), so a
+    receiver can assemble the version where it will be read, shared memory for instance, without a copy."""
     if manifest is None:
         manifest = await transport.manifest(ref)
-    blob = bytearray(manifest.total_bytes)
+    blob = allocate(manifest) if allocate is not None else bytearray(manifest.total_bytes)
+    if len(blob) < manifest.total_bytes:
+        raise ValueError(f"a buffer of {len(blob)} bytes for v{manifest.version} of {manifest.total_bytes}")
     limit = asyncio.Semaphore(concurrency)
+    done = [0, 0]  # buckets, bytes
+    if progress is not None:
+        progress(manifest, 0, 0)
 
     async def one(index: int) -> None:
         bucket = manifest.buckets[index]
@@ -106,7 +124,19 @@ async def receive(
                     log.warning("%s; refetching", exc)
                     continue
                 blob[bucket.start : bucket.start + bucket.size] = data
+                done[0] += 1
+                done[1] += bucket.size
+                if progress is not None:
+                    progress(manifest, done[0], done[1])
                 return
 
-    await asyncio.gather(*(one(i) for i in range(len(manifest.buckets))))
+    tasks = [asyncio.ensure_future(one(i)) for i in range(len(manifest.buckets))]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        # Nothing may write into the buffer once the caller has it back (it frees shared memory).
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
     return manifest, blob

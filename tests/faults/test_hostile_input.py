@@ -20,6 +20,8 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
 from launcher.deployment import LocalDeployment
+from shared.api.rollout import WeightsUpdateFailed
+from tests.helpers.workers import wait_served
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -194,7 +196,9 @@ def test_a_weight_push_needs_the_right_bearer_token(services):
     wrong = services.token[:-1] + ("a" if services.token[-1] != "a" else "b")
     assert httpx.post(url, json=body, headers={"Authorization": f"Bearer {wrong}"}).status_code == 403
     right = httpx.post(url, json=body, headers={"Authorization": f"Bearer {services.token}"})
-    assert right.status_code == 422  # past the token check, refused for the missing file
+    assert right.status_code == 202  # past the token check: queued, then refused for the missing file
+    with pytest.raises(WeightsUpdateFailed, match="does not exist"):
+        wait_served(services.rollout, 10**6, timeout=60)
     assert httpx.get(url).json()["version"] == 0
 
 

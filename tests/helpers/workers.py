@@ -1,6 +1,7 @@
 """Rollout workers in tests: one started on its own (a real vLLM engine), and probes of a worker as
-the learner sees it: the weights version it serves, its count of weight swaps, its entry in the job's
-worker registry, the groups it appended, the processes it started and a wait on any condition."""
+the learner sees it: the weights version it serves (and a wait for one), its count of weight swaps,
+its entry in the job's worker registry, the groups it appended, the processes it started and a wait on
+any condition."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import psutil
 
 from launcher.processes import ManagedProcess, free_port, start_process
-from shared.api.rollout import RolloutClient
+from shared.api.rollout import RolloutClient, WeightsStatus
 from shared.bus import Keys, LedgerQueries, WorkerRegistry
 from shared.messages import TrajectoryGroup, WorkerInfo
 
@@ -23,6 +24,17 @@ def served_version(url: str) -> int:
             return await worker.version()
 
     return asyncio.run(version())
+
+
+def wait_served(url: str, version: int, timeout: float = 300.0) -> WeightsStatus:
+    """Wait until the worker serves ``version`` or newer (a push only queues it: the worker fetches and
+    swaps in the background); WeightsUpdateFailed with the worker's reason if it could not."""
+
+    async def wait() -> WeightsStatus:
+        async with RolloutClient(url, timeout_s=10) as worker:
+            return await worker.wait_for_version(version, timeout_s=timeout, poll_s=0.05)
+
+    return asyncio.run(wait())
 
 
 def weight_swaps(url: str) -> float:

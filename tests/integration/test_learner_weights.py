@@ -25,7 +25,7 @@ from shared.weights.settings import WeightsSettings
 from shared.weights.transports import open_origin, open_transport
 from tests.helpers.records import step_record
 from tests.helpers.rollout import TOKEN
-from tests.helpers.workers import register, served_version, weight_swaps
+from tests.helpers.workers import register, served_version, wait_for, weight_swaps
 
 pytestmark = pytest.mark.integration
 
@@ -106,6 +106,8 @@ def test_push_reaches_live_workers_and_survives_dead_ones(
         time.sleep(0.1)
     report = publisher.last_report
     assert report is not None and report.pushed == ["live"] and report.failed == ["dead"]
+    # Delivered means accepted: the worker fetches and swaps in the background.
+    wait_for(lambda: served_version(rollout_worker) == 5, 180, "the worker to serve v5")
     # The worker fetched the version from the learner's server as its manifest and every bucket (not
     # the whole file), and serves version 5: one swap, not three.
     buckets = len(Manifest.model_validate_json(store.manifest_file(5).read_text()).buckets)

@@ -17,10 +17,14 @@ import torch
 from safetensors.torch import save_file
 
 from launcher.processes import free_port
+from shared.api.rollout import WeightsUpdateFailed
+from shared.api.weights import WEIGHTS_FILE
 from shared.datasets.arithmetic import ArithmeticDataset
 from shared.modeling import load_tokenizer, prompt_token_ids, response_token_ids
+from shared.weights.manifest import Manifest, write_manifest
 from tests.helpers.reference import hf_greedy, hf_logprobs, hf_model
 from tests.helpers.rollout import MAX_N, MAX_TOKENS, TOKEN, start_rollout
+from tests.helpers.workers import wait_served
 
 pytestmark = pytest.mark.integration
 
@@ -28,9 +32,15 @@ TIE_TOLERANCE = 1e-4  # greedy may pick either of two tokens whose log-probs dif
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory, default_init_dir):
+def download_dir(tmp_path_factory) -> Path:
+    """Where the service downloads the weights of an http(s) ``uri`` push (and nothing else)."""
+    return tmp_path_factory.mktemp("rollout-downloads")
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory, default_init_dir, download_dir):
     tmp = tmp_path_factory.mktemp("rollout-http")
-    process, url = start_rollout(tmp, default_init_dir)
+    process, url = start_rollout(tmp, default_init_dir, {"PRFT_ROLLOUT__DOWNLOAD_DIR": str(download_dir)})
     try:
         yield url
     finally:
@@ -189,7 +199,33 @@ def serve_directory(directory: Path) -> tuple[http.server.ThreadingHTTPServer, s
     return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
-def test_weight_push_swaps_the_served_model(client, tokenizer, default_init_dir, default_base_dir, tmp_path):
+def push(client, update: dict, accepted: str = "queued") -> None:
+    """A push is answered once validated (202); the worker fetches and swaps in the background."""
+    reply = client.post("/v1/weights", json=update, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert reply.status_code == 202, reply.text
+    assert reply.json() == {"version": update["version"], "outcome": accepted}
+
+
+def failed(service: str, version: int) -> str:
+    """The reason the service gives for not loading ``version``."""
+    with pytest.raises(WeightsUpdateFailed) as failure:
+        wait_served(service, version)
+    return str(failure.value)
+
+
+def perturbed_model(default_init_dir: Path, tmp_path: Path, name: str, change) -> Path:
+    """A copy of the random-init model with ``change`` applied to its weights: a version nobody served."""
+    weights = {k: v.clone() for k, v in hf_model(str(default_init_dir)).state_dict().items() if k != "lm_head.weight"}
+    change(weights)
+    folder = tmp_path / name
+    shutil.copytree(default_init_dir, folder)
+    save_file(weights, str(folder / "model.safetensors"))
+    return folder
+
+
+def test_weight_push_swaps_the_served_model(
+    service, client, tokenizer, default_init_dir, default_base_dir, download_dir, tmp_path
+):
     """Last in this module: it leaves the service on other weights."""
     auth = {"Authorization": f"Bearer {TOKEN}"}
     eos = tokenizer.eos_token_id
@@ -201,21 +237,22 @@ def test_weight_push_swaps_the_served_model(client, tokenizer, default_init_dir,
     assert before["model_version"] == start
     assert_greedy(default_init_dir, prompt, before["samples"][0])
 
-    # A long request in flight when the push arrives: it finishes on the old weights, tagged with them.
+    # A long request in flight when the push arrives: the push is answered at once, and the request
+    # finishes on the old weights, tagged with them (the swap waits for it).
     with ThreadPoolExecutor(1) as pool:
         running = pool.submit(
             generate, client, prompt_token_ids=prompt, n=2, sampling={"temperature": 0.0, "max_tokens": 200}
         )
         time.sleep(0.3)
-        pushed = client.post("/v1/weights", json={"version": start + 1, "uri": default_base_dir.as_uri()}, headers=auth)
+        push(client, {"version": start + 1, "uri": default_base_dir.as_uri()})
         in_flight = running.result()
-    assert pushed.status_code == 200, pushed.text
-    assert pushed.json() == {"version": start + 1}
     assert in_flight["model_version"] == start
     for sample in in_flight["samples"]:
         assert_greedy(default_init_dir, prompt, sample)
 
-    assert client.get("/v1/weights").json() == {"version": start + 1}
+    status = wait_served(service, start + 1)
+    assert (status.version, status.update, status.queued, status.last_failure) == (start + 1, None, None, None)
+    push(client, {"version": start + 1, "uri": default_base_dir.as_uri()}, accepted="served")  # a no-op
     after = generate(client, prompt_token_ids=prompt, sampling=greedy)
     assert after["model_version"] == start + 1
     assert after["samples"][0]["token_ids"] == hf_greedy(default_base_dir, prompt, 40, eos)
@@ -232,35 +269,48 @@ def test_weight_push_swaps_the_served_model(client, tokenizer, default_init_dir,
         assert len(sample["logprobs"]) == len(sample["token_ids"])
 
     # Over HTTP, from a perturbed copy of the random weights: a version nobody has served before.
-    weights = {k: v.clone() for k, v in hf_model(str(default_init_dir)).state_dict().items() if k != "lm_head.weight"}
-    weights["model.norm.weight"] *= 1.5
-    source = tmp_path / "v2"
-    source.mkdir()
-    save_file(weights, str(source / "model.safetensors"))
-    perturbed = tmp_path / "perturbed-model"
-    shutil.copytree(default_init_dir, perturbed)
-    save_file(weights, str(perturbed / "model.safetensors"))
-    server, base = serve_directory(source)
+    perturbed = perturbed_model(
+        default_init_dir, tmp_path, "perturbed-model", lambda w: w["model.norm.weight"].mul_(1.5)
+    )
+    server, base = serve_directory(perturbed)
     try:
-        update = {"version": start + 2, "uri": f"{base}/model.safetensors"}
-        pushed = client.post("/v1/weights", json=update, headers=auth)
+        push(client, {"version": start + 2, "uri": f"{base}/model.safetensors"})
+        wait_served(service, start + 2)  # the download is over once the version is served
     finally:
         server.shutdown()
-    assert pushed.status_code == 200, pushed.text
     after = generate(client, prompt_token_ids=prompt, sampling=greedy)
     assert after["model_version"] == start + 2
     assert_greedy(perturbed, prompt, after["samples"][0])
 
-    # Refused without touching the engine: an older version, and weights of another shape.
+    # Refused at once without touching the engine: an older version. Accepted, then reported as failed
+    # (the fetch runs in the background): weights of another shape, weights that are not there.
     stale = client.post("/v1/weights", json={"version": start + 1, "uri": default_base_dir.as_uri()}, headers=auth)
     assert stale.status_code == 409
     wrong = tmp_path / "wrong.safetensors"
     save_file({"model.embed_tokens.weight": torch.zeros(3, 3)}, str(wrong))
-    bad = client.post("/v1/weights", json={"version": start + 3, "uri": wrong.as_uri()}, headers=auth)
-    assert bad.status_code == 422 and "do not fit" in bad.text
-    missing = client.post("/v1/weights", json={"version": start + 3, "uri": (tmp_path / "none").as_uri()}, headers=auth)
-    assert missing.status_code == 422
-    assert client.get("/v1/weights").json() == {"version": start + 2}
+    push(client, {"version": start + 3, "uri": wrong.as_uri()})
+    assert "do not fit" in failed(service, start + 3)
+    push(client, {"version": start + 3, "uri": (tmp_path / "none").as_uri()})
+    assert "does not exist" in failed(service, start + 3)
+    assert client.get("/v1/weights").json()["version"] == start + 2
     again = generate(client, prompt_token_ids=prompt, sampling=greedy)
     assert again["samples"][0]["token_ids"] == after["samples"][0]["token_ids"]
     assert "rollout_weight_swaps_total{outcome=\"ok\"} 2.0" in client.get("/metrics").text
+
+    # A published version (a manifest of verified buckets) is swapped in from memory: nothing is written
+    # to the download directory, and greedy output is that of transformers on the new weights.
+    published = perturbed_model(
+        default_init_dir, tmp_path, "published", lambda w: w["model.embed_tokens.weight"].mul_(-1.0)
+    )
+    manifest = write_manifest(published / WEIGHTS_FILE, start + 4, 1 << 20)
+    assert len(Manifest.model_validate_json(manifest.read_text()).buckets) > 1
+    untouched = download_dir.stat().st_mtime_ns
+    push(client, {"version": start + 4, "uri": (published / WEIGHTS_FILE).as_uri(), "manifest": manifest.as_uri(),
+                  "transport": "file"})
+    status = wait_served(service, start + 4)
+    assert status.version == start + 4 and status.last_failure.version == start + 3  # the last failure stays
+    assert list(download_dir.iterdir()) == [] and download_dir.stat().st_mtime_ns == untouched
+    fresh = generate(client, prompt_token_ids=prompt, sampling=greedy)
+    assert fresh["model_version"] == start + 4
+    assert fresh["samples"][0]["token_ids"] != after["samples"][0]["token_ids"]
+    assert_greedy(published, prompt, fresh["samples"][0])

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from shared.modeling import load_tokenizer, prompt_token_ids
 from tests.helpers.reference import hf_greedy, hf_logprobs
 from tests.helpers.rollout import MAX_N, MAX_TOKENS, TOKEN, start_rollout
+from tests.helpers.workers import wait_served
 
 pytestmark = pytest.mark.integration
 
@@ -287,8 +288,9 @@ def test_lm_eval_harness_evaluates_the_rollout_worker(service, client, tokenizer
 
 
 def test_a_response_comes_from_one_version_and_names_it(client, service, tokenizer, default_base_dir, default_init_dir):
-    """Last in this module: it leaves the service on other weights. A push while a request runs waits for
-    it; the request's samples all come from the weights it names."""
+    """Last in this module: it leaves the service on other weights. A push while a request runs is
+    answered at once, and its swap waits for the request; the request's samples all come from the
+    weights it names."""
     start = served_version(service)
     prompt_ids = prompt_token_ids(tokenizer, QUESTION)
     with ThreadPoolExecutor(1) as pool:
@@ -303,7 +305,8 @@ def test_a_response_comes_from_one_version_and_names_it(client, service, tokeniz
             headers={"Authorization": f"Bearer {TOKEN}"}, timeout=300,
         )
         in_flight = running.result()
-    assert pushed.status_code == 200, pushed.text
+    assert pushed.status_code == 202, pushed.text
+    wait_served(service, start + 1)
     assert in_flight.model_extra["model_version"] == start
     for choice in in_flight.choices:
         assert len(choice.token_ids) == MAX_TOKENS

@@ -5,6 +5,7 @@ when it starts, and SIGTERM drains."""
 
 from __future__ import annotations
 
+import shutil
 import signal
 import sys
 import time
@@ -15,10 +16,12 @@ import pytest
 
 from launcher.processes import free_port, start_process, wait_http_ready
 from shared.api.rollout import SamplingParams
+from shared.api.weights import WEIGHTS_FILE
 from shared.bus import Keys, LedgerQueries, TaskStream, WeightsRecordStore, WorkerRegistry
 from shared.datasets.arithmetic import ArithmeticDataset
 from shared.messages import RolloutKind, RolloutTask, TrajectoryGroup, WeightsRecord, WorkerInfo
 from shared.modeling import load_tokenizer, prompt_token_ids, response_token_ids
+from shared.weights.manifest import write_manifest
 from tests.helpers.workers import groups_in, start_worker, started_processes, still_running, wait_for
 
 pytestmark = pytest.mark.integration
@@ -99,8 +102,15 @@ def test_workers_share_tasks_and_finish_the_work_of_a_killed_one(
     reward_url = f"http://127.0.0.1:{reward_port}"  # not up yet: the workers must wait for it
     reward = None
     tokenizer = load_tokenizer(default_init_dir)
-    # Published weights: the workers must load them (and tag samples with their version) on start.
-    WeightsRecordStore(redis_client, keys).set(WeightsRecord(version=RECORDED_VERSION, uri=default_init_dir.as_uri()))
+    # Published weights: the workers must load them (and tag samples with their version) on start, as the
+    # learner publishes them (a manifest of verified buckets, here through the file transport), from memory.
+    published = tmp_path / "published" / f"v{RECORDED_VERSION}"
+    published.mkdir(parents=True)
+    shutil.copy(default_init_dir / WEIGHTS_FILE, published / WEIGHTS_FILE)
+    manifest = write_manifest(published / WEIGHTS_FILE, RECORDED_VERSION, 1 << 20)
+    WeightsRecordStore(redis_client, keys).set(WeightsRecord(
+        version=RECORDED_VERSION, uri=(published / WEIGHTS_FILE).as_uri(), manifest=manifest.as_uri(), transport="file"
+    ))
     a, url_a = start_worker(tmp_path, "worker-a", default_init_dir, redis_url, namespace, reward_url)
     b, url_b = start_worker(tmp_path, "worker-b", default_init_dir, redis_url, namespace, reward_url)
     engine_a = []
@@ -114,7 +124,8 @@ def test_workers_share_tasks_and_finish_the_work_of_a_killed_one(
         wait_for(lambda: set(registered()) == {"worker-a", "worker-b"}, 60, "both workers to register", (a, b))
         assert {info.version for info in registered().values()} == {RECORDED_VERSION}
         assert {info.url for info in registered().values()} == {url_a, url_b}
-        assert httpx.get(f"{url_a}/v1/weights").json() == {"version": RECORDED_VERSION}
+        status = httpx.get(f"{url_a}/v1/weights").json()
+        assert status["version"] == RECORDED_VERSION and status["last_failure"] is None
 
         first = make_tasks(tokenizer, 4)
         producer = TaskStream(redis_client, keys)

@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from shared.modeling import prompt_token_ids
 from tests.helpers.rollout import TOKEN, start_rollout
+from tests.helpers.workers import wait_served
 
 pytestmark = pytest.mark.integration
 
@@ -125,7 +126,8 @@ def test_a_weight_push_changes_greedy_output_as_transformers_predicts(client, hf
     save_file({k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}, str(pushed_file))
     auth = {"Authorization": f"Bearer {TOKEN}"}
     pushed = client.post("/v1/weights", json={"version": start + 1, "uri": pushed_file.as_uri()}, headers=auth)
-    assert pushed.status_code == 200, pushed.text
+    assert pushed.status_code == 202, pushed.text
+    wait_served(str(client.base_url), start + 1)
 
     after = generate(client, prompt_token_ids=prompt, sampling=greedy)
     assert after["model_version"] == start + 1

@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import save_file
 
 from services.learner.weights import Publisher, WeightStore
-from services.rollout.weights import WeightsError, fetch_manifest
+from services.rollout.weights import WeightsError, fetch_version
+from shared.api.rollout import WeightUpdate
 from shared.api.weights import WEIGHTS_FILE, weights_url
 from shared.bus import Keys, WeightsRecordStore, WorkerRegistry
 from shared.modeling import load_model, load_tokenizer
@@ -99,13 +100,16 @@ def test_a_tampered_object_is_refetched_then_refused_and_nothing_is_written(aws_
         _receive(ref.manifest)
     assert caplog.text.count("v1 bucket 1: hash mismatch; refetching") == 2  # retried, then refused
 
-    # A worker's fetch: a clear error, and no file for the engine to load.
-    target = tmp_path / "worker" / WEIGHTS_FILE
-    target.parent.mkdir()
+    # A worker's fetch: a clear error, and no version for the engine to load.
     with pytest.raises(WeightsError, match=r"\(s3\): v1 bucket 1: hash mismatch"):
-        asyncio.run(fetch_manifest(ref.manifest, "s3", target, 60, None, 4))
-    assert not target.exists()
+        _fetch(ref.manifest, "s3")
     origin.close()
+
+
+def _fetch(manifest: str, transport: str):
+    """What a worker does with an update naming ``manifest`` (services.rollout.weights.fetch_version)."""
+    update = WeightUpdate(version=1, uri="http://learner.invalid/v1/weights/1", manifest=manifest, transport=transport)
+    return asyncio.run(fetch_version(update, None, 60, 4))
 
 
 def test_retire_deletes_the_version_and_only_it(aws_env, tmp_path):
@@ -127,27 +131,24 @@ def test_requests_without_the_right_keys_are_refused_with_a_reason(aws_env, tmp_
     # Anonymous: the store itself refuses an unsigned request.
     anonymous = httpx.get(f"{aws_env.endpoint_url}/{aws_env.bucket}/auth/v4/{MANIFEST_FILE}")
     assert anonymous.status_code == 403
-    target = tmp_path / "worker" / WEIGHTS_FILE
-    target.parent.mkdir()
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
     with pytest.raises(WeightsError, match="403 SignatureDoesNotMatch; check AWS_ACCESS_KEY_ID and AWS_SECRET"):
-        asyncio.run(fetch_manifest(ref.manifest, "s3", target, 60, None, 4))
+        _fetch(ref.manifest, "s3")
     with pytest.raises(S3Error, match="upload s3://.*403 SignatureDoesNotMatch"):  # the learner's side too
         _origin(aws_env, "auth").publish(5, folder)
 
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     with pytest.raises(WeightsError, match="no S3 credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"):
-        asyncio.run(fetch_manifest(ref.manifest, "s3", target, 60, None, 4))
+        _fetch(ref.manifest, "s3")
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", aws_env.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", aws_env.secret_key)
     closed = "http://127.0.0.1:9"  # discard port: nothing listens on loopback
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", closed)
     with pytest.raises(WeightsError, match=f"cannot reach {closed}; set AWS_ENDPOINT_URL_S3"):
-        asyncio.run(fetch_manifest(ref.manifest, "s3", target, 60, None, 4))
-    assert not target.exists()
+        _fetch(ref.manifest, "s3")
     origin.close()
 
 
@@ -179,8 +180,5 @@ def test_the_learners_publish_path_records_an_s3_version_a_worker_reads(
     assert record.manifest == f"s3://{aws_env.bucket}/learner/v1/manifest.json"
     assert "AWS" not in record.model_dump_json() and aws_env.secret_key not in record.model_dump_json()
     assert _keys(aws_env, "learner/") == ["learner/v1/manifest.json", "learner/v1/model.safetensors"]
-    target = tmp_path / "worker" / WEIGHTS_FILE
-    target.parent.mkdir()
-    asyncio.run(fetch_manifest(record.manifest, record.transport, target, 60, None, 4))
-    assert target.read_bytes() == store.file(1).read_bytes()
+    assert bytes(_fetch(record.manifest, record.transport).blob) == store.file(1).read_bytes()
     origin.close()

@@ -1,5 +1,6 @@
 """The rollout client: the weight push under the retry policy (with the bearer token, retried while the
-worker fails, never when it refuses), and the replies it reads."""
+worker fails, never when it refuses), the wait for a version the worker applies in the background, and
+the replies it reads."""
 
 import asyncio
 import json
@@ -9,7 +10,7 @@ import httpx
 import pytest
 
 from shared.api.http import RetryPolicy, ServiceRefused, ServiceUnavailable
-from shared.api.rollout import GenerateRequest, RolloutClient, WeightUpdate
+from shared.api.rollout import GenerateRequest, RolloutClient, WeightsAccepted, WeightsUpdateFailed, WeightUpdate
 
 UPDATE = WeightUpdate(version=3, uri="http://learner/v1/weights/3")
 
@@ -38,9 +39,13 @@ def call(transport, method: str, *args, retries: int = 3):
 
 def test_a_push_carries_the_token_and_is_retried_until_the_worker_takes_it():
     transport, calls = answering(
-        [httpx.ConnectError("down"), httpx.Response(503, text="loading"), httpx.Response(200, json={"version": 3})]
+        [
+            httpx.ConnectError("down"),
+            httpx.Response(503, text="loading"),
+            httpx.Response(202, json={"version": 3, "outcome": "queued"}),
+        ]
     )
-    assert call(transport, "push_weights", UPDATE) == 3
+    assert call(transport, "push_weights", UPDATE) == WeightsAccepted(version=3, outcome="queued")
     assert len(calls) == 3
     last = calls[-1]
     assert (last.method, str(last.url)) == ("POST", "http://worker/v1/weights")
@@ -65,6 +70,39 @@ def test_every_failed_attempt_is_logged_and_the_last_one_gives_up(caplog):
     for attempt in (1, 2, 3):
         assert f"push of v3 to w1 failed (attempt {attempt}/3): ConnectError" in caplog.text
     assert caplog.text.count("retrying in") == 2
+
+
+def status(version, update=None, queued=None, failure=None) -> httpx.Response:
+    body = {"version": version, "update": update, "queued": queued, "last_failure": failure}
+    return httpx.Response(200, json=body)
+
+
+def test_waiting_for_a_version_polls_until_the_worker_serves_it():
+    fetching = {"version": 3, "phase": "fetching", "buckets_done": 1, "buckets_total": 4, "bytes_done": 16,
+                "bytes_total": 64}
+    transport, calls = answering([status(2, update=fetching), status(2, update=fetching | {"phase": "swapping"}),
+                                  status(3)])
+    assert call(transport, "wait_for_version", 3, 10.0, 0.001).version == 3
+    assert len(calls) == 3 and all(c.method == "GET" for c in calls)
+
+
+def test_waiting_for_a_version_the_worker_failed_to_load_says_why():
+    failure = {"version": 3, "reason": "WeightsError: weights do not fit the served model"}
+    transport, _ = answering([status(2, failure=failure)])
+    with pytest.raises(WeightsUpdateFailed, match="w1 could not load v3: WeightsError: weights do not fit"):
+        call(transport, "wait_for_version", 3, 10.0, 0.001)
+    # A failed version with a newer one still on its way: the wait goes on.
+    transport, calls = answering([status(2, queued=4, failure=failure), status(4)])
+    assert call(transport, "wait_for_version", 3, 10.0, 0.001).version == 4
+
+
+def test_a_wait_that_times_out_says_where_the_worker_is():
+    fetching = {"version": 3, "phase": "fetching", "buckets_done": 1, "buckets_total": 4, "bytes_done": 0,
+                "bytes_total": 64 << 20}
+    transport, _ = answering([status(2, update=fetching, queued=4)])
+    with pytest.raises(TimeoutError, match=r"w1 does not serve v3 after 0 s: it serves v2, updating to v3 "
+                                           r"\(fetching, 1/4 buckets, 0/64 MiB\), v4 queued"):
+        call(transport, "wait_for_version", 3, 0.05, 0.01)
 
 
 def test_generate_and_version_read_the_replies():

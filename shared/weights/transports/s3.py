@@ -27,10 +27,10 @@ import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
-from shared.api.weights import WEIGHTS_FILE, weights_url
-from shared.weights.manifest import MANIFEST_FILE, Manifest
+from shared.api.weights import DELTA_FILE, WEIGHTS_FILE, DeltaRef, weights_url
+from shared.weights.manifest import DELTA_MANIFEST_FILE, MANIFEST_FILE, Manifest
 from shared.weights.settings import S3Settings
-from shared.weights.transport import VersionRef, WeightOrigin, WeightTransport
+from shared.weights.transport import VersionRef, WeightOrigin, WeightTransport, delta_base
 
 T = TypeVar("T")
 
@@ -134,7 +134,7 @@ class S3Transport(WeightTransport):
 
     async def bucket(self, ref: str, manifest: Manifest, index: int) -> bytes:
         bucket, key = parse_uri(ref)
-        file_key = f"{key.rpartition('/')[0]}/{WEIGHTS_FILE}"
+        file_key = f"{key.rpartition('/')[0]}/{manifest.data_file}"  # the version's file, or its delta's
         span = manifest.buckets[index]
         byte_range = f"bytes={span.start}-{span.start + span.size - 1}"
         return await self._store.call_async(
@@ -177,15 +177,19 @@ class S3Origin(WeightOrigin):
 
     def publish(self, version: int, directory: Path) -> VersionRef:
         bucket, client = self.settings.bucket, self._store.client
-        # The file before its manifest: a receiver that finds the manifest finds the whole file.
-        for name in (WEIGHTS_FILE, MANIFEST_FILE):
+        base = delta_base(directory)
+        names = [WEIGHTS_FILE, MANIFEST_FILE] + ([DELTA_FILE, DELTA_MANIFEST_FILE] if base is not None else [])
+        # Each file before its manifest: a receiver that finds a manifest finds the whole file.
+        for name in names:
             key = self.folder(version) + name
             self._store.call(
                 f"upload {self.uri(version, name)}",
                 lambda name=name, key=key: client.upload_file(str(directory / name), bucket, key,
                                                               Config=self._transfer),
             )
-        return VersionRef(uri=weights_url(self.public_base_url, version), manifest=self.uri(version, MANIFEST_FILE))
+        delta = None if base is None else DeltaRef(base_version=base, manifest=self.uri(version, DELTA_MANIFEST_FILE))
+        return VersionRef(uri=weights_url(self.public_base_url, version), manifest=self.uri(version, MANIFEST_FILE),
+                          delta=delta)
 
     def retire(self, version: int) -> None:
         bucket, client, folder = self.settings.bucket, self._store.client, self.folder(version)
