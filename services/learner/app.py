@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from services.learner.metrics import StepMetrics
 from services.learner.weights import WeightStore
 from shared.api.learner import START_ROUTE
-from shared.api.weights import BUCKET_ROUTE, MANIFEST_ROUTE, WEIGHTS_ROUTE, bearer_guard
+from shared.api.weights import BUCKET_ROUTE, MANIFEST_ROUTE, SWARM_FILE, SWARM_ROUTE, WEIGHTS_ROUTE, bearer_guard
 from shared.records import LearnerStatus
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,14 @@ def create_app(
         path = store.manifest_file(version)
         if not path.is_file():
             raise HTTPException(404, f"no manifest for weights version {version} (kept: {store.versions()})")
+        return Response(path.read_bytes(), media_type="application/json")
+
+    @app.get(SWARM_ROUTE, dependencies=[Depends(authorised)])
+    def get_swarm(version: int) -> Response:
+        """The version's torrent and seed (the swarm transport), beside its manifest."""
+        path = store.directory(version) / SWARM_FILE
+        if not path.is_file():
+            raise HTTPException(404, f"weights version {version} are not in a swarm (kept: {store.versions()})")
         return Response(path.read_bytes(), media_type="application/json")
 
     @app.get(BUCKET_ROUTE, dependencies=[Depends(authorised)])

@@ -14,12 +14,16 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from services.rollout.engine import RolloutEngine
 from services.rollout.metrics import RolloutMetrics
 from services.rollout.weights import fetch, fetch_manifest
 from shared.api.rollout import WeightUpdate
 from shared.api.weights import WEIGHTS_FILE
+
+if TYPE_CHECKING:  # libtorrent only where the swarm is used
+    from services.rollout.swarm import WorkerSwarm
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +49,7 @@ class WeightUpdater:
         download_dir: Path | None = None,
         token: str | None = None,
         fetch_concurrency: int = 4,
+        swarm: WorkerSwarm | None = None,
     ):
         self.engine = engine
         self.metrics = metrics
@@ -52,6 +57,7 @@ class WeightUpdater:
         self.download_dir = download_dir
         self.token = token
         self.fetch_concurrency = fetch_concurrency
+        self.swarm = swarm  # the worker's swarm node, for versions that come through the swarm
         self._lock = asyncio.Lock()
 
     async def update(self, update: WeightUpdate, force: bool = False) -> UpdateResult:
@@ -85,6 +91,7 @@ class WeightUpdater:
                     await fetch_manifest(
                         update.manifest, update.transport, scratch / WEIGHTS_FILE, self.fetch_timeout_s, self.token,
                         self.fetch_concurrency,
+                        self.swarm.node() if update.transport == "swarm" and self.swarm is not None else None,
                     )
                 ]
             else:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import urllib.parse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from safetensors import SafetensorError, safe_open
 
@@ -16,6 +17,9 @@ from shared.weights.manifest import BucketMismatch
 from shared.weights.settings import TransportName
 from shared.weights.transport import receive
 from shared.weights.transports import open_transport
+
+if TYPE_CHECKING:
+    from shared.weights.transports.swarm import SwarmNode
 
 # Tied embeddings: the checkpoint may or may not carry the output layer separately.
 OPTIONAL_TENSORS = frozenset({"lm_head.weight"})
@@ -91,13 +95,14 @@ def local_path(uri: str) -> Path | None:
 
 
 async def fetch_manifest(
-    ref: str, transport_name: TransportName, target: Path, timeout_s: float, token: str | None, concurrency: int
+    ref: str, transport_name: TransportName, target: Path, timeout_s: float, token: str | None, concurrency: int,
+    swarm: SwarmNode | None = None,
 ) -> Path:
     """The version whose manifest is at ``ref``, fetched in verified buckets through the named transport
     and written whole to ``target`` only once every bucket is verified (a partial version is never
-    there to load)."""
+    there to load). ``swarm``: the worker's swarm node (the swarm transport)."""
     try:
-        async with open_transport(transport_name, token, timeout_s) as transport:
+        async with open_transport(transport_name, token, timeout_s, swarm) as transport:
             _, blob = await receive(transport, ref, concurrency)
     except (ServiceRefused, ServiceUnavailable, BucketMismatch, OSError, ValueError) as exc:
         raise WeightsError(f"weights at {ref} ({transport_name}): {exc}") from exc

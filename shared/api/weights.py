@@ -18,6 +18,8 @@ WEIGHTS_FILE = "model.safetensors"  # one file per version, whatever the model s
 WEIGHTS_ROUTE = "/v1/weights/{version}"  # the learner: GET a version's WEIGHTS_FILE
 MANIFEST_ROUTE = "/v1/weights/{version}/manifest"  # the learner: GET a version's manifest (shared.weights)
 BUCKET_ROUTE = "/v1/weights/{version}/buckets/{index}"  # the learner: GET one bucket's bytes
+SWARM_ROUTE = "/v1/weights/{version}/swarm"  # the learner: GET a version's swarm offer (the swarm transport)
+SWARM_FILE = "swarm.json"  # the swarm offer, beside a version's manifest in the learner's store
 PUSH_ROUTE = "/v1/weights"  # a worker: GET the version it serves, POST a WeightUpdate (bearer token)
 
 
@@ -31,10 +33,19 @@ def manifest_url(base_url: str, version: int) -> str:
 
 def bucket_url(manifest_ref: str, index: int) -> str:
     """A bucket's URL from its version's manifest URL (the learner serves both)."""
+    return _beside_manifest(manifest_ref, f"/buckets/{index}")
+
+
+def _beside_manifest(manifest_ref: str, tail: str) -> str:
     suffix = "/manifest"
     if not manifest_ref.endswith(suffix):
         raise ValueError(f"not a manifest URL: {manifest_ref}")
-    return manifest_ref[: -len(suffix)] + f"/buckets/{index}"
+    return manifest_ref[: -len(suffix)] + tail
+
+
+def swarm_url(manifest_ref: str) -> str:
+    """A version's swarm offer URL from its manifest URL (the learner serves both)."""
+    return _beside_manifest(manifest_ref, "/swarm")
 
 
 def auth_header(token: str | None) -> dict[str, str]:

@@ -3,12 +3,22 @@ learner) pick one by the name in the settings."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from shared.weights.settings import TransportName, WeightsSettings
 from shared.weights.transport import WeightOrigin, WeightTransport
 
+if TYPE_CHECKING:  # libtorrent (the swarm extra) is imported only by a job that uses the swarm
+    from shared.weights.transports.swarm import SwarmNode
 
-def open_transport(name: TransportName, token: str | None = None, timeout_s: float = 600.0) -> WeightTransport:
-    """The backend ``name`` (the job's ``weights.transport``, or a record's)."""
+NAMES = "http, file, swarm"
+
+
+def open_transport(
+    name: TransportName, token: str | None = None, timeout_s: float = 600.0, swarm: SwarmNode | None = None
+) -> WeightTransport:
+    """The backend ``name`` (the job's ``weights.transport``, or a record's). ``swarm``: the receiver's
+    long-lived swarm node, which the swarm backend fetches through (and keeps seeding from)."""
     if name == "file":
         from shared.weights.transports.file import FileTransport
 
@@ -17,11 +27,21 @@ def open_transport(name: TransportName, token: str | None = None, timeout_s: flo
         from shared.weights.transports.http import HttpTransport
 
         return HttpTransport(token, timeout_s)
-    raise ValueError(f"unknown weights transport {name!r} (http, file)")
+    if name == "swarm":
+        if swarm is None:
+            raise ValueError("the swarm transport needs the receiver's swarm node")
+        from shared.weights.transports.swarm import SwarmTransport
+
+        return SwarmTransport(swarm, token, timeout_s)
+    raise ValueError(f"unknown weights transport {name!r} ({NAMES})")
 
 
-def open_origin(settings: WeightsSettings, public_base_url: str) -> WeightOrigin:
-    """The learner's side of the job's ``weights.transport``; ``public_base_url`` is the learner's API."""
+def open_origin(
+    settings: WeightsSettings, public_base_url: str, token: str | None = None, listen_host: str = "127.0.0.1"
+) -> WeightOrigin:
+    """The learner's side of the job's ``weights.transport``; ``public_base_url`` is the learner's API,
+    ``token`` the job's (the swarm's peers authenticate with it), ``listen_host`` the interface the
+    learner binds."""
     if settings.transport == "file":
         from shared.weights.transports.file import FileOrigin
 
@@ -30,4 +50,8 @@ def open_origin(settings: WeightsSettings, public_base_url: str) -> WeightOrigin
         from shared.weights.transports.http import HttpOrigin
 
         return HttpOrigin(public_base_url)
-    raise ValueError(f"unknown weights transport {settings.transport!r} (http, file)")
+    if settings.transport == "swarm":
+        from shared.weights.transports.swarm import SwarmOrigin
+
+        return SwarmOrigin(settings.swarm, public_base_url, token or "", listen_host)
+    raise ValueError(f"unknown weights transport {settings.transport!r} ({NAMES})")
