@@ -29,7 +29,7 @@ def open_transport(
         return HttpTransport(token, timeout_s)
     if name == "swarm":
         if swarm is None:
-            raise ValueError("the swarm transport needs the receiver's swarm node")
+            raise ValueError("the swarm transport needs a swarm node here: install the swarm extra (libtorrent)")
         from shared.weights.transports.swarm import SwarmTransport
 
         return SwarmTransport(swarm, token, timeout_s)

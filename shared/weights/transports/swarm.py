@@ -27,6 +27,7 @@ import base64
 import concurrent.futures
 import logging
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -75,10 +76,13 @@ class SwarmLimits:
 
 
 def parse_address(address: str) -> tuple[str, int]:
+    """The endpoint of a "host:port" address; libtorrent connects to IP addresses only, so a name
+    (a compose service, a pod's DNS name) is resolved here. OSError when it does not resolve."""
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise ValueError(f"a swarm address is host:port, not {address!r}")
-    return host.strip("[]"), int(port)
+    resolved = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
+    return resolved[0][4][0], int(port)
 
 
 def open_session(host: str, port: int, limits: SwarmLimits, ssl: bool = False) -> lt.session:
@@ -271,11 +275,12 @@ class SwarmNode:
             joined = list(self._joined.values())
         for entry in joined:
             for address in addresses - entry.met:
-                entry.met.add(address)
                 try:
                     entry.handle.connect_peer(parse_address(address))
-                except (ValueError, RuntimeError) as exc:
+                except (ValueError, RuntimeError, OSError) as exc:
                     log.warning("swarm peer %s: %s", address, exc)
+                    continue
+                entry.met.add(address)
 
     def _run(self) -> None:
         next_introduction = 0.0
