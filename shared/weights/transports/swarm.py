@@ -186,8 +186,13 @@ class SwarmNode:
         self._reads: dict[tuple[str, int], concurrent.futures.Future[bytes]] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="swarm-node", daemon=True)
-        self._thread.start()
+        self._wake = threading.Event()
+        self._peers_failing = False
+        # Two threads: a registry that answers slowly must not hold up the pieces a receiver waits for.
+        self._threads = [threading.Thread(target=self._pump, name="swarm-alerts", daemon=True),
+                         threading.Thread(target=self._meet, name="swarm-peers", daemon=True)]
+        for thread in self._threads:
+            thread.start()
 
     # ---------------------------------------------------------------- versions
 
@@ -213,7 +218,7 @@ class SwarmNode:
             joined.met.update(addresses)
         for address in addresses:
             joined.handle.connect_peer(parse_address(address))
-        self._introduce()
+        self._wake.set()  # meet the registry's peers now, not at the next round
         return joined.handle
 
     def drop(self, version: int) -> None:
@@ -252,7 +257,9 @@ class SwarmNode:
 
     def close(self) -> None:
         self._closed.set()
-        self._thread.join(timeout=5)
+        self._wake.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
         for version in self.versions():
             self.drop(version)
         if self._storage is not None:
@@ -269,8 +276,11 @@ class SwarmNode:
         try:
             addresses = {a for a in self.peers() if a != self.address}
         except Exception as exc:  # the registry is away: keep the peers met so far
-            log.warning("swarm peers unavailable: %s", exc)
+            if not self._peers_failing:
+                log.warning("swarm peers unavailable (retrying): %s", exc)
+            self._peers_failing = True
             return
+        self._peers_failing = False
         with self._lock:
             joined = list(self._joined.values())
         for entry in joined:
@@ -282,8 +292,14 @@ class SwarmNode:
                     continue
                 entry.met.add(address)
 
-    def _run(self) -> None:
-        next_introduction = 0.0
+    def _meet(self) -> None:
+        while not self._closed.is_set():
+            self._wake.wait(self.settings.introduce_interval_s)
+            self._wake.clear()
+            if not self._closed.is_set():
+                self._introduce()
+
+    def _pump(self) -> None:
         while not self._closed.is_set():
             self.session.wait_for_alert(100)
             for alert in self.session.pop_alerts():
@@ -298,9 +314,6 @@ class SwarmNode:
                         future.set_result(bytes(alert.buffer))
                 elif isinstance(alert, lt.torrent_error_alert):
                     log.warning("swarm: %s", alert.message())
-            if time.monotonic() >= next_introduction:
-                self._introduce()
-                next_introduction = time.monotonic() + self.settings.introduce_interval_s
 
 
 # ---------------------------------------------------------------- the learner's side
