@@ -1,7 +1,8 @@
 """The swarm transport with real libtorrent sessions on loopback, the learner's real API serving the
 manifest and the torrent behind the token, and peers introduced through a real Redis registry: the
 versions arrive byte-identical and verified, a later joiner takes pieces from an earlier worker, a
-worker keeps one version on its storage, and a node without the job's token gets nothing."""
+worker keeps one version on its storage, a node without the job's token gets nothing, and a real
+rollout worker (vLLM) takes a pushed version through the swarm."""
 
 import asyncio
 import time
@@ -15,15 +16,18 @@ from services.learner.app import BackgroundServer, StatusSource, create_app
 from services.learner.metrics import StepMetrics
 from services.learner.weights import WeightStore
 from shared.api.http import ServiceRefused
+from shared.api.rollout import RolloutClient, WeightUpdate
 from shared.api.weights import WEIGHTS_FILE
 from shared.bus import Keys, WorkerRegistry
 from shared.messages import WorkerInfo
+from shared.modeling import load_model, load_tokenizer
 from shared.records import metrics_file
 from shared.weights.manifest import write_manifest
 from shared.weights.settings import SwarmSettings
 from shared.weights.transport import receive
 from shared.weights.transports.swarm import SwarmNode, SwarmOffer, SwarmOrigin, SwarmTransport
-from tests.helpers.rollout import TOKEN
+from tests.helpers.rollout import TOKEN, start_rollout
+from tests.helpers.workers import served_version, weight_swaps
 
 pytestmark = pytest.mark.integration
 
@@ -149,3 +153,36 @@ def test_a_node_without_the_jobs_token_gets_nothing(tmp_path, learner):
     finally:
         member.close()
         outsider.close()
+
+
+def test_a_rollout_worker_takes_a_pushed_version_through_the_swarm(
+    tmp_path, learner, redis_url, namespace, default_init_dir
+):
+    store, origin = learner
+    origin.node.session.apply_settings({"upload_rate_limit": 0})
+    model = load_model(default_init_dir)
+    store.save(model, model.state_dict(), 5, load_tokenizer(default_init_dir))
+    ref = origin.publish(5, store.directory(5))
+    process, url = start_rollout(
+        tmp_path / "worker", default_init_dir,
+        {"PRFT_REDIS__URL": redis_url, "PRFT_REDIS__NAMESPACE": namespace,
+         "PRFT_ROLLOUT__SWARM__STORAGE_DIR": str(tmp_path / "worker-pieces")},
+    )
+    try:
+        swaps_before = weight_swaps(url)
+
+        async def push() -> int:
+            async with RolloutClient(url, TOKEN, timeout_s=300) as worker:
+                return await worker.push_weights(
+                    WeightUpdate(version=5, uri=ref.uri, manifest=ref.manifest, transport="swarm"))
+
+        assert asyncio.run(push()) == 5
+        assert served_version(url) == 5 and weight_swaps(url) == swaps_before + 1
+        # The version came through the swarm: the origin uploaded all of it (over TLS, to a certified peer),
+        # and the worker still holds the version's pieces, to seed them to the workers after it.
+        assert origin.node.handle(5).status().total_payload_upload >= store.file(5).stat().st_size
+        held = list((tmp_path / "worker-pieces").glob(f"*/v5/{WEIGHTS_FILE}"))
+        assert len(held) == 1 and held[0].read_bytes() == store.file(5).read_bytes()
+    finally:
+        process.stop()
+    assert not list((tmp_path / "worker-pieces").glob("*/v5"))  # a worker that stops leaves no pieces

@@ -209,6 +209,8 @@ class SwarmNode:
             joined = self._joined.get(offer.version)
             if joined is None:
                 if self._storage is None:
+                    if self._storage_root is not None:
+                        Path(self._storage_root).mkdir(parents=True, exist_ok=True)
                     self._storage = Path(tempfile.mkdtemp(prefix="prft-swarm-", dir=self._storage_root))
                 directory = self._storage / f"v{offer.version}"
                 directory.mkdir(parents=True, exist_ok=True)
