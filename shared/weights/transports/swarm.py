@@ -179,9 +179,7 @@ class SwarmNode:
             raise OSError(f"the swarm node cannot listen on {listen_host}:{settings.port}")
         self.address = f"{settings.advertise_host or advertise_host}:{port}"
         self.peers = peers
-        root = settings.storage_dir or ("/dev/shm" if Path("/dev/shm").is_dir() else None)
         self._storage: Path | None = None
-        self._storage_root = root
         self._joined: dict[int, _Joined] = {}
         self._reads: dict[tuple[str, int], concurrent.futures.Future[bytes]] = {}
         self._lock = threading.Lock()
@@ -209,9 +207,8 @@ class SwarmNode:
             joined = self._joined.get(offer.version)
             if joined is None:
                 if self._storage is None:
-                    if self._storage_root is not None:
-                        Path(self._storage_root).mkdir(parents=True, exist_ok=True)
-                    self._storage = Path(tempfile.mkdtemp(prefix="prft-swarm-", dir=self._storage_root))
+                    size = lt.torrent_info(lt.bdecode(offer.torrent_bytes())).total_size()
+                    self._storage = self._make_storage(size)
                 directory = self._storage / f"v{offer.version}"
                 directory.mkdir(parents=True, exist_ok=True)
                 handle = join(self.session, offer.torrent_bytes(), directory, certificate=self.certificate)
@@ -222,6 +219,14 @@ class SwarmNode:
             joined.handle.connect_peer(parse_address(address))
         self._wake.set()  # meet the registry's peers now, not at the next round
         return joined.handle
+
+    def _make_storage(self, version_bytes: int) -> Path:
+        root = self.settings.storage_dir
+        if root is not None:
+            Path(root).mkdir(parents=True, exist_ok=True)
+        elif Path("/dev/shm").is_dir() and shutil.disk_usage("/dev/shm").free > 2 * version_bytes:
+            root = "/dev/shm"  # two versions at a time (a container's default 64 MB holds no model: temp dir)
+        return Path(tempfile.mkdtemp(prefix="prft-swarm-", dir=root))
 
     def drop(self, version: int) -> None:
         """Stop taking part in ``version``'s swarm; a worker's copy of its file is deleted."""
