@@ -7,6 +7,7 @@ rollout worker (vLLM) takes a pushed version through the swarm."""
 import asyncio
 import time
 
+import httpx
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -17,7 +18,7 @@ from services.learner.metrics import StepMetrics
 from services.learner.weights import WeightStore
 from shared.api.http import ServiceRefused
 from shared.api.rollout import RolloutClient, WeightUpdate
-from shared.api.weights import WEIGHTS_FILE
+from shared.api.weights import WEIGHTS_FILE, swarm_url
 from shared.bus import Keys, WorkerRegistry
 from shared.messages import WorkerInfo
 from shared.modeling import load_model, load_tokenizer
@@ -142,6 +143,7 @@ def test_a_node_without_the_jobs_token_gets_nothing(tmp_path, learner):
         # Without the token the learner serves neither the manifest nor the torrent.
         with pytest.raises(ServiceRefused):
             take(outsider, ref.manifest, token="not-the-job-token")
+        assert httpx.get(swarm_url(ref.manifest)).status_code == 401
         # With the torrent anyway (copied off a member), its certificate is not the job's: the TLS
         # handshake fails at the origin and at the member, and not one byte arrives.
         offer = SwarmOffer.model_validate_json((store.directory(1) / "swarm.json").read_text())
