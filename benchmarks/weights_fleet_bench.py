@@ -15,12 +15,15 @@ Designs, each per N:
 Faults (--faults): 20% of the workers' processes SIGKILLed mid-transfer, and --joiners workers started
 mid-version; every live worker must end on the new version, and none may apply a partial one.
 
+--tls: the swarm backend's authentication (shared/weights/transports/swarm.py): SSL torrents whose root
+is a job CA, every node listening on TLS only with a certificate of that CA.
+
 Figures: time until 50/99/100% of the live workers hold the version (from the moment the origin
 publishes), bytes served by the origin (payload, and as a multiple of the model size). A table is
 printed and a PNG saved.
 
     .venv/bin/python benchmarks/weights_fleet_bench.py [--sizes 8,64,256] [--model-mb 8] [--rate-mb 4]
-        [--designs swarm,origin] [--faults] [--png docs/weights_fleet.png]
+        [--designs swarm,origin] [--faults] [--tls] [--png docs/weights_fleet.png]
 """
 
 from __future__ import annotations
@@ -45,10 +48,12 @@ sys.path.insert(0, str(REPO))
 
 from shared.weights.manifest import Manifest, build_manifest, load_state_dict  # noqa: E402
 from shared.weights.transports.swarm import SwarmLimits, join, make_torrent, open_session  # noqa: E402
+from shared.weights.transports.swarm_ca import JobAuthority  # noqa: E402
 
 BUCKET = 256 << 10  # 32 buckets to the 8 MB model: enough pieces for the swarm to pipeline
 HOST = "127.0.0.1"
 PEERS_PER_ROUND = 6  # new peers a worker is introduced to per look at the registry
+TOKEN = "fleet-bench-token"  # --tls: the job's token, whence its CA
 
 
 def write_model(path: Path, megabytes: float) -> None:
@@ -76,12 +81,13 @@ def run_workers(args: argparse.Namespace) -> None:
     origin_port = int((run / "origin.port").read_text())
     results = (run / "results" / f"p{args.first}.jsonl").open("a")
     workers = []
+    certificate = JobAuthority(TOKEN).issue_node() if args.tls else None
     for index in range(args.first, args.first + args.count):
         port = args.port + index
-        session = open_session(HOST, port, limits)
+        session = open_session(HOST, port, limits, ssl=args.tls)
         save = run / "w" / str(index)
         save.mkdir(parents=True, exist_ok=True)
-        handle = join(session, torrent, save, exchange_peers=args.design == "swarm")
+        handle = join(session, torrent, save, exchange_peers=args.design == "swarm", certificate=certificate)
         handle.connect_peer((HOST, origin_port))
         if args.design == "swarm":
             (run / "peers" / str(port)).write_text("")  # a partial holder serves the pieces it has
@@ -121,6 +127,8 @@ def run_workers(args: argparse.Namespace) -> None:
 def spawn(args, run: Path, design: str, first: int, count: int) -> subprocess.Popen:
     argv = [sys.executable, __file__, "--worker", "--run", str(run), "--design", design, "--first", str(first),
             "--count", str(count), "--port", str(args.run_port), "--rate", str(int(args.rate_mb * (1 << 20)))]
+    if args.tls:
+        argv.append("--tls")
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     return process
 
@@ -147,9 +155,11 @@ def one_run(args, design: str, n: int, faults: bool) -> dict:
     shutil.copy(args.model, run / "origin" / "model.safetensors")
     manifest = build_manifest(run / "origin" / "model.safetensors", 1, BUCKET)
     (run / "manifest.json").write_text(manifest.model_dump_json())
-    (run / "model.torrent").write_bytes(make_torrent(run / "origin" / "model.safetensors", manifest))
+    authority = JobAuthority(TOKEN) if args.tls else None
+    root = authority.root_certificate() if authority else None
+    (run / "model.torrent").write_bytes(make_torrent(run / "origin" / "model.safetensors", manifest, root))
     rate = int(args.rate_mb * (1 << 20))
-    origin = open_session(HOST, args.run_port + 999, SwarmLimits(upload_bps=rate, download_bps=rate))
+    origin = open_session(HOST, args.run_port + 999, SwarmLimits(upload_bps=rate, download_bps=rate), ssl=args.tls)
     (run / "origin.port").write_text(str(args.run_port + 999))
 
     per_process = max(1, math.ceil(n / args.processes))
@@ -161,7 +171,7 @@ def one_run(args, design: str, n: int, faults: bool) -> dict:
         process.stdout.readline()
     started = time.time()
     handle = join(origin, (run / "model.torrent").read_bytes(), run / "origin", seed=True,
-                  exchange_peers=design == "swarm")
+                  exchange_peers=design == "swarm", certificate=authority.issue_node() if authority else None)
     killed: set[int] = set()
     expected = set(range(n))
     single = args.model_mb / args.rate_mb
@@ -229,6 +239,7 @@ def main() -> None:
     parser.add_argument("--rate-mb", type=float, default=4.0, help="MB/s up and down, per node")
     parser.add_argument("--processes", type=int, default=8, help="worker processes per run (joiners aside)")
     parser.add_argument("--faults", action="store_true", help="also run each size with kills and joiners")
+    parser.add_argument("--tls", action="store_true", help="authenticated peers, as the swarm backend runs them")
     parser.add_argument("--joiners", type=int, default=50)
     parser.add_argument("--origin-max-n", type=int, default=64,
                         help="largest N for the origin design (its time grows as N: larger ones are computed)")

@@ -126,3 +126,5 @@ class WorkerInfo(Message):
     url: str  # base URL of the worker's HTTP API, where the learner pushes weights
     version: int
     heartbeat_at: float  # unix time
+    # "host:port" where the worker's swarm node takes peers (the swarm transport); None: it has none.
+    swarm: str | None = None

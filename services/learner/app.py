@@ -21,6 +21,8 @@ from shared.api.weights import (
     DELTA_BUCKET_ROUTE,
     DELTA_MANIFEST_ROUTE,
     MANIFEST_ROUTE,
+    SWARM_FILE,
+    SWARM_ROUTE,
     WEIGHTS_ROUTE,
     bearer_guard,
 )
@@ -85,6 +87,14 @@ def create_app(
         path = store.manifest_file(version)
         if not path.is_file():
             raise HTTPException(404, f"no manifest for weights version {version} (kept: {store.versions()})")
+        return Response(path.read_bytes(), media_type="application/json")
+
+    @app.get(SWARM_ROUTE, dependencies=[Depends(authorised)])
+    def get_swarm(version: int) -> Response:
+        """The version's torrent and seed (the swarm transport), beside its manifest."""
+        path = store.directory(version) / SWARM_FILE
+        if not path.is_file():
+            raise HTTPException(404, f"weights version {version} are not in a swarm (kept: {store.versions()})")
         return Response(path.read_bytes(), media_type="application/json")
 
     @app.get(BUCKET_ROUTE, dependencies=[Depends(authorised)])

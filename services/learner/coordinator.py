@@ -205,7 +205,9 @@ class Rank0(Follower):
         self.streams = _open_streams(settings)
         self.window = _open_window(settings, tokenizer, state, self.streams)
         self.publisher = _open_publisher(settings, self.streams)
-        self.origin = open_origin(settings.weights, settings.public_base_url())
+        self.origin = open_origin(
+            settings.weights, settings.public_base_url(), settings.auth.token.get_secret_value(), settings.host
+        )
         self.release = Release(store, self.origin, self.publisher, settings.weights)
         self.books = Bookkeeping(settings, state, metrics, self.window, self.streams.trajectories, self.streams.tasks)
         self.published_step: int | None = None

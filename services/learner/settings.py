@@ -152,6 +152,8 @@ class LearnerSettings(ServiceSettings):
             )
         if self.start_on_request and not self.auth.token.get_secret_value():
             raise ValueError("start_on_request needs auth.token: POST /v1/start is refused without one")
+        if self.weights.transport == "swarm" and not self.auth.token.get_secret_value():
+            raise ValueError("weights.transport swarm needs auth.token: the swarm's peers authenticate with it")
         return self
 
     @property

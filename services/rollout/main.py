@@ -50,7 +50,10 @@ async def run(settings: RolloutSettings) -> int:
     metrics = RolloutMetrics()
     engine = RolloutEngine(settings, model_path, metrics)
     token = settings.auth.token.get_secret_value() or None
-    updater = WeightUpdater(engine, metrics, settings.weights_fetch_timeout_s, settings.download_dir, token)
+    swarm = _worker_swarm(settings, token)
+    updater = WeightUpdater(
+        engine, metrics, settings.weights_fetch_timeout_s, settings.download_dir, token, swarm=swarm
+    )
     app = create_app(settings, engine, updater, metrics)
     server = _Server(
         uvicorn.Config(
@@ -105,7 +108,19 @@ async def run(settings: RolloutSettings) -> int:
         with contextlib.suppress(Exception):
             await server_task
         engine.shutdown()
+        if swarm is not None:
+            swarm.close()
     return 1 if fatal else 0
+
+
+def _worker_swarm(settings: RolloutSettings, token: str | None):
+    """The worker's swarm node (started by the first version that comes through the swarm); None where
+    libtorrent (the swarm extra) is not installed: such a worker takes versions by http or file only."""
+    try:
+        from services.rollout.swarm import WorkerSwarm
+    except ImportError:
+        return None
+    return WorkerSwarm(settings, token)
 
 
 async def _watch_engine(engine, on_fatal) -> None:

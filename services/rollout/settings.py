@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from shared.settings import ServiceSettings, public_base_url
+from shared.weights.settings import SwarmSettings
 
 
 class RolloutSettings(ServiceSettings):
@@ -72,6 +73,8 @@ class RolloutSettings(ServiceSettings):
     weights_fetch_timeout_s: float = Field(600.0, gt=0.0)
     # Where http(s) weights are downloaded before a swap (deleted after it); None: the system temp dir.
     download_dir: Path | None = None
+    # This worker's node when versions come through the swarm transport (its port, limits, storage).
+    swarm: SwarmSettings = SwarmSettings()
     access_log: bool = False
 
     def resolved_worker_id(self) -> str:

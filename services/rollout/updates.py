@@ -23,6 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from services.rollout.engine import RolloutEngine
 from services.rollout.metrics import RolloutMetrics
@@ -31,6 +32,9 @@ from services.rollout.weights import fetch, fetch_version
 from shared.api.rollout import WeightsAccepted, WeightsFailure, WeightsProgress, WeightsStatus, WeightUpdate
 from shared.weights.manifest import Manifest
 from shared.weights.receiver import Held
+
+if TYPE_CHECKING:  # libtorrent only where the swarm is used
+    from services.rollout.swarm import WorkerSwarm
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,7 @@ class WeightUpdater:
         download_dir: Path | None = None,
         token: str | None = None,
         fetch_concurrency: int = 4,
+        swarm: WorkerSwarm | None = None,
     ):
         self.engine = engine
         self.metrics = metrics
@@ -77,6 +82,7 @@ class WeightUpdater:
         self._runner: asyncio.Task | None = None
         # The bytes of the version served, the base of the next version's delta (memory: one model file).
         self._held: Held | None = None
+        self.swarm = swarm  # the worker's swarm node, for versions that come through the swarm
 
     # ------------------------------------------------------------------ the contract
 
@@ -186,7 +192,8 @@ class WeightUpdater:
 
         try:
             received = await fetch_version(
-                update, self.token, self.fetch_timeout_s, self.fetch_concurrency, allocate, progress, self._held
+                update, self.token, self.fetch_timeout_s, self.fetch_concurrency, allocate, progress, self._held,
+                self.swarm.node() if update.transport == "swarm" and self.swarm is not None else None,
             )
             self.metrics.weight_fetches.labels(received.path).inc()
             self.metrics.weight_fetched_bytes.labels(received.path).inc(received.fetched_bytes)

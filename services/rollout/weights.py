@@ -8,6 +8,7 @@ from __future__ import annotations
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from safetensors import SafetensorError, safe_open
 
@@ -18,6 +19,9 @@ from shared.weights.manifest import BucketMismatch, Manifest
 from shared.weights.receiver import Held, Received, receive_version
 from shared.weights.transport import Progress
 from shared.weights.transports import open_transport
+
+if TYPE_CHECKING:
+    from shared.weights.transports.swarm import SwarmNode
 
 # Tied embeddings: the checkpoint may or may not carry the output layer separately.
 OPTIONAL_TENSORS = frozenset({"lm_head.weight"})
@@ -100,15 +104,16 @@ async def fetch_version(
     allocate: Callable[[Manifest], bytearray | memoryview] | None = None,
     progress: Progress | None = None,
     held: Held | None = None,
+    swarm: SwarmNode | None = None,
 ) -> Received:
     """The verified bytes of a manifest update's version, fetched through its transport into the buffer
     ``allocate`` gives (see ``shared.weights.transport.receive``): by the update's delta when ``held``
     is its base (shared.weights.receiver), else whole. The one step that says where a version's bytes
-    come from."""
+    come from. ``swarm``: the worker's swarm node (the swarm transport)."""
     if update.manifest is None or update.transport is None:
         raise WeightsError(f"the update to v{update.version} names no manifest and transport")
     try:
-        async with open_transport(update.transport, token, timeout_s) as transport:
+        async with open_transport(update.transport, token, timeout_s, swarm) as transport:
             return await receive_version(transport, update.manifest, update.delta, held, concurrency,
                                          allocate=allocate, progress=progress)
     except (ServiceRefused, ServiceUnavailable, BucketMismatch, OSError, ValueError) as exc:

@@ -168,7 +168,9 @@ class TaskWorker:
         self.client.close()
 
     def _registry_entry(self) -> WorkerInfo:
-        return WorkerInfo(worker_id=self.worker_id, url=self.url, version=self.engine.version, heartbeat_at=time.time())
+        swarm = self.updater.swarm.address if self.updater.swarm is not None else None
+        return WorkerInfo(worker_id=self.worker_id, url=self.url, version=self.engine.version, heartbeat_at=time.time(),
+                          swarm=swarm)
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but wake up at once when the worker stops."""

@@ -23,6 +23,8 @@ MANIFEST_ROUTE = "/v1/weights/{version}/manifest"  # the learner: GET a version'
 BUCKET_ROUTE = "/v1/weights/{version}/buckets/{index}"  # the learner: GET one bucket's bytes
 DELTA_MANIFEST_ROUTE = "/v1/weights/{version}/delta/manifest"  # the learner: the manifest of a version's delta
 DELTA_BUCKET_ROUTE = "/v1/weights/{version}/delta/buckets/{index}"  # the learner: one bucket of the delta
+SWARM_ROUTE = "/v1/weights/{version}/swarm"  # the learner: GET a version's swarm offer (the swarm transport)
+SWARM_FILE = "swarm.json"  # the swarm offer, beside a version's manifest in the learner's store
 PUSH_ROUTE = "/v1/weights"  # a worker: GET the version it serves, POST a WeightUpdate (bearer token)
 
 
@@ -48,10 +50,19 @@ class DeltaRef(Message):
 
 def bucket_url(manifest_ref: str, index: int) -> str:
     """A bucket's URL from its version's manifest URL (the learner serves both)."""
+    return _beside_manifest(manifest_ref, f"/buckets/{index}")
+
+
+def _beside_manifest(manifest_ref: str, tail: str) -> str:
     suffix = "/manifest"
     if not manifest_ref.endswith(suffix):
         raise ValueError(f"not a manifest URL: {manifest_ref}")
-    return manifest_ref[: -len(suffix)] + f"/buckets/{index}"
+    return manifest_ref[: -len(suffix)] + tail
+
+
+def swarm_url(manifest_ref: str) -> str:
+    """A version's swarm offer URL from its manifest URL (the learner serves both)."""
+    return _beside_manifest(manifest_ref, "/swarm")
 
 
 def auth_header(token: str | None) -> dict[str, str]:

@@ -46,3 +46,7 @@ class WorkerRegistry:
         """Workers whose last heartbeat is at most ``ttl_s`` old."""
         now = time.time() if now is None else now
         return [info for info in self.all().values() if now - info.heartbeat_at <= ttl_s]
+
+    def swarm_peers(self, ttl_s: float, now: float | None = None) -> list[str]:
+        """The swarm addresses of the live workers that have one (the swarm transport's peers)."""
+        return [info.swarm for info in self.live(ttl_s, now) if info.swarm]

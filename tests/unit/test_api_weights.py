@@ -11,12 +11,18 @@ from services.learner.metrics import StepMetrics
 from services.learner.weights import WeightStore
 from shared.api.http import RetryPolicy, ServiceRefused
 from shared.api.learner import LearnerClient
-from shared.api.weights import WEIGHTS_FILE, auth_header, auth_refusal, weights_url
+from shared.api.weights import WEIGHTS_FILE, auth_header, auth_refusal, bucket_url, manifest_url, swarm_url, weights_url
 from shared.records import LearnerStatus, metrics_file
 
 
 def test_a_version_has_one_url():
     assert weights_url("http://learner:8002/", 7) == "http://learner:8002/v1/weights/7"
+    # A version's buckets and swarm offer are addressed from its manifest's URL (what the record holds).
+    manifest = manifest_url("http://learner:8002", 7)
+    assert bucket_url(manifest, 3) == "http://learner:8002/v1/weights/7/buckets/3"
+    assert swarm_url(manifest) == "http://learner:8002/v1/weights/7/swarm"
+    with pytest.raises(ValueError, match="not a manifest URL"):
+        swarm_url("http://learner:8002/v1/weights/7")
 
 
 def test_the_bearer_check():

@@ -37,8 +37,12 @@ class HttpTransport(WeightTransport):
 
         return await self.retry.call(attempt, what)
 
+    async def content(self, url: str) -> bytes:
+        """The body of a GET of ``url`` (with the token and the retries)."""
+        return (await self._get(url)).content
+
     async def manifest(self, ref: str) -> Manifest:
-        return Manifest.model_validate_json((await self._get(ref)).content)
+        return Manifest.model_validate_json(await self.content(ref))
 
     async def bucket(self, ref: str, manifest: Manifest, index: int) -> bytes:
         return (await self._get(bucket_url(ref, index))).content
