@@ -8,8 +8,7 @@ import asyncio
 import pytest
 
 from services.learner.weights import Publisher, WeightStore
-from shared.api.http import ServiceRefused
-from shared.api.rollout import RolloutClient, WeightUpdate
+from shared.api.rollout import RolloutClient, WeightsUpdateFailed, WeightUpdate
 from shared.bus import Keys, WeightsRecordStore, WorkerRegistry
 from shared.modeling import load_model, load_tokenizer
 from shared.weights.settings import WeightsSettings
@@ -56,12 +55,14 @@ def test_a_worker_takes_versions_from_the_object_store(
         origin.retire(2)
         update = WeightUpdate(version=2, uri=gone.uri, manifest=gone.manifest, transport="s3")
 
-        async def push() -> int:
+        async def push_and_wait() -> None:
             async with RolloutClient(url, TOKEN, timeout_s=120) as client:
-                return await client.push_weights(update)
+                accepted = await client.push_weights(update)
+                assert (accepted.version, accepted.outcome) == (2, "queued")  # the fetch runs in the background
+                await client.wait_for_version(2, timeout_s=120)
 
-        with pytest.raises(ServiceRefused, match="404 NoSuchKey; the version may have been retired"):
-            asyncio.run(push())
+        with pytest.raises(WeightsUpdateFailed, match="404 NoSuchKey; the version may have been retired"):
+            asyncio.run(push_and_wait())
         assert served_version(url) == 1
         origin.close()
     finally:
