@@ -175,8 +175,9 @@ def test_a_rollout_worker_takes_a_pushed_version_through_the_swarm(
 
         async def push() -> int:
             async with RolloutClient(url, TOKEN, timeout_s=300) as worker:
-                return await worker.push_weights(
+                await worker.push_weights(
                     WeightUpdate(version=5, uri=ref.uri, manifest=ref.manifest, transport="swarm"))
+                return (await worker.wait_for_version(5, timeout_s=300)).version
 
         assert asyncio.run(push()) == 5
         assert served_version(url) == 5 and weight_swaps(url) == swaps_before + 1
