@@ -171,7 +171,7 @@ def test_install_deps_adds_the_extras_named_after_the_engine(tmp_path):
     assert (tmp_path / "requirements.seen").read_text().splitlines() == (
         project["dependencies"] + extras["cpu"] + extras["s3"]
     )
-    assert 'install-deps "$EXTRA" s3' in (DEPLOY / "docker" / "Dockerfile").read_text()
+    assert 'install-deps "$EXTRA" s3 swarm' in (DEPLOY / "docker" / "Dockerfile").read_text()
 
 
 def test_install_deps_names_the_extras_when_given_an_unknown_one(tmp_path):
