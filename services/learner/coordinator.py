@@ -364,9 +364,12 @@ class Rank0(Follower):
             log.error("data-parallel ranks ended with different weights: %s", rank_digests)
         if plan.final:
             self.books.write_final(rank_digests)
-        # Let the last push reach the workers before the process exits (they could also pull it).
+        # Let the last push reach the workers before the process exits (they could also pull it), and
+        # when this process serves the bytes, let them fetch it too.
         self.release.drain()
         self.publisher.close(timeout=self.settings.push_timeout_s + 5)
+        if self.origin.served_by_learner:
+            self.publisher.wait_taken(timeout_s=self.settings.push_timeout_s)
         self.origin.close()
 
     def close(self) -> None:

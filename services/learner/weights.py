@@ -213,6 +213,29 @@ class Publisher:
         self._pending.put(None)
         self._thread.join(timeout)
 
+    def wait_taken(self, timeout_s: float) -> None:
+        """Wait (at most ``timeout_s``) until every worker the last push reached serves its version. A
+        push is accepted before the worker fetches anything, so a learner that serves the bytes itself
+        (the http origin) must not exit before then: a worker fetching after it would fail and stay on
+        the version before. A worker that fails or is too slow is logged, not waited for longer."""
+        report = self.last_report
+        if report is None or not report.pushed:
+            return
+        pushed = [w for w in self.registry.live(self.worker_ttl_s) if w.worker_id in report.pushed]
+
+        async def wait(worker: WorkerInfo) -> None:
+            async with RolloutClient(worker.url, timeout_s=10.0, retry=RetryPolicy(retries=0),
+                                     name=worker.worker_id) as client:
+                await client.wait_for_version(report.version, timeout_s=timeout_s, poll_s=0.2)
+
+        async def wait_all() -> list:
+            return await asyncio.gather(*(wait(w) for w in pushed), return_exceptions=True)
+
+        for worker, outcome in zip(pushed, asyncio.run(wait_all())):
+            if isinstance(outcome, Exception):
+                log.warning("%s did not take v%d before the learner closed: %s", worker.worker_id,
+                            report.version, outcome)
+
     def _run(self) -> None:
         closing = False
         while not closing:

@@ -49,6 +49,8 @@ class WeightOrigin(ABC):
     folder (the safetensors file and its manifest.json) is complete; ``retire`` when the folder is pruned."""
 
     name: str
+    # The learner's process serves the bytes itself (http): it must outlive the workers' last fetch.
+    served_by_learner: bool = False
 
     @abstractmethod
     def publish(self, version: int, directory: Path) -> VersionRef: ...

@@ -55,6 +55,7 @@ class HttpOrigin(WeightOrigin):
     """The learner's own API serves every version it keeps (services/learner/app.py)."""
 
     name = "http"
+    served_by_learner = True
 
     def __init__(self, public_base_url: str):
         self.public_base_url = public_base_url
