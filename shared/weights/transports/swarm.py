@@ -331,6 +331,7 @@ class SwarmOrigin(WeightOrigin):
     version's manifest (``swarm.json``), which the learner's API serves behind the token."""
 
     name = "swarm"
+    served_by_learner = True  # the learner's API serves the offer and its session is the first seed
 
     def __init__(self, settings: SwarmSettings, public_base_url: str, token: str, listen_host: str):
         self.public_base_url = public_base_url
