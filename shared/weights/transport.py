@@ -49,7 +49,7 @@ class WeightOrigin(ABC):
     folder (the safetensors file and its manifest.json) is complete; ``retire`` when the folder is pruned."""
 
     name: str
-    # The learner's process serves the bytes itself (http): it must outlive the workers' last fetch.
+    # The learner's process serves the bytes itself (http, swarm): it must outlive the workers' last fetch.
     served_by_learner: bool = False
 
     @abstractmethod
