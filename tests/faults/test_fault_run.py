@@ -29,6 +29,7 @@ from shared.api.rollout import GenerateRequest, GenerateResponse, RolloutClient,
 from shared.bus import Keys, LedgerQueries, Redis, connect
 from shared.records import FinalRecord, metrics_file
 from tests.helpers.faults import Auditor, learner_step, metric, reconciled, wait_for, wait_for_step
+from tests.helpers.jobs import deployment_job
 from tests.helpers.workers import wait_served
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
@@ -65,36 +66,19 @@ class Run:
 
 
 def _job(token: str, namespace: str, model: Path, run_dir: Path) -> dict:
-    return {
-        "redis": {"namespace": namespace},
-        "auth": {"token": token},
+    return deployment_job(
+        token, namespace, model, run_dir, TOTAL_STEPS,
         # A standing fault: the reward service refuses (422) every request holding a response over 64
         # bytes, as it would an over-long one; workers then score item by item, and lose no group.
-        "reward": {"workers": 1, "max_text_bytes": MAX_TEXT_BYTES},
-        "rollout": {
-            "max_inflight_tasks": 2,
-            "heartbeat_s": 0.5,
-            "reclaim_idle_ms": 3000,  # a dead worker's tasks go to another after 3 s
-            "reward_backoff_s": 0.2,
-            "drain_timeout_s": 5,
-        },
-        "learner": {
-            "model": str(model),
-            "dataset": {"train_size": 200},
-            "algorithm": {"name": "prefix-rft", "n_rollouts": 4},
-            "sampling": {"temperature": 1.0, "max_tokens": 32},
-            "batch_prompts": 2,
-            "mini_batch_prompts": 2,
-            "micro_batch": 8,
-            "max_staleness": 1,
-            "total_steps": TOTAL_STEPS,
+        reward={"max_text_bytes": MAX_TEXT_BYTES},
+        rollout={"reclaim_idle_ms": 3000},  # a dead worker's tasks go to another after 3 s
+        learner={
             "checkpoint_every": CHECKPOINT_EVERY,
-            "run_dir": str(run_dir / "learner"),
             "worker_ttl_s": 5,  # SIGKILLed workers stay registered: stop pushing to them soon
             "push_retries": 1,
             "push_timeout_s": 20,
         },
-    }
+    )
 
 
 @pytest.fixture(scope="module")
