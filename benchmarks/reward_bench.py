@@ -378,7 +378,13 @@ def main() -> int:
     ok &= mismatches == 0
     if len(rounds) > 1:
         for i, run in enumerate(runs):
-            rates = ", ".join(f"{r[i].items_per_s:.1f} (not ours {r[i].cpu['other']:.1f} s)" for r in rounds)
+            # Each round's verifier CPU per item next to its outside load: whether a cost comes
+            # with a quiet or a busy machine only shows across rounds, not in the best one alone.
+            rates = ", ".join(
+                f"{r[i].items_per_s:.1f} (not ours {r[i].cpu['other']:.1f} s, "
+                f"verify {1000 * r[i].cpu['verify'] / len(r[i].correct):.2f} ms/item)"
+                for r in rounds
+            )
             print(f"items/s per round, {run.name}: {rates}")
     print("'not ours': CPU seconds other processes on this machine used during the run; figures are only")
     print("comparable when it is near 0.")

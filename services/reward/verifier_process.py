@@ -10,6 +10,7 @@ inputs that could only end at the deadline (``answers.runaway``), answered at on
 from __future__ import annotations
 
 import contextlib
+import gc
 import resource
 import signal
 import socket
@@ -109,6 +110,9 @@ def main(sock: socket.socket, item_timeout_s: float, memory_mb: int | None, opti
         _, hard = resource.getrlimit(resource.RLIMIT_AS)
         resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
     _warm_up(item_timeout_s, options)
+    # Everything alive now (sympy, math-verify, pydantic, the warm-up's caches) lives as long as the
+    # process: moved out of the collector's generations, full collections no longer walk it per item.
+    gc.freeze()
     send_frame(sock, READY)
     while (frame := recv_frame(sock)) is not None:
         item = ScoreItem.model_validate_json(frame)
