@@ -260,6 +260,9 @@ def compare_command(
         None, help="Built-in dataset demonstration style: column (the base policy's own), teacher (off-policy, "
         "not continuable) or verified (off-policy, continuable)."
     ),
+    probe_problems: int = typer.Option(
+        100, min=0, help="Training problems the demonstration style is probed on before the runs (0: no probes)."
+    ),
     out: Path = typer.Option(Path("runs/compare"), help="Where the runs and figures go (reused when re-run)."),
     results: Path = typer.Option(Path("docs/results.md"), help="The markdown report to write."),
     learner_ranks: int = typer.Option(None, min=1, help=LEARNER_RANKS_HELP + " Every run."),
@@ -294,7 +297,8 @@ def compare_command(
     try:
         options = CompareOptions(
             variants=names, seeds=seed_list, steps=steps, eval_problems=eval_problems, eval_every=eval_every,
-            eval_k=eval_k, eval_data=eval_data or [], config=config, demonstrations=demonstrations, out=out,
+            eval_k=eval_k, eval_data=eval_data or [], config=config, demonstrations=demonstrations,
+            probe_problems=probe_problems, out=out,
             results=results, command=command_line(), sets=overrides,
         )
     except ValidationError as exc:

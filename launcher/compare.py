@@ -25,7 +25,7 @@ from rich.table import Table
 
 from launcher.config import JobConfig
 from launcher.evaluate import EvalSettings
-from launcher.probes import StyleProbe, cached_probe
+from launcher.probes import ProbeSettings, StyleProbe, cached_probe
 from launcher.report import RunReport
 from launcher.run import RunOptions, run_job
 from launcher.tracking import check_trackers, log_comparison
@@ -84,6 +84,8 @@ class CompareOptions(BaseModel):
     # policy's own); "teacher" makes the demonstrations off-policy and not continuable, "verified"
     # off-policy yet continuable, as the paper's are.
     demonstrations: DemoStyle | None = None
+    # Training problems the demonstration style is probed on before the runs (0: no probes).
+    probe_problems: int = Field(100, ge=0)
     out: Path = Path("runs/compare")
     results: Path = Path("docs/results.md")
     command: str = ""  # the command line, written into the results
@@ -128,8 +130,9 @@ def run_compare(options: CompareOptions, console: Console) -> Comparison:
     started = time.monotonic()
     # Before any run: how far the style is from the base policy and whether the base can continue it.
     probes = None
-    if job.learner.data.path is None:
-        probes = cached_probe(job, demonstration_style(options), options.out, console)
+    if job.learner.data.path is None and options.probe_problems:
+        settings = ProbeSettings(problems=options.probe_problems)
+        probes = cached_probe(job, demonstration_style(options), options.out, console, settings)
     runs: dict[str, dict[int, RunReport]] = {name: {} for name in options.variants}
     total = len(options.variants) * len(options.seeds)
     done = 0

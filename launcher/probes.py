@@ -194,17 +194,19 @@ def run_probes(
     return out
 
 
-def cached_probe(job: JobConfig, style: DemoStyle, out_dir: Path, console: Console) -> StyleProbe:
+def cached_probe(
+    job: JobConfig, style: DemoStyle, out_dir: Path, console: Console, settings: ProbeSettings = ProbeSettings()
+) -> StyleProbe:
     """The probes of ``style`` from ``out_dir/probes-<style>.json``, taken and written there first if
     absent (or taken on another model or other settings)."""
     path = out_dir / f"probes-{style}.json"
     model = str(base_model(job))
     if path.is_file():
         probe = StyleProbe.model_validate_json(path.read_text())
-        if probe.model == model and probe.settings == ProbeSettings():
+        if probe.model == model and probe.settings == settings:
             console.print(f"probes of the {style} demonstrations: reusing {path}")
             return probe
-    (probe,) = run_probes(job, [style], console)
+    (probe,) = run_probes(job, [style], console, settings)
     out_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(probe.model_dump_json(indent=1))
     return probe

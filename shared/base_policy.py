@@ -83,10 +83,12 @@ class DefaultPolicySpec(BaseModel):
             excluded["warmup"] = True
         # Under its former name "task", so caches built before the rename keep their keys.
         fields = self.model_dump(mode="json", exclude=excluded)
-        # A difficulty's min_start came later: at its default it is left out, so those caches keep their keys too.
+        # A difficulty's min_start and wording came later: at their defaults they are left out, so those
+        # caches keep their keys too.
         for difficulty in ("warmup", "train", "test", "ood"):
-            if fields["dataset"][difficulty]["min_start"] == Difficulty.model_fields["min_start"].default:
-                del fields["dataset"][difficulty]["min_start"]
+            for later in ("min_start", "wording"):
+                if fields["dataset"][difficulty][later] == Difficulty.model_fields[later].default:
+                    del fields["dataset"][difficulty][later]
         fields = {("task" if key == "dataset" else key): value for key, value in fields.items()}
         determined_by = json.dumps(fields, separators=(",", ":"))
         digest = hashlib.sha256(f"{BUILD_REVISION}:{stage}:{determined_by}".encode()).hexdigest()[:12]

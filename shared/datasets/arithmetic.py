@@ -34,6 +34,9 @@ DemoStyle = Literal["column", "teacher", "verified"]
 
 NAMES = ("Ann", "Ben", "Cara", "Dan", "Eva", "Finn", "Gia", "Hugo", "Ivy", "Jon", "Kim", "Leo", "Mia", "Nora")
 ITEMS = ("apples", "coins", "cards", "books", "stamps", "shells", "marbles", "pens", "stickers", "beads")
+# Names and things no training story has (the "new-names" wording).
+NEW_NAMES = ("Omar", "Pia", "Quinn", "Rosa", "Sam", "Tara", "Uma", "Vic", "Will", "Zoe")
+NEW_ITEMS = ("buttons", "rocks", "cups", "keys", "ribbons", "tickets", "candles", "leaves")
 GAIN_VERBS = ("finds", "buys", "gets", "wins")
 LOSS_VERBS = ("gives away", "loses", "sells", "uses")
 INSTRUCTION = "Put the final answer in \\boxed{}."
@@ -45,12 +48,16 @@ class Difficulty(BaseModel):
     min_ops: int = Field(ge=1)
     max_ops: int = Field(ge=1)
     min_start: int = Field(10, ge=0)  # the opening amount is drawn from [min_start, max_start]
-    max_start: int = Field(99, ge=10)
+    max_start: int = Field(99, ge=1)
     max_operand: int = Field(99, ge=1)
     max_value: int = Field(999, ge=10)  # every running total stays in [0, max_value]
     # None: the number of operations is uniform over [min_ops, max_ops]. A share: max_ops with that
     # probability, else uniform over the others (a few long stories in an otherwise easy split).
     max_ops_share: float | None = Field(None, ge=0, le=1)
+    # How the question is worded: "plain" (what training sees), "retold" (the same story in other
+    # sentences: "Kim starts out with 28 apples. Next, Kim wins 71. ...") or "new-names" (training's
+    # sentences about people and things training never names).
+    wording: Literal["plain", "retold", "new-names"] = "plain"
 
     @model_validator(mode="after")
     def _ordered(self) -> Difficulty:
@@ -84,6 +91,13 @@ OOD_SPLITS: dict[str, Difficulty] = {
     # Training's two and three operations on a three-digit opening amount (training's is two-digit):
     # the same column procedure on one more digit, which training's running totals already reach.
     "three-digit-start": Difficulty(min_ops=2, max_ops=3, min_start=100, max_start=899),
+    # Training's two and three operations on a one-digit opening amount (training's is two-digit): the
+    # prompt differs, the column work on a one-digit number is what training's running totals often need.
+    "one-digit-start": Difficulty(min_ops=2, max_ops=3, min_start=1, max_start=9),
+    # Training's stories, told in other sentences: the numbers and verbs are training's, the wording not.
+    "retold": Difficulty(min_ops=2, max_ops=3, wording="retold"),
+    # Training's stories and sentences about people and things training never names.
+    "new-names": Difficulty(min_ops=2, max_ops=3, wording="new-names"),
 }
 
 
@@ -167,6 +181,7 @@ class Story(BaseModel):
     item: str
     start: int
     changes: tuple[tuple[str, int], ...]  # (verb, signed amount)
+    wording: Literal["plain", "retold", "new-names"] = "plain"
 
     @classmethod
     def sample(cls, rng: random.Random, difficulty: Difficulty) -> Story:
@@ -184,7 +199,9 @@ class Story(BaseModel):
                 amount = rng.randint(1, min(difficulty.max_operand, total))
                 changes.append((rng.choice(LOSS_VERBS), -amount))
                 total -= amount
-        return cls(name=rng.choice(NAMES), item=rng.choice(ITEMS), start=start, changes=tuple(changes))
+        names, items = (NEW_NAMES, NEW_ITEMS) if difficulty.wording == "new-names" else (NAMES, ITEMS)
+        name, item = rng.choice(names), rng.choice(items)
+        return cls(name=name, item=item, start=start, changes=tuple(changes), wording=difficulty.wording)
 
     @property
     def key(self) -> tuple:
@@ -195,6 +212,11 @@ class Story(BaseModel):
         return self.start + sum(amount for _, amount in self.changes)
 
     def question(self) -> str:
+        if self.wording == "retold":
+            sentences = [f"{self.name} starts out with {self.start} {self.item}."]
+            sentences += [f"Next, {self.name} {verb} {abs(amount)}." for verb, amount in self.changes]
+            sentences.append(f"How many {self.item} are with {self.name} in the end? {INSTRUCTION}")
+            return " ".join(sentences)
         sentences = [f"{self.name} has {self.start} {self.item}."]
         for verb, amount in self.changes:
             sentences.append(f"Then {self.name} {verb} {abs(amount)}.")

@@ -3,7 +3,7 @@ import re
 import pytest
 from math_verify import parse, verify
 
-from shared.datasets.arithmetic import ArithmeticDataset, Difficulty, Story, column_step
+from shared.datasets.arithmetic import INSTRUCTION, NAMES, ArithmeticDataset, Difficulty, Story, column_step
 
 SMALL = ArithmeticDataset(train_size=300, test_size=100, ood_size=100, warmup_size=100)
 
@@ -157,3 +157,30 @@ def test_verified_demonstrations_are_the_column_work_then_a_restatement_and_a_ba
 
 def test_the_warmup_keeps_the_column_style_under_verified_demonstrations():
     assert VERIFIED.problems("warmup") == SMALL.problems("warmup")
+
+
+def test_the_retold_split_is_trainings_stories_in_other_sentences():
+    problems = ArithmeticDataset(ood="retold", ood_size=100).problems("ood")
+    assert {p.prompt.count("Next, ") for p in problems} == {2, 3}
+    for problem in problems:
+        assert re.fullmatch(
+            r"\w+ starts out with \d+ \w+\.( Next, \w+ [a-z ]+ \d+\.)+ How many \w+ are with \w+ in the end\? "
+            + re.escape(INSTRUCTION),
+            problem.prompt,
+        ), problem.prompt
+        assert "Then " not in problem.prompt and " has " not in problem.prompt  # none of training's sentences
+        assert verify(parse(problem.answer), parse(problem.demonstrations[0]))
+    assert all(p.prompt.startswith(tuple(NAMES)) for p in problems)
+
+
+def test_the_new_names_split_keeps_trainings_sentences_about_people_and_things_training_never_names():
+    from shared.datasets.arithmetic import ITEMS, NEW_ITEMS, NEW_NAMES
+
+    problems = ArithmeticDataset(ood="new-names", ood_size=100).problems("ood")
+    assert {p.prompt.count("Then ") for p in problems} == {2, 3}
+    for problem in problems:
+        name, item = re.match(r"(\w+) has \d+ (\w+)\.", problem.prompt).groups()
+        assert name in NEW_NAMES and item in NEW_ITEMS
+        assert problem.prompt.endswith(f"How many {item} does {name} have now? {INSTRUCTION}")
+    training = " ".join(p.prompt for p in SMALL.problems("train"))
+    assert not any(f"{n} " in training for n in NEW_NAMES) and not set(NEW_ITEMS) & set(ITEMS)
