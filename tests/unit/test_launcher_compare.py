@@ -222,16 +222,16 @@ def test_the_guard_variant_turns_the_guard_on_and_only_there(tmp_path):
 
 
 def test_the_ood_split_is_chosen_by_a_dataset_setting_and_named_in_the_results(tmp_path):
-    options = CompareOptions(sets=parse_sets(["learner.dataset.ood=three-digit-start"]), out=tmp_path)
+    options = CompareOptions(sets=parse_sets(["learner.dataset.ood=new-names"]), out=tmp_path)
     run = _run_options(options, "rft", seed=0, run_dir=tmp_path / "rft", first=True)
-    assert build_job_config(run, tmp_path / "rft").learner.dataset.ood_name == "three-digit-start"
+    assert build_job_config(run, tmp_path / "rft").learner.dataset.ood_name == "new-names"
     runs = {"rft": seeds_at(tmp_path, "rft", [0.5, 0.5])}
     comparison = comparison_of(tmp_path, runs, sets=options.sets)
     curves = tmp_path / "c.png"
     curves.write_bytes(b"png")
     write_results(comparison, comparison.options.results, curves)
     text = comparison.options.results.read_text()
-    assert "ood: `three-digit-start` (2-3 operations, starting amounts 100-899" in text
+    assert "ood: `new-names` (2-3 operations, starting amounts 10-99, changes up to 99, new-names wording)" in text
     assert "ood: `longer`" in split_names(CompareOptions())  # the default, as the first comparisons ran
 
 
