@@ -7,22 +7,25 @@ prints how many of the tokens where greedy decoding would disagree with the demo
 above the top-20% entropy threshold (computed over all the demonstrations' tokens together, as
 one mini-batch of prefixes would be).
 
-With ``--demonstrations teacher`` it scores the off-policy teacher traces instead; the mean
+With ``--demonstrations teacher`` (or another style) it scores those traces instead; the mean
 log-prob per token says how far a style is from the base policy's own distribution.
+``prefix-rft probe`` prints that figure with the hybrid reward, on the training split.
 
     .venv/bin/python benchmarks/entropy_clip_probe.py [--model DIR] [--problems 60] [--top 0.2]
-        [--demonstrations column|teacher]
+        [--demonstrations column|teacher|...]
 """
 
 from __future__ import annotations
 
 import argparse
+import typing
 from pathlib import Path
 
 import torch
 
-from shared.datasets.arithmetic import ArithmeticDataset
-from shared.modeling import load_model, load_tokenizer, prompt_token_ids, response_token_ids
+from launcher.probes import score_demonstrations
+from shared.datasets.arithmetic import ArithmeticDataset, DemoStyle
+from shared.modeling import load_model, load_tokenizer
 
 
 def main() -> None:
@@ -30,7 +33,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=None, help="default: the built-in base policy")
     parser.add_argument("--problems", type=int, default=60)
     parser.add_argument("--top", type=float, default=0.2)
-    parser.add_argument("--demonstrations", choices=["column", "teacher"], default="column")
+    parser.add_argument("--demonstrations", choices=typing.get_args(DemoStyle), default="column")
     args = parser.parse_args()
     if not 0 < args.top <= 1:
         parser.error(f"--top {args.top}: must be in (0, 1]")
@@ -40,18 +43,8 @@ def main() -> None:
         args.model = default_base_policy()
     tokenizer, model = load_tokenizer(args.model), load_model(args.model).eval()
     candidates = ArithmeticDataset(demonstrations=args.demonstrations).problems("train")[: args.problems * 10]
-    problems = [p for p in candidates if p.prompt.count("Then ") == 3]
-    entropies, disagree, demo_logprobs = [], [], []
-    for problem in problems[: args.problems]:
-        prompt = prompt_token_ids(tokenizer, problem.prompt)
-        demo = response_token_ids(tokenizer, problem.demonstrations[0])
-        with torch.no_grad():
-            logits = model(input_ids=torch.tensor([prompt + demo])).logits[0, len(prompt) - 1 : -1].float()
-        logprobs = torch.log_softmax(logits, dim=-1)
-        targets = torch.tensor(demo)
-        entropies.append(-(logprobs.exp() * logprobs).sum(-1))
-        disagree.append(logprobs.argmax(-1) != targets)
-        demo_logprobs.append(logprobs.gather(1, targets[:, None]).squeeze(1))
+    problems = [p for p in candidates if p.prompt.count("Then ") == 3][: args.problems]
+    demo_logprobs, entropies, disagree = zip(*score_demonstrations(model, tokenizer, problems))
     entropy, wrong, logprob = torch.cat(entropies), torch.cat(disagree), torch.cat(demo_logprobs)
     threshold = torch.quantile(entropy, 1 - args.top)
     kept = wrong & (entropy >= threshold)

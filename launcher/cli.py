@@ -245,7 +245,7 @@ def run_command(
 def compare_command(
     variants: str = typer.Option(
         "all", help="Comma-separated variants (all, main, or names: sft, rft, sft-then-rft, luffy, prefix-rft, "
-        "no-entropy-clip, frozen-prefix, uniform-prefix, demo-10, demo-1)."
+        "no-entropy-clip, frozen-prefix, uniform-prefix, demo-10, demo-1, prefix-rft-guard)."
     ),
     seeds: str = typer.Option("0,1,2", help="Comma-separated seeds."),
     steps: int = typer.Option(40, min=1, help="Optimizer steps per run."),
@@ -257,7 +257,11 @@ def compare_command(
     ),
     config: Path = typer.Option(None, help="YAML settings merged into every run."),
     demonstrations: str = typer.Option(
-        None, help="Built-in dataset demonstration style: column (the base policy's own) or teacher (off-policy)."
+        None, help="Built-in dataset demonstration style: column (the base policy's own), teacher (off-policy, "
+        "not continuable) or verified (off-policy, continuable)."
+    ),
+    probe_problems: int = typer.Option(
+        100, min=0, help="Training problems the demonstration style is probed on before the runs (0: no probes)."
     ),
     out: Path = typer.Option(Path("runs/compare"), help="Where the runs and figures go (reused when re-run)."),
     results: Path = typer.Option(Path("docs/results.md"), help="The markdown report to write."),
@@ -293,7 +297,8 @@ def compare_command(
     try:
         options = CompareOptions(
             variants=names, seeds=seed_list, steps=steps, eval_problems=eval_problems, eval_every=eval_every,
-            eval_k=eval_k, eval_data=eval_data or [], config=config, demonstrations=demonstrations, out=out,
+            eval_k=eval_k, eval_data=eval_data or [], config=config, demonstrations=demonstrations,
+            probe_problems=probe_problems, out=out,
             results=results, command=command_line(), sets=overrides,
         )
     except ValidationError as exc:
@@ -364,6 +369,47 @@ def eval_command(
             run_eval(options, job, console)
         except (DataFormatError, OSError) as exc:  # a benchmark or model folder it cannot read
             fail(str(exc))
+
+
+@app.command("probe")
+def probe_command(
+    demonstrations: str = typer.Option(
+        "column,teacher,verified", help="Comma-separated demonstration styles of the built-in task to probe."
+    ),
+    problems: int = typer.Option(100, min=1, help="The first problems of the training split."),
+    prefix_ratio: float = typer.Option(0.5, help="Share of each demonstration's tokens the base policy continues."),
+    out: Path = typer.Option(None, help="Also write the figures here as JSON."),
+    config: Path = typer.Option(None, help="YAML settings (learner.model, learner.sampling, learner.dataset...)."),
+    sets: list[str] = typer.Option(None, "--set", metavar="SECTION.KEY=VALUE", help=SET_HELP),
+) -> None:
+    """How far each demonstration style is from the base policy (mean log-prob per token) and whether the base
+    policy can continue it (hybrid reward from a prefix ratio), as prefix-rft compare records for its style."""
+    import json
+    import typing
+
+    from pydantic import ValidationError
+
+    from launcher.probes import ProbeSettings, run_probes
+    from shared.datasets.arithmetic import DemoStyle
+
+    setup_logging("WARNING")
+    styles = demonstrations.split(",")
+    known = typing.get_args(DemoStyle)
+    unknown = [s for s in styles if s not in known]
+    if unknown:
+        fail(f"--demonstrations: unknown {', '.join(unknown)}; known: {', '.join(known)}")
+    try:
+        settings = ProbeSettings(problems=problems, prefix_ratio=prefix_ratio)
+    except ValidationError as exc:
+        fail(str(exc))
+    job = checked_job(config, parsed_sets(sets))
+    with failing_cleanly(died="a service died, so the probes were stopped", interrupted="interrupted"):
+        probes = run_probes(job, styles, console, settings)
+    for probe in probes:
+        typer.echo(f"{probe.style}: log-prob/token {probe.mean_logprob:.3f}, hybrid reward {probe.hybrid_reward:.3f}")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps([p.model_dump(mode="json") for p in probes], indent=1))
 
 
 @app.command("export")

@@ -25,6 +25,7 @@ from rich.table import Table
 
 from launcher.config import JobConfig
 from launcher.evaluate import EvalSettings
+from launcher.probes import ProbeSettings, StyleProbe, cached_probe
 from launcher.report import RunReport
 from launcher.run import RunOptions, run_job
 from launcher.tracking import check_trackers, log_comparison
@@ -57,6 +58,12 @@ VARIANTS: dict[str, Variant] = {
     "demo-1": Variant(
         label="Prefix-RFT, 1% demonstrations", algorithm=AlgorithmName.prefix_rft, overrides={"demo_fraction": 0.01}
     ),
+    # Rewards are 0 or 1 on the built-in task: 0.5 freezes the prefix of every failed hybrid.
+    "prefix-rft-guard": Variant(
+        label="Prefix-RFT, hybrid guard",
+        algorithm=AlgorithmName.prefix_rft,
+        overrides={"hybrid_guard_threshold": 0.5},
+    ),
 }
 MAIN_VARIANTS = ("sft", "rft", "sft-then-rft", "luffy", "prefix-rft")
 
@@ -74,8 +81,11 @@ class CompareOptions(BaseModel):
     config: Path | None = None  # YAML merged into every run's settings (the same for all variants)
     sets: dict[str, Any] = Field(default_factory=dict)  # --set overrides of every run, a job document
     # The built-in task's demonstration style (None: what the config says, else "column", the base
-    # policy's own); "teacher" makes the demonstrations off-policy, as the paper's are.
+    # policy's own); "teacher" makes the demonstrations off-policy and not continuable, "verified"
+    # off-policy yet continuable, as the paper's are.
     demonstrations: DemoStyle | None = None
+    # Training problems the demonstration style is probed on before the runs (0: no probes).
+    probe_problems: int = Field(100, ge=0)
     out: Path = Path("runs/compare")
     results: Path = Path("docs/results.md")
     command: str = ""  # the command line, written into the results
@@ -103,6 +113,8 @@ class Comparison(BaseModel):
     runs: dict[str, dict[int, RunReport]]  # variant -> seed -> report
     wall_time_s: float
     machine: str
+    # The demonstration style's probes on the base policy, taken before the runs (built-in task only).
+    probes: StyleProbe | None = None
 
 
 def validate_variants(names: list[str]) -> None:
@@ -116,6 +128,11 @@ def run_compare(options: CompareOptions, console: Console) -> Comparison:
     job = JobConfig.load(options.config, sets=options.sets)  # every run's settings, as far as they are shared
     check_trackers(job.learner.tracking)
     started = time.monotonic()
+    # Before any run: how far the style is from the base policy and whether the base can continue it.
+    probes = None
+    if job.learner.data.path is None and options.probe_problems:
+        settings = ProbeSettings(problems=options.probe_problems)
+        probes = cached_probe(job, demonstration_style(options), options.out, console, settings)
     runs: dict[str, dict[int, RunReport]] = {name: {} for name in options.variants}
     total = len(options.variants) * len(options.seeds)
     done = 0
@@ -141,6 +158,7 @@ def run_compare(options: CompareOptions, console: Console) -> Comparison:
         runs=runs,
         wall_time_s=time.monotonic() - started,
         machine=_machine(),
+        probes=probes,
     )
     options.out.mkdir(parents=True, exist_ok=True)
     (options.out / "comparison.json").write_text(comparison.model_dump_json(indent=1))
@@ -192,7 +210,21 @@ DEMO_STYLE_WORDS = {
     "column": "column (digit-by-digit, the base policy's own style: imitation costs it nothing)",
     "teacher": "teacher (each step in words, each operation as mental arithmetic: off the base policy's "
     "distribution, as a large model's traces are for the paper's students)",
+    "verified": "verified (the base policy's column work, then a careful solver's close: the result restated in "
+    "words and checked backwards in one go; costly to imitate, yet the base policy can continue a prefix of it, as "
+    "the paper's students continue R1's traces)",
 }
+
+
+def split_names(options: CompareOptions) -> str | None:
+    """What the built-in splits are, for the results (None when the runs evaluate on benchmark files)."""
+    if options.eval_data:
+        return None
+    dataset = JobConfig.load(options.config, sets=options.sets).learner.dataset
+    return (
+        f"id: the test split ({dataset.test.describe()}); ood: `{dataset.ood_name}` ({dataset.ood.describe()}), "
+        "chosen before the runs"
+    )
 
 
 def _spread(values: list[float]) -> SplitSummary:
@@ -346,6 +378,34 @@ def _paper_pairs(comparison: Comparison, split: str) -> list[str]:
     return lines
 
 
+KEEPS_GAIN = 0.9  # the share of Prefix-RFT's gain over the base that 10% of the demonstrations must keep
+
+
+def demo_fraction_verdict(comparison: Comparison, split: str) -> str | None:
+    """Whether Prefix-RFT with 10% of the demonstrations keeps at least 90% of full Prefix-RFT's gain over
+    the base policy on ``split``, as a sentence with the figures; None unless both variants and the base ran."""
+    by_name = {s.variant: s for s in comparison.summaries if split in s.greedy}
+    if "prefix-rft" not in by_name or "demo-10" not in by_name or split not in comparison.base:
+        return None
+    base, full, tenth = comparison.base[split], by_name["prefix-rft"].greedy[split], by_name["demo-10"].greedy[split]
+    figures = (
+        f"base {base:.3f}, Prefix-RFT {full.mean:.3f} ± {full.std:.3f}, with 10% {tenth.mean:.3f} ± {tenth.std:.3f}"
+    )
+    paper = "In the paper it keeps almost all of it (1.5B: 41.1 with all, 40.8 with 10%)."
+    gain = full.mean - base
+    if gain <= 0:
+        return (
+            f"Prefix-RFT gained nothing over the base policy on the {split} split ({figures}): "
+            f"no gain to keep. {paper}"
+        )
+    kept = (tenth.mean - base) / gain
+    verdict = "keeps" if kept >= KEEPS_GAIN else "does not keep"
+    return (
+        f"With 10% of the demonstrations Prefix-RFT keeps {kept:.0%} of its gain over the base policy on the {split} "
+        f"split ({figures}): it {verdict} at least {KEEPS_GAIN:.0%}. {paper}"
+    )
+
+
 def write_results(comparison: Comparison, path: Path, curves: Path) -> None:
     options = comparison.options
     style = demonstration_style(options)
@@ -388,6 +448,8 @@ def write_results(comparison: Comparison, path: Path, curves: Path) -> None:
         f"for every RL variant; seeds {seeds}; evaluation on {options.eval_problems} problems per split "
         f"(greedy{f', and avg@{options.eval_k} at temperature 0.6' if options.eval_k else ''}).",
         f"- Demonstrations: {DEMO_STYLE_WORDS.get(style, style)}.",
+        *([f"- Splits: {names}."] if (names := split_names(options)) else []),
+        *([f"- Probes, taken before any run: {comparison.probes.sentence()}."] if comparison.probes else []),
         "",
         f"## Accuracy after training (mean ± sample std over {len(options.seeds)} seeds)",
         "",
@@ -404,6 +466,8 @@ def write_results(comparison: Comparison, path: Path, curves: Path) -> None:
         order = " > ".join(f"{x.label} ({x.greedy[split].mean:.3f})" for x in ranking[split])
         lines += [f"### {split} split", "", f"Order of the main algorithms: {order}.", ""]
         lines += [*_verdicts(comparison, split), ""]
+    if splits and (kept := demo_fraction_verdict(comparison, splits[0])):
+        lines += ["### Fewer demonstrations", "", kept, ""]
     lines += [
         "## Against the paper",
         "",

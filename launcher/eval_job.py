@@ -38,7 +38,9 @@ def load_benchmarks(options: EvalOptions, job: JobConfig) -> dict[str, list[Prob
         name = benchmark_name(benchmark)
         while name in loaded:  # two files of one name (a/test.jsonl, b/test.jsonl) stay apart
             name += "'"
-        loaded[name] = load_benchmark(benchmark, options.limit, job.learner.prompt, job.eval.columns)
+        loaded[name] = load_benchmark(
+            benchmark, options.limit, job.learner.prompt, job.eval.columns, dataset=job.learner.dataset
+        )
     return loaded
 
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from shared.api.reward import RewardClient, ScoreItem, ScoreResult
 from shared.api.rollout import GenerateRequest, GenerateResponse, RolloutClient, SamplingParams
 from shared.data import SUFFIXES, ColumnMapping, DataFormatError, PromptSettings, load_problems, with_system_prompt
+from shared.datasets.arithmetic import ArithmeticDataset
 from shared.modeling import prompt_token_ids
 from shared.problems import Problem
 
@@ -214,12 +215,13 @@ def load_benchmark(
     limit: int | None = None,
     prompt: PromptSettings = PromptSettings(),
     columns: ColumnMapping = ColumnMapping(),
+    dataset: ArithmeticDataset | None = None,
 ) -> list[Problem]:
-    """``id`` / ``ood``: the built-in task's test splits; anything else: a benchmark file."""
-    from shared.datasets.arithmetic import ArithmeticDataset
-
+    """``id`` / ``ood``: the built-in task's test splits (of ``dataset``, the job's
+    ``learner.dataset``: its ``ood`` setting chooses the OOD split); anything else: a benchmark file."""
     if benchmark in BUILTIN_SPLITS:
-        problems = ArithmeticDataset(seed=0).problems("test" if benchmark == "id" else "ood")
+        dataset = dataset or ArithmeticDataset()
+        problems = dataset.problems("test" if benchmark == "id" else "ood")
         return with_system_prompt(problems, prompt)[:limit]
     path = Path(benchmark)
     if not path.is_file():

@@ -199,7 +199,10 @@ def _eval_splits(options: RunOptions, job: JobConfig, console: Console) -> dict[
         }
     data = job.learner.data  # from --data, or the job file
     if data.path is None:
-        return {split: load_benchmark(split, options.eval_problems, prompt) for split in BUILTIN_SPLITS}
+        return {
+            split: load_benchmark(split, options.eval_problems, prompt, dataset=job.learner.dataset)
+            for split in BUILTIN_SPLITS
+        }
     held = heldout_problems(data, prompt)
     if not held:
         raise DataFormatError("nothing to evaluate on: give --eval-data, or hold rows out (learner.data.holdout)")

@@ -26,7 +26,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from shared.datasets.arithmetic import ArithmeticDataset
+from shared.datasets.arithmetic import ArithmeticDataset, Difficulty
 from shared.modeling import (
     DefaultModelSpec,
     build_default_model,
@@ -83,6 +83,12 @@ class DefaultPolicySpec(BaseModel):
             excluded["warmup"] = True
         # Under its former name "task", so caches built before the rename keep their keys.
         fields = self.model_dump(mode="json", exclude=excluded)
+        # A difficulty's min_start and wording came later: at their defaults they are left out, so those
+        # caches keep their keys too.
+        for difficulty in ("warmup", "train", "test", "ood"):
+            for later in ("min_start", "wording"):
+                if fields["dataset"][difficulty][later] == Difficulty.model_fields[later].default:
+                    del fields["dataset"][difficulty][later]
         fields = {("task" if key == "dataset" else key): value for key, value in fields.items()}
         determined_by = json.dumps(fields, separators=(",", ":"))
         digest = hashlib.sha256(f"{BUILD_REVISION}:{stage}:{determined_by}".encode()).hexdigest()[:12]

@@ -59,6 +59,10 @@ class AlgorithmSettings(StrictModel):
     luffy_gamma: float = Field(0.1, gt=0)
     # Ablation: no gradient on prefix tokens.
     freeze_prefix: bool = False
+    # Hybrid-reward guard: a hybrid rollout whose reward is below this gets no gradient on its prefix
+    # tokens (its continuation still trains). A failed hybrid's advantage is negative, and on its prefix
+    # it would push the policy away from a correct demonstration. None: off (the paper's method).
+    hybrid_guard_threshold: float | None = None
     # SFT then RFT: SFT for this many steps, then RFT.
     sft_steps: int = Field(0, ge=0)
     # Keep demonstrations for this fraction of prompts (demonstration-quantity ablation).

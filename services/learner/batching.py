@@ -139,10 +139,17 @@ def _row(group: TrajectoryGroup, trajectory: Trajectory, advantage: float, setti
         demonstration=trajectory.kind == RolloutKind.demonstration,
         behaviour_logprobs=trajectory.behaviour_logprobs,
         advantage=advantage,
-        # The ablation freezes the hybrid's prefix; a whole demonstration (LUFFY) would lose all its tokens.
-        freeze_prefix=settings.freeze_prefix and trajectory.kind == RolloutKind.hybrid,
+        # The ablation and the guard freeze a hybrid's prefix; a whole demonstration (LUFFY) would lose all
+        # its tokens.
+        freeze_prefix=trajectory.kind == RolloutKind.hybrid
+        and (settings.freeze_prefix or _guarded(trajectory, settings)),
         policy_version=-1 if trajectory.policy_version is None else trajectory.policy_version,
     )
+
+
+def _guarded(trajectory: Trajectory, settings: AlgorithmSettings) -> bool:
+    threshold = settings.hybrid_guard_threshold
+    return threshold is not None and trajectory.reward < threshold
 
 
 def _stack(rows: list[_Row], pad_token_id: int, max_len: int | None) -> TrainBatch:

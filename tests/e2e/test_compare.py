@@ -36,6 +36,8 @@ def test_compare_writes_results_and_reuses_runs(tmp_path, default_base_dir):
         "0",
         "--eval-k",
         "0",
+        "--probe-problems",
+        "4",
         "--config",
         str(config),
         "--out",
@@ -52,6 +54,10 @@ def test_compare_writes_results_and_reuses_runs(tmp_path, default_base_dir):
     assert "| RFT |" in text and "| Prefix-RFT |" in text and "| base policy |" in text
     assert "--variants rft,prefix-rft" in text  # the exact command is recorded
     assert "Prefix-RFT vs RFT:" in text
+    # The style's probes, taken on the base policy before the runs, are in the results and cached.
+    probe = json.loads((out / "probes-column.json").read_text())
+    assert probe["settings"]["problems"] == 4 and probe["mean_logprob"] < 0
+    assert f"from a prefix ratio of 0.5: {probe['hybrid_reward']:.3f}" in text
     assert (results.parent / "results" / f"{results.stem}.png").stat().st_size > 10_000
     assert f"](results/{results.stem}.png)" in text
     comparison = json.loads((out / "comparison.json").read_text())
@@ -73,6 +79,6 @@ def test_compare_writes_results_and_reuses_runs(tmp_path, default_base_dir):
     results.unlink()
     again = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert (again.stdout + again.stderr).count("reusing") == 2
+    assert (again.stdout + again.stderr).count("reusing") == 3  # the two runs and the probes
     table = [line for line in text.splitlines() if line.startswith("| ")]
     assert [line for line in results.read_text().splitlines() if line.startswith("| ")] == table

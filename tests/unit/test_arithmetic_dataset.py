@@ -3,7 +3,7 @@ import re
 import pytest
 from math_verify import parse, verify
 
-from shared.datasets.arithmetic import ArithmeticDataset, Difficulty, Story, column_step
+from shared.datasets.arithmetic import INSTRUCTION, NAMES, ArithmeticDataset, Difficulty, Story, column_step
 
 SMALL = ArithmeticDataset(train_size=300, test_size=100, ood_size=100, warmup_size=100)
 
@@ -102,3 +102,85 @@ def test_story_question_mentions_every_change():
     assert str(story.start) in question and question.endswith("\\boxed{}.")
     for _, amount in story.changes:
         assert f" {abs(amount)}." in question
+
+
+def test_the_default_ood_split_is_the_longer_stories_of_the_first_comparisons():
+    assert ArithmeticDataset().ood_name == "longer"
+    assert ArithmeticDataset(ood="longer").problems("ood") == ArithmeticDataset().problems("ood")
+    assert ArithmeticDataset(ood={"min_ops": 4, "max_ops": 5}).ood_name == "longer"
+
+
+def test_the_three_digit_start_split_has_trainings_lengths_on_a_three_digit_opening_amount():
+    dataset = ArithmeticDataset(ood="three-digit-start", ood_size=200)
+    problems = dataset.problems("ood")
+    assert {p.prompt.count("Then ") for p in problems} == {2, 3}
+    starts = [int(re.match(r"\w+ has (\d+) ", p.prompt).group(1)) for p in problems]
+    assert all(100 <= s <= 899 for s in starts)
+    for problem in problems:  # the column demonstrations still verify, running totals in range
+        assert verify(parse(problem.answer), parse(problem.demonstrations[0]))
+        assert 0 <= int(problem.answer) <= 999
+    # no training story has a three-digit opening amount
+    train_starts = {int(re.match(r"\w+ has (\d+) ", p.prompt).group(1)) for p in SMALL.problems("train")}
+    assert max(train_starts) <= 99
+
+
+def test_an_unknown_ood_split_is_refused_naming_the_known_ones():
+    with pytest.raises(ValueError, match="three-digit-start"):
+        ArithmeticDataset(ood="bigger")
+
+
+def test_a_start_range_outside_the_values_is_refused():
+    with pytest.raises(ValueError, match="min_start"):
+        Difficulty(min_ops=1, max_ops=2, min_start=90, max_start=50)
+
+
+VERIFIED = ArithmeticDataset(**{**SMALL.model_dump(), "demonstrations": "verified"})
+
+
+@pytest.mark.parametrize("split", ["train", "test", "ood"])
+def test_verified_demonstrations_are_the_column_work_then_a_restatement_and_a_backward_check(split):
+    for column, verified in zip(SMALL.problems(split), VERIFIED.problems(split)):
+        assert (column.prompt, column.answer) == (verified.prompt, verified.answer)
+        column_lines, lines = column.demonstrations[0].splitlines(), verified.demonstrations[0].splitlines()
+        assert lines[:-2] == column_lines[:-1]  # the base policy's own column work, unchanged
+        assert lines[-1] == column_lines[-1]
+        close = re.fullmatch(r"So \w+ has (\d+) \w+ now\. Check backwards: (.*), as in the story\.", lines[-2])
+        assert close and close.group(1) == verified.answer
+        undo = re.findall(r"(\d+)([+-])(\d+)=(\d+)", close.group(2))
+        assert len(undo) == column.prompt.count("Then ")
+        assert undo[0][0] == verified.answer
+        assert undo[-1][3] == re.match(r"\w+ has (\d+) ", verified.prompt).group(1)  # back to the opening amount
+        for a, op, b, result in undo:
+            assert int(result) == (int(a) + int(b) if op == "+" else int(a) - int(b))
+        assert verify(parse(verified.answer), parse(verified.demonstrations[0]))
+
+
+def test_the_warmup_keeps_the_column_style_under_verified_demonstrations():
+    assert VERIFIED.problems("warmup") == SMALL.problems("warmup")
+
+
+def test_the_retold_split_is_trainings_stories_in_other_sentences():
+    problems = ArithmeticDataset(ood="retold", ood_size=100).problems("ood")
+    assert {p.prompt.count("Next, ") for p in problems} == {2, 3}
+    for problem in problems:
+        assert re.fullmatch(
+            r"\w+ starts out with \d+ \w+\.( Next, \w+ [a-z ]+ \d+\.)+ How many \w+ are with \w+ in the end\? "
+            + re.escape(INSTRUCTION),
+            problem.prompt,
+        ), problem.prompt
+        assert "Then " not in problem.prompt and " has " not in problem.prompt  # none of training's sentences
+        assert verify(parse(problem.answer), parse(problem.demonstrations[0]))
+    assert all(p.prompt.startswith(tuple(NAMES)) for p in problems)
+
+
+def test_the_new_names_split_keeps_trainings_sentences_about_people_and_things_training_never_names():
+    from shared.datasets.arithmetic import ITEMS, NEW_ITEMS, NEW_NAMES
+
+    problems = ArithmeticDataset(ood="new-names", ood_size=100).problems("ood")
+    assert {p.prompt.count("Then ") for p in problems} == {2, 3}
+    for problem in problems:
+        name, item = re.match(r"(\w+) has \d+ (\w+)\.", problem.prompt).groups()
+        assert name in NEW_NAMES and item in NEW_ITEMS
+        assert problem.prompt.endswith(f"How many {item} does {name} have now? {INSTRUCTION}")
+    training = " ".join(p.prompt for p in SMALL.problems("train"))
+    assert not any(f"{n} " in training for n in NEW_NAMES) and not set(NEW_ITEMS) & set(ITEMS)

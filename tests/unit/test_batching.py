@@ -61,6 +61,34 @@ def test_freeze_prefix_keeps_prefix_tokens_in_the_sequence_but_out_of_the_loss()
     assert _rows(batch.advantages)[0] == [0, 0, 0, 0, 0.5, 0.5, 0.5]
 
 
+GUARD = AlgorithmSettings(hybrid_guard_threshold=0.5)
+
+
+def test_the_guard_freezes_the_prefix_of_a_failed_hybrid_and_keeps_its_continuation_training():
+    # rewards 0 (hybrid) and 1 (on-policy): advantages -0.5 and +0.5
+    batch = collate([_group(_hybrid(reward=0.0), _on_policy(reward=1.0))], GUARD, PAD)
+    assert _rows(batch.loss_mask)[0] == [0, 0, 0, 0, 1, 1, 1]
+    assert _rows(batch.prefix_mask)[0] == [0, 0, 1, 1, 0, 0, 0]  # still known as prefix, still in the sequence
+    assert _rows(batch.advantages)[0] == [0, 0, 0, 0, -0.5, -0.5, -0.5]
+    assert _rows(batch.loss_mask)[1] == [0, 0, 1, 1, 0, 0, 0]  # on-policy rows are never guarded
+
+
+def test_the_guard_leaves_a_successful_hybrid_whole_and_is_off_by_default():
+    guarded = collate([_group(_hybrid(reward=1.0), _on_policy(reward=0.0))], GUARD, PAD)
+    assert _rows(guarded.loss_mask)[0] == [0, 0, 1, 1, 1, 1, 1]
+    assert AlgorithmSettings().hybrid_guard_threshold is None
+    unguarded = collate([_group(_hybrid(reward=0.0), _on_policy(reward=1.0))], AlgorithmSettings(), PAD)
+    assert _rows(unguarded.loss_mask)[0] == [0, 0, 1, 1, 1, 1, 1]
+    assert _rows(unguarded.advantages)[0] == [0, 0, -0.5, -0.5, -0.5, -0.5, -0.5]
+
+
+def test_the_guard_is_per_hybrid_and_never_touches_whole_demonstrations():
+    settings = AlgorithmSettings(hybrid_guard_threshold=0.5, n_demonstration=1)
+    failed, passed = _hybrid(reward=0.0), _hybrid(reward=1.0)
+    batch = collate([_group(failed, passed, _demonstration(reward=0.0))], settings, PAD)
+    assert _rows(batch.loss_mask) == [[0, 0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 0, 0]]
+
+
 def test_demonstration_row():
     settings = AlgorithmSettings.preset("luffy", n_rollouts=2)
     batch = collate([_group(_on_policy(), _demonstration())], settings, PAD)

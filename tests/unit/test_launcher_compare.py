@@ -10,14 +10,19 @@ from launcher.compare import (
     Comparison,
     _run_options,
     _summarise,
+    demo_fraction_verdict,
     demonstration_style,
+    split_names,
     validate_variants,
     write_results,
 )
 from launcher.evaluate import EvalResult
+from launcher.probes import ProbeSettings, StyleProbe
 from launcher.report import RunReport
 from launcher.run import build_job_config
 from services.learner.algorithm import AlgorithmName
+from shared.api.rollout import SamplingParams
+from shared.settings import parse_sets
 
 
 def report(tmp_path: Path, algorithm: str, seed: int, id_acc: float, ood_acc: float) -> RunReport:
@@ -149,3 +154,98 @@ def test_each_run_of_a_comparison_has_its_own_name_in_the_trackers(tmp_path):
         for run in [_run_options(options, variant, seed=0, run_dir=options.out / variant / "seed-0", first=True)]
     }
     assert names == {"ablation-rft-seed-0", "ablation-prefix-rft-seed-0"}
+
+
+def comparison_of(tmp_path: Path, runs: dict, base: dict | None = None, **options) -> Comparison:
+    opts = CompareOptions(variants=list(runs), steps=5, out=tmp_path / "out", results=tmp_path / "r.md", **options)
+    return Comparison(
+        options=opts,
+        base=base if base is not None else {"id": 0.4, "ood": 0.05},
+        base_avg_at_k={},
+        summaries=[_summarise(n, r) for n, r in runs.items()],
+        runs=runs,
+        wall_time_s=1.0,
+        machine="test machine",
+    )
+
+
+def seeds_at(tmp_path: Path, algorithm: str, accuracies: list[float]) -> dict:
+    return {s: report(tmp_path, algorithm, s, acc, 0.0) for s, acc in enumerate(accuracies)}
+
+
+def test_ten_percent_of_the_demonstrations_keeping_most_of_the_gain_is_computed_and_said(tmp_path):
+    # base 0.40; Prefix-RFT 0.60 (gain 0.20); 10%: 0.59 keeps 0.19 / 0.20 = 95%
+    runs = {"prefix-rft": seeds_at(tmp_path, "prefix-rft", [0.59, 0.60, 0.61]),
+            "demo-10": seeds_at(tmp_path, "prefix-rft", [0.58, 0.59, 0.60])}
+    sentence = demo_fraction_verdict(comparison_of(tmp_path, runs), "id")
+    assert sentence.startswith("With 10% of the demonstrations Prefix-RFT keeps 95% of its gain over the base policy")
+    assert "base 0.400, Prefix-RFT 0.600 ± 0.010, with 10% 0.590 ± 0.010): it keeps at least 90%." in sentence
+
+
+def test_ten_percent_losing_more_than_a_tenth_of_the_gain_does_not_keep_it(tmp_path):
+    # gain 0.20; 10%: 0.55 keeps 0.15 / 0.20 = 75%
+    runs = {"prefix-rft": seeds_at(tmp_path, "prefix-rft", [0.6, 0.6]),
+            "demo-10": seeds_at(tmp_path, "prefix-rft", [0.55, 0.55])}
+    comparison = comparison_of(tmp_path, runs)
+    assert "keeps 75% of its gain" in demo_fraction_verdict(comparison, "id")
+    assert "it does not keep at least 90%." in demo_fraction_verdict(comparison, "id")
+    curves = tmp_path / "c.png"
+    curves.write_bytes(b"png")
+    write_results(comparison, comparison.options.results, curves)
+    assert "### Fewer demonstrations" in comparison.options.results.read_text()
+    assert "it does not keep at least 90%." in comparison.options.results.read_text()
+
+
+def test_no_gain_over_the_base_is_said_as_such(tmp_path):
+    runs = {"prefix-rft": seeds_at(tmp_path, "prefix-rft", [0.3, 0.3]),
+            "demo-10": seeds_at(tmp_path, "prefix-rft", [0.35, 0.35])}
+    assert "no gain to keep" in demo_fraction_verdict(comparison_of(tmp_path, runs), "id")
+
+
+def test_the_fewer_demonstrations_sentence_needs_both_variants(tmp_path):
+    runs = {"prefix-rft": seeds_at(tmp_path, "prefix-rft", [0.6, 0.6]), "rft": seeds_at(tmp_path, "rft", [0.5, 0.5])}
+    comparison = comparison_of(tmp_path, runs)
+    assert demo_fraction_verdict(comparison, "id") is None
+    curves = tmp_path / "c.png"
+    curves.write_bytes(b"png")
+    write_results(comparison, comparison.options.results, curves)
+    assert "Fewer demonstrations" not in comparison.options.results.read_text()
+
+
+def test_the_guard_variant_turns_the_guard_on_and_only_there(tmp_path):
+    options = CompareOptions(out=tmp_path)
+    guarded = _run_options(options, "prefix-rft-guard", seed=0, run_dir=tmp_path / "g", first=False)
+    assert guarded.algorithm == AlgorithmName.prefix_rft
+    assert build_job_config(guarded, tmp_path / "g").learner.algorithm.hybrid_guard_threshold == 0.5
+    plain = _run_options(options, "prefix-rft", seed=0, run_dir=tmp_path / "p", first=False)
+    assert build_job_config(plain, tmp_path / "p").learner.algorithm.hybrid_guard_threshold is None
+
+
+def test_the_ood_split_is_chosen_by_a_dataset_setting_and_named_in_the_results(tmp_path):
+    options = CompareOptions(sets=parse_sets(["learner.dataset.ood=new-names"]), out=tmp_path)
+    run = _run_options(options, "rft", seed=0, run_dir=tmp_path / "rft", first=True)
+    assert build_job_config(run, tmp_path / "rft").learner.dataset.ood_name == "new-names"
+    runs = {"rft": seeds_at(tmp_path, "rft", [0.5, 0.5])}
+    comparison = comparison_of(tmp_path, runs, sets=options.sets)
+    curves = tmp_path / "c.png"
+    curves.write_bytes(b"png")
+    write_results(comparison, comparison.options.results, curves)
+    text = comparison.options.results.read_text()
+    assert "ood: `new-names` (2-3 operations, starting amounts 10-99, changes up to 99, new-names wording)" in text
+    assert "ood: `longer`" in split_names(CompareOptions())  # the default, as the first comparisons ran
+
+
+def test_the_probes_are_written_into_the_results(tmp_path):
+    probe = StyleProbe(
+        style="verified", model="m", settings=ProbeSettings(), tokens=1234, mean_logprob=-1.5, hybrid_reward=0.42,
+        sampling=SamplingParams(temperature=1.0),
+    )
+    comparison = comparison_of(tmp_path, {"rft": seeds_at(tmp_path, "rft", [0.5])}, demonstrations="verified")
+    comparison.probes = probe
+    curves = tmp_path / "c.png"
+    curves.write_bytes(b"png")
+    write_results(comparison, comparison.options.results, curves)
+    text = comparison.options.results.read_text()
+    assert "- Demonstrations: verified (" in text
+    assert "mean log-prob per demonstration token under the base policy -1.500 (1234 tokens of 100" in text
+    assert "from a prefix ratio of 0.5: 0.420" in text

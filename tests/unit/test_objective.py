@@ -436,6 +436,28 @@ def test_frozen_prefix_tokens_get_no_gradient_and_are_not_candidates():
     assert out.metrics["kept_entropy_threshold"] == 0.0
 
 
+def test_the_hybrid_guard_leaves_a_failed_hybrids_prefix_without_gradient_but_trains_its_continuation():
+    """From trajectories through the batch to the gradient: the guard acts where collate builds the loss mask."""
+    from services.learner.batching import collate
+    from shared.messages import RolloutKind, Trajectory, TrajectoryGroup
+
+    hybrid = Trajectory(kind=RolloutKind.hybrid, response_token_ids=[21, 22, 23, 24], prefix_len=2,
+                        behaviour_logprobs=[-1.0, -1.0], policy_version=0, reward=0.0, correct=False)
+    on_policy = Trajectory(kind=RolloutKind.on_policy, response_token_ids=[31, 32, 33, 34], prefix_len=0,
+                           behaviour_logprobs=[-1.0] * 4, policy_version=0, reward=1.0, correct=True)
+    group = TrajectoryGroup(id="g", prompt_id="p", issued_at_version=0, step=0, worker_id="w",
+                            prompt_token_ids=[11], trajectories=[hybrid, on_policy])
+    new = [[0.0, -1.0, -1.0, -1.0, -1.0]] * 2
+    grads = {}
+    for threshold in (None, 0.5):
+        settings = AlgorithmSettings(entropy_clip=False, entropy_coef=0.0, hybrid_guard_threshold=threshold)
+        _, g = run(collate([group], settings, pad_token_id=0), new, settings=settings)
+        grads[threshold] = g[0].tolist()
+    # A = -0.5 on the hybrid; ratio 1, weight 1: d/dlogp of -A r / (agg 1 x 2 rows) = +0.25 per loss token
+    assert grads[None] == pytest.approx([0.0, 0.25, 0.25, 0.25, 0.25])
+    assert grads[0.5] == pytest.approx([0.0, 0.0, 0.0, 0.25, 0.25])
+
+
 def test_given_keep_mask_replaces_the_batch_decision():
     batch = make_batch(["PPC"], [1.0])
     new = [[0.0, 0.0, 0.0]]

@@ -43,3 +43,15 @@ def test_a_data_file_from_the_job_file_is_held_out_from_too(tmp_path):
     job = build_job_config(options, tmp_path / "run")
     held = {p.id for p in _eval_splits(options, job, Console(record=True))["held-out"]}
     assert len(held) == 4 and not held & {p.id for p in load_problems_for(job.learner)}
+
+
+def test_the_built_in_ood_split_a_run_evaluates_on_is_the_jobs_dataset_setting(tmp_path):
+    from shared.datasets.arithmetic import ArithmeticDataset
+
+    options = RunOptions(out=tmp_path, eval_problems=5, sets={"learner": {"dataset": {"ood": "three-digit-start"}}})
+    splits = _eval_splits(options, build_job_config(options, tmp_path), Console(record=True))
+    assert splits["ood"] == ArithmeticDataset(ood="three-digit-start").problems("ood")[:5]
+    default = RunOptions(out=tmp_path, eval_problems=5)
+    assert _eval_splits(default, build_job_config(default, tmp_path), Console(record=True))["ood"] == (
+        ArithmeticDataset().problems("ood")[:5]
+    )
