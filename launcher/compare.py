@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import sys
 import time
@@ -32,7 +33,7 @@ from launcher.tracking import check_trackers, log_comparison
 from services.learner.algorithm import AlgorithmName
 from shared.datasets.arithmetic import DemoStyle
 from shared.records import metrics_file
-from shared.settings import deep_merge, dotted
+from shared.settings import SettingsError, deep_merge, dotted
 
 
 class Variant(BaseModel):
@@ -142,6 +143,7 @@ def run_compare(options: CompareOptions, console: Console) -> Comparison:
             run_dir = options.out / name / f"seed-{seed}"
             report = _existing_report(run_dir, options.steps)
             if report is None:
+                _discard_unfinished(run_dir, options.steps, console)
                 console.rule(f"[{done}/{total}] {VARIANTS[name].label}, seed {seed}")
                 report = run_job(_run_options(options, name, seed, run_dir, first=done == 1), console)
             else:
@@ -175,6 +177,23 @@ def _existing_report(run_dir: Path, steps: int) -> RunReport | None:
         return None
     report = RunReport.model_validate_json(path.read_text())
     return report if report.steps == steps and report.evaluation_after else None
+
+
+def _discard_unfinished(run_dir: Path, steps: int, console: Console) -> None:
+    """Clear what an interrupted run of this comparison left, so that its run starts afresh: the learner
+    refuses a folder that holds a checkpoint. A finished run of another length is refused instead, never
+    deleted: it is somebody's result."""
+    if not run_dir.exists():
+        return
+    path = run_dir / "report.json"
+    if path.is_file():
+        finished = RunReport.model_validate_json(path.read_text())
+        raise SettingsError(
+            f"{run_dir} holds a finished run of {finished.steps} steps, not {steps}: use another --out for "
+            f"{steps} steps"
+        )
+    console.print(f"{run_dir}: an unfinished run (no report.json), interrupted earlier: starting it again")
+    shutil.rmtree(run_dir)
 
 
 def _run_options(options: CompareOptions, name: str, seed: int, run_dir: Path, first: bool) -> RunOptions:

@@ -1,13 +1,16 @@
 """The comparison's bookkeeping: variant settings, summaries over seeds, verdicts and the markdown report."""
 
+import io
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from launcher.compare import (
     VARIANTS,
     CompareOptions,
     Comparison,
+    _discard_unfinished,
     _run_options,
     _summarise,
     demo_fraction_verdict,
@@ -22,7 +25,7 @@ from launcher.report import RunReport
 from launcher.run import build_job_config
 from services.learner.algorithm import AlgorithmName
 from shared.api.rollout import SamplingParams
-from shared.settings import parse_sets
+from shared.settings import SettingsError, parse_sets
 
 
 def report(tmp_path: Path, algorithm: str, seed: int, id_acc: float, ood_acc: float) -> RunReport:
@@ -249,3 +252,20 @@ def test_the_probes_are_written_into_the_results(tmp_path):
     assert "- Demonstrations: verified (" in text
     assert "mean log-prob per demonstration token under the base policy -1.500 (1234 tokens of 100" in text
     assert "from a prefix ratio of 0.5: 0.420" in text
+
+
+def test_an_interrupted_run_is_cleared_so_the_comparison_can_start_it_again(tmp_path):
+    # What a run stopped mid-way leaves: a checkpoint, which the learner would refuse to start over.
+    run_dir = tmp_path / "prefix-rft" / "seed-0"
+    (run_dir / "learner" / "checkpoints" / "step-2").mkdir(parents=True)
+    _discard_unfinished(run_dir, 5, Console(file=io.StringIO()))
+    assert not run_dir.exists()
+
+
+def test_a_finished_run_of_another_length_is_refused_and_kept(tmp_path):
+    run_dir = tmp_path / "prefix-rft" / "seed-0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "report.json").write_text(report(tmp_path, "prefix-rft", 0, 0.5, 0.1).model_dump_json())
+    with pytest.raises(SettingsError, match=r"finished run of 5 steps, not 100.*another --out"):
+        _discard_unfinished(run_dir, 100, Console(file=io.StringIO()))
+    assert (run_dir / "report.json").is_file()
