@@ -63,7 +63,8 @@ def plot_curves(metrics: list[StepRecord], report: RunReport, path: Path) -> Non
         if points:
             ax_reward.plot(*zip(*points), label=label, marker=".")
     ax_reward.set(title="training reward", xlabel="step", ylabel="mean reward", ylim=(-0.02, 1.02))
-    ax_reward.legend()
+    if not _legend(ax_reward):  # SFT samples nothing: say so on the panel rather than leave it blank
+        ax_reward.text(0.5, 0.5, "no rollouts (SFT)", ha="center", va="center", transform=ax_reward.transAxes)
 
     for split in sorted({p.split for p in report.accuracy_curve}):
         points = [(p.step, p.greedy_accuracy) for p in report.accuracy_curve if p.split == split]
@@ -73,8 +74,7 @@ def plot_curves(metrics: list[StepRecord], report: RunReport, path: Path) -> Non
     for split, value in report.accuracy_after.items():
         ax_acc.scatter([report.steps], [value], marker="*", s=120, label=f"{split} final")
     ax_acc.set(title="greedy accuracy", xlabel="step", ylabel="accuracy", ylim=(-0.02, 1.02))
-    if report.accuracy_curve or report.accuracy_after:
-        ax_acc.legend()
+    _legend(ax_acc)
 
     lows = [m.prefix_ratio_low for m in metrics]
     highs = [m.prefix_ratio_high for m in metrics]
@@ -85,12 +85,20 @@ def plot_curves(metrics: list[StepRecord], report: RunReport, path: Path) -> Non
     if shares:
         ax_prefix.plot(*zip(*shares), label="prefix-token share", linestyle="--")
     ax_prefix.set(title="prefix ratio", xlabel="step", ylim=(0, 1))
-    ax_prefix.legend()
+    _legend(ax_prefix)
 
     fig.suptitle(f"{report.algorithm} (seed {report.seed}, {report.steps} steps)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _legend(ax) -> bool:
+    """A legend where the panel has labelled lines (matplotlib warns on an empty one); whether it had."""
+    if not ax.get_legend_handles_labels()[0]:
+        return False
+    ax.legend()
+    return True
 
 
 def print_summary(report: RunReport, console: Console) -> None:
