@@ -31,6 +31,7 @@ from shared.problems import Problem
 
 Split = Literal["warmup", "train", "test", "ood"]
 DemoStyle = Literal["column", "teacher", "verified"]
+Wording = Literal["plain", "retold", "new-names"]
 
 NAMES = ("Ann", "Ben", "Cara", "Dan", "Eva", "Finn", "Gia", "Hugo", "Ivy", "Jon", "Kim", "Leo", "Mia", "Nora")
 ITEMS = ("apples", "coins", "cards", "books", "stamps", "shells", "marbles", "pens", "stickers", "beads")
@@ -57,7 +58,7 @@ class Difficulty(BaseModel):
     # How the question is worded: "plain" (what training sees), "retold" (the same story in other
     # sentences: "Kim starts out with 28 apples. Next, Kim wins 71. ...") or "new-names" (training's
     # sentences about people and things training never names).
-    wording: Literal["plain", "retold", "new-names"] = "plain"
+    wording: Wording = "plain"
 
     @model_validator(mode="after")
     def _ordered(self) -> Difficulty:
@@ -186,7 +187,7 @@ class Story(BaseModel):
     item: str
     start: int
     changes: tuple[tuple[str, int], ...]  # (verb, signed amount)
-    wording: Literal["plain", "retold", "new-names"] = "plain"
+    wording: Wording = "plain"
 
     @classmethod
     def sample(cls, rng: random.Random, difficulty: Difficulty) -> Story:
