@@ -32,6 +32,7 @@ from launcher.run import RunOptions, run_job
 from launcher.tracking import check_trackers, log_comparison
 from services.learner.algorithm import AlgorithmName
 from shared.datasets.arithmetic import DemoStyle
+from shared.modeling import default_cache_dir, weights_digest
 from shared.records import metrics_file
 from shared.settings import SettingsError, deep_merge, dotted
 
@@ -135,6 +136,7 @@ def run_compare(options: CompareOptions, console: Console) -> Comparison:
         settings = ProbeSettings(problems=options.probe_problems)
         probes = cached_probe(job, demonstration_style(options), options.out, console, settings)
     runs: dict[str, dict[int, RunReport]] = {name: {} for name in options.variants}
+    _check_one_base(options, console)
     total = len(options.variants) * len(options.seeds)
     done = 0
     for seed in options.seeds:  # seed-major, so an interrupted comparison has every variant at the same seeds
@@ -177,6 +179,32 @@ def _existing_report(run_dir: Path, steps: int) -> RunReport | None:
         return None
     report = RunReport.model_validate_json(path.read_text())
     return report if report.steps == steps and report.evaluation_after else None
+
+
+def _check_one_base(options: CompareOptions, console: Console) -> None:
+    """Finished runs are reused only when they trained from the base policy the new runs will train from:
+    the built-in base is built on each machine, and its warm-up rounds differently on other CPUs."""
+    reused = {
+        run_dir: report
+        for name in options.variants
+        for seed in options.seeds
+        if (report := _existing_report(run_dir := options.out / name / f"seed-{seed}", options.steps)) is not None
+    }
+    if not reused:
+        return
+    from shared.base_policy import default_base_policy
+
+    with console.status("checking the finished runs' base policy against this machine's"):
+        digest = weights_digest(default_base_policy())
+    other = {run_dir: report.model_digest for run_dir, report in reused.items() if report.model_digest != digest}
+    if other:
+        run_dir, theirs = next(iter(other.items()))
+        raise SettingsError(
+            f"{len(other)} of the {len(reused)} finished runs in {options.out} trained from another base policy "
+            f"than this machine's (weights {digest}), {run_dir} for one (weights {theirs or 'not recorded'}): their "
+            f"figures cannot stand beside new runs. Use another --out, or put that base in this machine's cache "
+            f"({default_cache_dir()}) to go on with it"
+        )
 
 
 def _discard_unfinished(run_dir: Path, steps: int, console: Console) -> None:

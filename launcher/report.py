@@ -25,6 +25,8 @@ class RunReport(BaseModel):
     seed: int
     steps: int
     model: str
+    # The base's weights_digest: a comparison refuses to put runs from different bases side by side.
+    model_digest: str | None = None
     data: str
     wall_time_s: float
     train_time_s: float

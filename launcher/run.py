@@ -34,7 +34,7 @@ from services.learner.algorithm import AlgorithmName
 from shared.api.learner import LearnerClient
 from shared.api.rollout import RolloutClient
 from shared.data import DataFormatError, heldout_problems
-from shared.modeling import load_tokenizer
+from shared.modeling import load_tokenizer, weights_digest
 from shared.problems import Problem
 from shared.records import FinalRecord, StepRecord, metrics_file
 from shared.settings import deep_merge, dotted
@@ -131,6 +131,7 @@ def run_job(options: RunOptions, console: Console) -> RunReport:
         seed=options.seed,
         steps=options.steps,
         model=str(model_path),
+        model_digest=weights_digest(model_path),
         data=str(options.data or "built-in arithmetic"),
         wall_time_s=time.monotonic() - started,
         train_time_s=train_time,

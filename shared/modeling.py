@@ -181,6 +181,20 @@ def check_model_folder(path: str | Path) -> Path:
     return path
 
 
+def weights_digest(path: str | Path) -> str:
+    """A fingerprint of a model folder's weights: the sha256 of its weight files, in name order. Two runs
+    that name one base can be checked to have started from the same bytes, whichever machine built them
+    (the built-in model's warm-up rounds differently on other CPUs)."""
+    path = check_model_folder(path)
+    digest = hashlib.sha256()
+    for name in sorted(p.name for p in path.iterdir() if p.suffix in (".safetensors", ".bin")):
+        digest.update(name.encode())
+        with open(path / name, "rb") as f:
+            while chunk := f.read(16 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
 def load_tokenizer(path: str | Path):
     """The folder's tokenizer, checked to be usable: ModelFolderError (never an empty tokenizer) when not."""
     from transformers import AutoTokenizer

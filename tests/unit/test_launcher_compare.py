@@ -10,6 +10,7 @@ from launcher.compare import (
     VARIANTS,
     CompareOptions,
     Comparison,
+    _check_one_base,
     _discard_unfinished,
     _run_options,
     _summarise,
@@ -25,6 +26,7 @@ from launcher.report import RunReport
 from launcher.run import build_job_config
 from services.learner.algorithm import AlgorithmName
 from shared.api.rollout import SamplingParams
+from shared.modeling import weights_digest
 from shared.settings import SettingsError, parse_sets
 
 
@@ -269,3 +271,57 @@ def test_a_finished_run_of_another_length_is_refused_and_kept(tmp_path):
     with pytest.raises(SettingsError, match=r"finished run of 5 steps, not 100.*another --out"):
         _discard_unfinished(run_dir, 100, Console(file=io.StringIO()))
     assert (run_dir / "report.json").is_file()
+
+
+def _fake_model_folder(path: Path, weights: bytes) -> Path:
+    path.mkdir(parents=True)
+    (path / "config.json").write_text("{}")
+    (path / "tokenizer.json").write_text("{}")
+    (path / "model.safetensors").write_bytes(weights)
+    return path
+
+
+def _finished_run(tmp_path: Path, digest: str | None) -> CompareOptions:
+    options = CompareOptions(variants=["prefix-rft"], seeds=[0], steps=5, out=tmp_path / "out")
+    run_dir = options.out / "prefix-rft" / "seed-0"
+    run_dir.mkdir(parents=True)
+    finished = report(tmp_path, "prefix-rft", 0, 0.5, 0.1).model_copy(update={"model_digest": digest})
+    (run_dir / "report.json").write_text(finished.model_dump_json())
+    return options
+
+
+@pytest.fixture
+def this_machines_base(tmp_path, monkeypatch) -> Path:
+    base = _fake_model_folder(tmp_path / "base", b"weights built here")
+    monkeypatch.setattr("shared.base_policy.default_base_policy", lambda: base)
+    return base
+
+
+def test_finished_runs_from_another_base_policy_are_refused_by_name(tmp_path, this_machines_base):
+    elsewhere = weights_digest(_fake_model_folder(tmp_path / "elsewhere", b"weights built on another CPU"))
+    options = _finished_run(tmp_path, elsewhere)
+    with pytest.raises(SettingsError, match=rf"1 of the 1 finished runs .* another base policy .*weights {elsewhere}"):
+        _check_one_base(options, Console(file=io.StringIO()))
+
+
+def test_finished_runs_without_a_recorded_base_are_refused(tmp_path, this_machines_base):
+    with pytest.raises(SettingsError, match="weights not recorded"):
+        _check_one_base(_finished_run(tmp_path, None), Console(file=io.StringIO()))
+
+
+def test_finished_runs_from_this_machines_base_policy_are_reused(tmp_path, this_machines_base):
+    _check_one_base(_finished_run(tmp_path, weights_digest(this_machines_base)), Console(file=io.StringIO()))
+
+
+def test_nothing_is_built_to_check_when_no_run_is_reused(tmp_path, monkeypatch):
+    def build():
+        raise AssertionError("the base policy was built for nothing")
+
+    monkeypatch.setattr("shared.base_policy.default_base_policy", build)
+    _check_one_base(CompareOptions(variants=["sft"], seeds=[0], out=tmp_path / "empty"), Console(file=io.StringIO()))
+
+
+def test_the_weights_digest_follows_the_weights_bytes_not_the_folder(tmp_path):
+    one = weights_digest(_fake_model_folder(tmp_path / "one", b"\x00\x01" * 1000))
+    assert weights_digest(_fake_model_folder(tmp_path / "copy", b"\x00\x01" * 1000)) == one
+    assert weights_digest(_fake_model_folder(tmp_path / "rounded", b"\x00\x01" * 999 + b"\x00\x02")) != one
