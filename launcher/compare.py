@@ -453,6 +453,11 @@ def demo_fraction_verdict(comparison: Comparison, split: str) -> str | None:
     )
 
 
+def _base_digest(comparison: Comparison) -> str | None:
+    digests = {r.model_digest for by_seed in comparison.runs.values() for r in by_seed.values()}
+    return digests.pop() if len(digests) == 1 else None
+
+
 def write_results(comparison: Comparison, path: Path, curves: Path) -> None:
     options = comparison.options
     style = demonstration_style(options)
@@ -489,6 +494,8 @@ def write_results(comparison: Comparison, path: Path, curves: Path) -> None:
         "",
         f"- Command: `{options.command}`",
         f"- Machine: {comparison.machine}",
+        *([f"- Base policy: the built-in default, weights digest `{digest}` (`shared.modeling.weights_digest`)"]
+          if (digest := _base_digest(comparison)) else []),
         f"- Wall time of the runs: {total_minutes:.1f} min in all "
         f"(this invocation: {comparison.wall_time_s / 60:.1f} min; runs it reused cost it nothing)",
         f"- Budget per run: {options.steps} optimizer steps, the same prompts per step and rollouts per prompt "

@@ -48,6 +48,7 @@ def report(tmp_path: Path, algorithm: str, seed: int, id_acc: float, ood_acc: fl
         seed=seed,
         steps=5,
         model="m",
+        model_digest="0123456789abcdef",
         data="d",
         wall_time_s=60.0,
         train_time_s=30.0,
@@ -137,6 +138,7 @@ def test_results_table_and_verdicts(tmp_path):
     write_results(comparison, options.results, curves)
     text = options.results.read_text()
     assert "`prefix-rft compare --steps 5`" in text and "test machine" in text
+    assert "- Base policy: the built-in default, weights digest `0123456789abcdef`" in text
     assert "| Prefix-RFT | 0.710 ± 0.010 |" in text
     assert "Prefix-RFT vs SFT: +0.200 (spread 0.010): ahead, beyond the seed spread." in text
     assert "Prefix-RFT vs SFT: -0.050 (spread 0.050): within the seed spread: not decisive." in text
