@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import threading
 
-import httpx
-
 from services.rollout.settings import RolloutSettings
 from shared.bus import Keys, WorkerRegistry, connect
 from shared.weights.transports.swarm import SwarmNode
@@ -37,7 +35,7 @@ class WorkerSwarm:
             if self._node is None:
                 if not self.token:
                     raise ValueError("the swarm transport authenticates peers with the job's token: set auth.token")
-                advertise = httpx.URL(self.settings.public_base_url()).host
+                advertise = self.settings.swarm.advertised_host(self.settings.public_base_url())
                 self._node = SwarmNode(self.settings.swarm, self.token, self.settings.host, advertise, self._peers)
             return self._node
 

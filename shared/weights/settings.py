@@ -4,6 +4,7 @@ often a version is published without a delta."""
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -48,6 +49,15 @@ class SwarmSettings(BaseModel):
     introduce_interval_s: float = Field(1.0, gt=0)
     # A registry entry whose heartbeat is older than this is not introduced (a worker gone).
     peer_ttl_s: float = Field(10.0, gt=0)
+
+    def advertised_host(self, public_base_url: str) -> str:
+        """The host this node gives peers: ``advertise_host``, else the host of the service's public URL
+        (the address other processes already reach it at; a deployment sets one or the other)."""
+        host = self.advertise_host or urlsplit(public_base_url).hostname
+        if not host:
+            raise ValueError(f"no swarm address: set swarm.advertise_host, or a public URL with a host, not "
+                             f"{public_base_url!r}")
+        return host
 
 
 class WeightsSettings(BaseModel):

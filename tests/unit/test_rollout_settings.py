@@ -41,3 +41,19 @@ def test_bad_values_are_named(tmp_path):
         load_settings(RolloutSettings, config)
     message = str(info.value)
     assert "max_inflight_tasks" in message and "dtype" in message and "surprise: unknown setting" in message
+
+
+def test_the_swarm_address_is_the_public_urls_host_unless_one_is_advertised(monkeypatch):
+    # A worker's peers dial this host: the address the learner already reaches it at, or one set
+    # for the swarm alone (a pod's IP), never loopback when the deployment names one.
+    monkeypatch.delenv("PRFT_CONFIG", raising=False)
+    monkeypatch.setenv("PRFT_ROLLOUT__PUBLIC_URL", "http://worker-3:8000")
+    settings = load_settings(RolloutSettings)
+    assert settings.swarm.advertised_host(settings.public_base_url()) == "worker-3"
+    monkeypatch.setenv("PRFT_ROLLOUT__SWARM__ADVERTISE_HOST", "10.1.2.3")
+    settings = load_settings(RolloutSettings)
+    assert settings.swarm.advertised_host(settings.public_base_url()) == "10.1.2.3"
+    unset = settings.swarm.model_copy(update={"advertise_host": None})
+    assert unset.advertised_host("http://[fd00::7]:8000") == "fd00::7"
+    with pytest.raises(ValueError, match="advertise_host"):
+        unset.advertised_host("not-a-url")

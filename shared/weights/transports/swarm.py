@@ -177,7 +177,7 @@ class SwarmNode:
         port = self.session.ssl_listen_port()
         if not port:
             raise OSError(f"the swarm node cannot listen on {listen_host}:{settings.port}")
-        self.address = f"{settings.advertise_host or advertise_host}:{port}"
+        self.address = f"{advertise_host}:{port}"
         self.peers = peers
         self._storage: Path | None = None
         self._joined: dict[int, _Joined] = {}
@@ -335,8 +335,7 @@ class SwarmOrigin(WeightOrigin):
 
     def __init__(self, settings: SwarmSettings, public_base_url: str, token: str, listen_host: str):
         self.public_base_url = public_base_url
-        advertise = httpx.URL(public_base_url).host
-        self.node = SwarmNode(settings, token, listen_host, advertise)
+        self.node = SwarmNode(settings, token, listen_host, settings.advertised_host(public_base_url))
         self._root = self.node.authority.root_certificate()
 
     def publish(self, version: int, directory: Path) -> VersionRef:
