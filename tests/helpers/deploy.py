@@ -25,9 +25,38 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 OVERLAYS = ("cpu", "gpu")
-COMPOSE_VARIANTS = {"cpu": ("compose.yaml",), "gpu": ("compose.yaml", "compose.gpu.yaml")}
+# What a user builds: an overlay alone, or with the components that put the job on another weight
+# transport (deploy/k8s/components/weights-*), added on top of it from a kustomization of their own.
+K8S_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "cpu": ("cpu", ()),
+    "gpu": ("gpu", ()),
+    "cpu-s3": ("cpu", ("weights-s3",)),
+    "gpu-s3": ("gpu", ("weights-s3",)),
+    "cpu-swarm": ("cpu", ("weights-swarm",)),
+}
+COMPOSE_VARIANTS = {
+    "cpu": ("compose.yaml",),
+    "gpu": ("compose.yaml", "compose.gpu.yaml"),
+    "cpu-s3": ("compose.yaml", "compose.s3.yaml"),
+    "gpu-s3": ("compose.yaml", "compose.gpu.yaml", "compose.s3.yaml"),
+    "cpu-swarm": ("compose.yaml", "compose.swarm.yaml"),
+}
 # Host-side variables compose files require; what a user would export.
 COMPOSE_TEST_ENV = {"PREFIX_RFT_ASSETS": "/srv/prefix-rft"}
+# ... and what a variant's files ask for on top (compose.s3.yaml's header): the store runs the GPU image.
+COMPOSE_VARIANT_ENV = {"gpu-s3": {"PREFIX_RFT_IMAGE": "prefix-rft:gpu", "PREFIX_RFT_EXTRA": "gpu"}}
+# Files deploy/make-secrets.sh writes: never copied from the checkout into a test's copy of deploy/.
+SECRET_FILES = (
+    "secret.env",
+    "prft_token",
+    "redis_url",
+    "redis_users.acl",
+    "s3_identities.json",
+    "s3_learner_credentials",
+    "s3_worker_credentials",
+    "s3.env",
+    "s3-identities.json",
+)
 SERVICES = ("reward", "rollout", "learner")
 IMAGE = "prefix-rft"
 
@@ -61,7 +90,7 @@ def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
 def prepared_checkout(root: Path) -> Path:
     """A copy of deploy/ and configs/ under ``root`` after ``deploy/make-secrets.sh``, so building
     never writes secrets into the checkout."""
-    ignore = shutil.ignore_patterns("secret.env", "prft_token", "redis_url", "redis_users.acl", "__pycache__")
+    ignore = shutil.ignore_patterns(*SECRET_FILES, "__pycache__")
     shutil.copytree(DEPLOY, root / "deploy", ignore=ignore)
     shutil.copytree(REPO / "configs", root / "configs", ignore=ignore)
     result = run(["sh", str(root / "deploy" / "make-secrets.sh")])
@@ -83,10 +112,25 @@ def kustomize(path: Path) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
+def k8s_variant_dir(name: str) -> Path:
+    """The folder `kubectl kustomize` builds for a variant: the overlay itself, or a user's
+    kustomization that adds components on top of it."""
+    overlay, components = K8S_VARIANTS[name]
+    if not components:
+        return deploy_checkout() / "deploy" / "k8s" / "overlays" / overlay
+    variant = deploy_checkout() / "deploy" / "k8s" / "variants" / name
+    variant.mkdir(parents=True, exist_ok=True)
+    listed = ", ".join(f"../../components/{c}" for c in components)
+    variant.joinpath("kustomization.yaml").write_text(
+        f"resources: [../../overlays/{overlay}]\ncomponents: [{listed}]\n"
+    )
+    return variant
+
+
 @functools.cache
 def k8s_manifests() -> dict[str, list[dict]]:
-    """Every overlay's resources, as `kubectl kustomize` builds them."""
-    return {overlay: kustomize(deploy_checkout() / "deploy" / "k8s" / "overlays" / overlay) for overlay in OVERLAYS}
+    """Every variant's resources (K8S_VARIANTS), as `kubectl kustomize` builds them."""
+    return {name: kustomize(k8s_variant_dir(name)) for name in K8S_VARIANTS}
 
 
 def find(resources: list[dict], kind: str, name: str | None = None) -> list[dict]:
@@ -181,9 +225,13 @@ def load_compose(directory: Path, files: tuple[str, ...], env: dict[str, str] | 
 
 @functools.cache
 def compose_files() -> dict[str, dict]:
-    """The compose model of each variant: compose.yaml alone (cpu) and with the GPU override."""
+    """The compose model of each variant: compose.yaml alone (cpu), with the GPU override, and with
+    the overrides that put the job on another weight transport (COMPOSE_VARIANTS)."""
     directory = deploy_checkout() / "deploy" / "compose"
-    return {variant: load_compose(directory, files) for variant, files in COMPOSE_VARIANTS.items()}
+    return {
+        variant: load_compose(directory, files, COMPOSE_VARIANT_ENV.get(variant))
+        for variant, files in COMPOSE_VARIANTS.items()
+    }
 
 
 # ---- the settings each service reads ----------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shutil
 from importlib import resources as importlib_resources
 from pathlib import Path
@@ -14,9 +15,12 @@ import pytest
 import yaml
 
 from tests.helpers.deploy import (
+    COMPOSE_TEST_ENV,
+    COMPOSE_VARIANT_ENV,
     COMPOSE_VARIANTS,
     DEPLOY,
     IMAGE,
+    K8S_VARIANTS,
     OVERLAYS,
     REPO,
     SERVICES,
@@ -25,10 +29,13 @@ from tests.helpers.deploy import (
     find,
     interpolate,
     k8s_manifests,
+    k8s_variant_dir,
     kustomize,
+    load_compose,
     one,
     require,
     run,
+    secret_data,
     tool,
     workloads,
 )
@@ -44,7 +51,7 @@ def kubernetes_validate():
 # ---- Kubernetes: schema --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", K8S_VARIANTS)
 def test_every_built_manifest_validates_against_the_kubernetes_schemas(overlay):
     kv = kubernetes_validate()
     versions = [v or kv.latest_version() for v in K8S_VERSIONS]
@@ -65,7 +72,7 @@ def test_the_validator_rejects_an_unknown_field():
         kv.validate(bad, kv.latest_version(), strict=True)
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", K8S_VARIANTS)
 def test_overlay_holds_the_whole_system_in_its_namespace(overlay):
     resources = k8s_manifests()[overlay]
     kinds = {(r["kind"], r["metadata"]["name"]) for r in resources}
@@ -84,7 +91,10 @@ def test_overlay_holds_the_whole_system_in_its_namespace(overlay):
         ("Service", "learner"),
     }
     assert expected <= kinds
-    assert len(find(resources, "ConfigMap")) == 1 and len(find(resources, "Secret")) == 1
+    assert len(find(resources, "ConfigMap")) == 1
+    # The job's Secret once; the s3 component adds the store's keys as a Secret of their own.
+    secrets = sorted(r["metadata"]["name"].rsplit("-", 1)[0] for r in find(resources, "Secret"))
+    assert secrets == (["prefix-rft-s3", "prefix-rft-secrets"] if "s3" in overlay else ["prefix-rft-secrets"])
     for resource in resources:
         if resource["kind"] != "Namespace":
             assert resource["metadata"].get("namespace") == "prefix-rft", resource["metadata"]["name"]
@@ -96,6 +106,10 @@ def test_overlay_holds_the_whole_system_in_its_namespace(overlay):
 
 def test_there_is_one_base_and_two_overlays():
     assert sorted(p.name for p in (DEPLOY / "k8s" / "overlays").iterdir()) == sorted(OVERLAYS)
+    # Every component is built by a test (the variants here, or a test of its own).
+    tested = {c for _, components in K8S_VARIANTS.values() for c in components}
+    tested |= {"external-redis", "multinode-learner"}
+    assert sorted(p.name for p in (DEPLOY / "k8s" / "components").iterdir()) == sorted(tested)
     for overlay in OVERLAYS:
         kustomization = yaml.safe_load((DEPLOY / "k8s" / "overlays" / overlay / "kustomization.yaml").read_text())
         assert "../../base" in kustomization["resources"]
@@ -120,7 +134,7 @@ def selects(selector: dict, labels: dict) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", K8S_VARIANTS)
 def test_services_select_pods_and_reach_a_declared_port(overlay):
     resources = k8s_manifests()[overlay]
     for service in find(resources, "Service"):
@@ -137,7 +151,7 @@ def test_services_select_pods_and_reach_a_declared_port(overlay):
             assert resolved == port["port"], f"Service/{service['metadata']['name']} port {port}: pods expose {ports}"
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", K8S_VARIANTS)
 def test_stateful_sets_are_governed_by_their_headless_service(overlay):
     resources = k8s_manifests()[overlay]
     for stateful in find(resources, "StatefulSet"):
@@ -146,7 +160,7 @@ def test_stateful_sets_are_governed_by_their_headless_service(overlay):
         assert stateful["spec"]["replicas"] == 1
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", K8S_VARIANTS)
 def test_autoscalers_and_the_disruption_budget_target_real_workloads(overlay):
     resources = k8s_manifests()[overlay]
     for hpa in find(resources, "HorizontalPodAutoscaler"):
@@ -165,7 +179,7 @@ def test_autoscalers_and_the_disruption_budget_target_real_workloads(overlay):
     assert selects(pdb["spec"]["selector"]["matchLabels"], pod_labels(one(resources, "Deployment", "rollout")))
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", K8S_VARIANTS)
 def test_volumes_config_maps_and_secrets_resolve(overlay):
     resources = k8s_manifests()[overlay]
     config_maps = {r["metadata"]["name"]: r.get("data", {}) for r in find(resources, "ConfigMap")}
@@ -178,6 +192,10 @@ def test_volumes_config_maps_and_secrets_resolve(overlay):
         for volume in volumes.values():
             if "configMap" in volume:
                 assert volume["configMap"]["name"] in config_maps
+            if "secret" in volume:
+                keys = secrets.get(volume["secret"]["secretName"])
+                assert keys is not None, (workload["metadata"]["name"], volume)
+                assert all(item["key"] in keys for item in volume["secret"].get("items", [])), volume
             if "persistentVolumeClaim" in volume:
                 assert volume["persistentVolumeClaim"]["claimName"] in claims
         for container in spec["containers"]:
@@ -189,7 +207,7 @@ def test_volumes_config_maps_and_secrets_resolve(overlay):
                     assert ref["key"] in secrets.get(ref["name"], {}), (workload["metadata"]["name"], env["name"])
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", K8S_VARIANTS)
 def test_pods_run_as_non_root_with_requests_and_limits(overlay):
     for workload in workloads(k8s_manifests()[overlay]):
         spec = workload["spec"]["template"]["spec"]
@@ -205,7 +223,7 @@ def test_pods_run_as_non_root_with_requests_and_limits(overlay):
             assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", K8S_VARIANTS)
 def test_rollout_probes_use_readyz_and_healthz(overlay):
     container = one(k8s_manifests()[overlay], "Deployment", "rollout")["spec"]["template"]["spec"]["containers"][0]
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
@@ -213,7 +231,7 @@ def test_rollout_probes_use_readyz_and_healthz(overlay):
     assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", K8S_VARIANTS)
 def test_redis_and_learner_keep_their_state_on_volumes(overlay):
     resources = k8s_manifests()[overlay]
     redis = one(resources, "StatefulSet", "redis")
@@ -284,6 +302,79 @@ def test_kustomize_refuses_to_build_without_the_secrets(tmp_path):
     assert result.returncode != 0 and "secret.env" in result.stderr
 
 
+# ---- Kubernetes: the weight transports' components ---------------------------------------------
+
+S3_VARIANTS = [v for v in K8S_VARIANTS if v.endswith("-s3")]
+
+
+def container_of(resources: list[dict], kind: str, name: str) -> dict:
+    containers = one(resources, kind, name)["spec"]["template"]["spec"]["containers"]
+    (container,) = [c for c in containers if c["name"] == name]
+    return container
+
+
+def weed_flags(args: list[str]) -> dict[str, str]:
+    return dict(a[1:].split("=", 1) for a in args if a.startswith("-") and "=" in a)
+
+
+@pytest.mark.parametrize("variant", S3_VARIANTS)
+def test_s3_store_runs_weed_from_the_learners_image(variant):
+    # Nothing to build or push for the store: the overlay's image (cpu, gpu) carries `weed`.
+    resources = k8s_manifests()[variant]
+    store = container_of(resources, "StatefulSet", "seaweedfs")
+    learner = container_of(resources, "StatefulSet", "learner")
+    assert store["image"] == learner["image"] == f"{IMAGE}:{K8S_VARIANTS[variant][0]}"
+    # Past the image's entrypoint, which runs `prefix-rft`.
+    assert store["command"] == ["tini", "--", "weed"] and store["args"][0] == "mini"
+
+
+@pytest.mark.parametrize("variant", S3_VARIANTS)
+def test_s3_store_keeps_its_data_on_its_volume_and_its_keys_in_the_secret(variant):
+    resources = k8s_manifests()[variant]
+    stateful = one(resources, "StatefulSet", "seaweedfs")
+    store = container_of(resources, "StatefulSet", "seaweedfs")
+    flags = weed_flags(store["args"])
+    mounts = {m["mountPath"]: m["name"] for m in store["volumeMounts"]}
+    assert mounts[flags["dir"]] == stateful["spec"]["volumeClaimTemplates"][0]["metadata"]["name"]
+    folder, _, file = flags["s3.config"].rpartition("/")
+    volume = next(v for v in stateful["spec"]["template"]["spec"]["volumes"] if v["name"] == mounts[folder])
+    (item,) = [i for i in volume["secret"]["items"] if i["path"] == file]
+    identities = json.loads(secret_data(resources, volume["secret"]["secretName"])[item["key"]])
+    assert sorted(i["name"] for i in identities["identities"]) == ["learner", "worker"]
+    # Ready only once the bucket the learner uploads to exists.
+    ready = " ".join(store["startupProbe"]["exec"]["command"])
+    assert f"/buckets/{flags['bucket']}/" in ready and ":8333/healthz" in ready
+
+
+@pytest.mark.parametrize("variant", S3_VARIANTS)
+def test_only_the_s3_gateway_is_let_into_the_store(variant):
+    # The filer, master and volume server answer without keys: the policy lets in the S3 port alone,
+    # from this job's learner and workers.
+    resources = k8s_manifests()[variant]
+    policy = one(resources, "NetworkPolicy", "seaweedfs")["spec"]
+    assert selects(policy["podSelector"]["matchLabels"], pod_labels(one(resources, "StatefulSet", "seaweedfs")))
+    assert policy["policyTypes"] == ["Ingress"]
+    (rule,) = policy["ingress"]
+    (port,) = rule["ports"]
+    declared = {p["name"]: p["containerPort"] for p in container_of(resources, "StatefulSet", "seaweedfs")["ports"]}
+    (service_port,) = one(resources, "Service", "seaweedfs")["spec"]["ports"]
+    assert declared[port["port"]] == service_port["port"] and port["protocol"] == "TCP"
+    (source,) = rule["from"]
+    assert set(source) == {"podSelector"}, "from this namespace only"
+    for kind, name in (("StatefulSet", "learner"), ("Deployment", "rollout")):
+        assert selects(source["podSelector"]["matchLabels"], pod_labels(one(resources, kind, name))), name
+
+
+def test_kustomize_refuses_the_s3_component_without_its_keys(tmp_path):
+    # As for the job's secrets: no store runs with default or empty keys.
+    built = k8s_variant_dir("cpu-s3")  # a user's kustomization on top of the cpu overlay
+    shutil.copytree(deploy_checkout() / "deploy", tmp_path / "deploy", ignore=shutil.ignore_patterns("s3.env"))
+    variant = tmp_path / built.relative_to(deploy_checkout())
+    assert (variant / "kustomization.yaml").is_file()
+    result = run([tool("kubectl"), "kustomize", str(variant)])
+    assert result.returncode != 0 and "s3.env" in result.stderr
+
+
 # ---- compose ------------------------------------------------------------------------------------
 
 
@@ -317,8 +408,92 @@ def test_the_schema_check_is_live():
 
 
 def test_compose_starts_redis_and_the_three_services():
-    assert set(compose_files()["cpu"]["services"]) == {"redis", *SERVICES}
-    assert set(compose_files()["gpu"]["services"]) == {"redis", *SERVICES}
+    for variant, model in compose_files().items():
+        store = {"seaweedfs"} if variant.endswith("-s3") else set()
+        assert set(model["services"]) == {"redis", *SERVICES, *store}, variant
+
+
+def built_images(model: dict) -> dict[str, list[dict]]:
+    """Each image tag the project builds, with every build section that names it."""
+    builds: dict[str, list[dict]] = {}
+    for name, service in model["services"].items():
+        if service.get("image", "").startswith(IMAGE):
+            assert "build" in service, f"{name}: {service['image']} has no build: `up --build` would pull it"
+            builds.setdefault(service["image"], []).append(service["build"])
+    return builds
+
+
+@pytest.mark.parametrize("variant", COMPOSE_VARIANTS)
+def test_services_that_share_an_image_build_it_the_same_way(variant):
+    # One tag, two recipes: whichever builds last wins, and another service runs it.
+    for image, builds in built_images(compose_files()[variant]).items():
+        assert all(b == builds[0] for b in builds), f"{variant}: {image} is built {len(builds)} different ways"
+
+
+def test_the_gpu_s3_stack_needs_both_image_variables_or_neither():
+    # compose.s3.yaml's header: with the GPU override the store runs the GPU image only when both
+    # variables are set; with neither it builds the CPU image for itself (a second image, but one
+    # recipe per tag); with the image alone it would build prefix-rft:gpu with the CPU engine.
+    directory = deploy_checkout() / "deploy" / "compose"
+    files = COMPOSE_VARIANTS["gpu-s3"]
+    neither = built_images(load_compose(directory, files))
+    assert set(neither) == {f"{IMAGE}:gpu", f"{IMAGE}:cpu"}
+    assert all(len({json.dumps(b, sort_keys=True) for b in builds}) == 1 for builds in neither.values())
+    both = built_images(load_compose(directory, files, COMPOSE_VARIANT_ENV["gpu-s3"]))
+    assert set(both) == {f"{IMAGE}:gpu"}
+    half = built_images(load_compose(directory, files, {"PREFIX_RFT_IMAGE": f"{IMAGE}:gpu"}))
+    assert len({json.dumps(b, sort_keys=True) for b in half[f"{IMAGE}:gpu"]}) == 2
+
+
+def test_compose_s3_store_runs_weed_with_its_data_on_a_volume_and_its_keys_from_a_secret():
+    for variant in [v for v in COMPOSE_VARIANTS if v.endswith("-s3")]:
+        model = compose_files()[variant]
+        store = model["services"]["seaweedfs"]
+        assert store["entrypoint"] == ["tini", "--", "weed"] and store["command"][0] == "mini", variant
+        flags = weed_flags(store["command"])
+        volume = next(v for v in store["volumes"] if v.split(":")[1] == flags["dir"])
+        assert volume.split(":")[0] in model["volumes"], f"{variant}: the store's data is not on a named volume"
+        assert flags["s3.config"].removeprefix("/run/secrets/") in store["secrets"]
+        # Healthy once the bucket exists, and the learner and the workers start only then.
+        check = " ".join(store["healthcheck"]["test"])
+        assert f"/buckets/{flags['bucket']}/" in check and ":8333/healthz" in check
+        assert store["expose"] == ["8333"]
+        for name in ("learner", "rollout"):
+            assert model["services"][name]["depends_on"]["seaweedfs"] == {"condition": "service_healthy"}, name
+
+
+def compose_client() -> list[str] | None:
+    """The Go plugin when the docker client has it, else Debian's docker-compose 1.29; None: neither."""
+    if shutil.which("docker") and run(["docker", "compose", "version"]).returncode == 0:
+        return ["docker", "compose"]
+    return ["docker-compose"] if shutil.which("docker-compose") else None
+
+
+@pytest.mark.parametrize("variant", COMPOSE_VARIANTS)
+def test_the_compose_client_reads_every_variant_as_these_tests_do(variant):
+    # The checks here read the files with tests/helpers/deploy.py's rules; the real client must agree.
+    client = compose_client()
+    if client is None:
+        pytest.skip("no compose client (`docker compose` or docker-compose; `make images` installs one)")
+    directory = deploy_checkout() / "deploy" / "compose"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFIX_RFT_", "COMPOSE_"))}
+    env.update({**COMPOSE_TEST_ENV, **COMPOSE_VARIANT_ENV.get(variant, {})})
+    files = [arg for name in COMPOSE_VARIANTS[variant] for arg in ("-f", name)]
+    result = run([*client, *files, "config"], cwd=directory, env=env)
+    assert result.returncode == 0, result.stderr
+    theirs = yaml.safe_load(result.stdout)["services"]
+    ours = compose_files()[variant]["services"]
+    assert set(theirs) == set(ours)
+    for name, service in ours.items():
+        other = theirs[name]
+        for key in ("image", "command", "entrypoint"):
+            assert other.get(key) == service.get(key), (name, key)
+        assert {k: str(v) for k, v in other.get("environment", {}).items()} == {
+            k: str(v) for k, v in service.get("environment", {}).items()
+        }, name
+        sources = sorted(s if isinstance(s, str) else s["source"] for s in other.get("secrets", []))
+        assert sources == sorted(service.get("secrets", [])), name
+        assert set(other.get("depends_on", {})) == set(service.get("depends_on", {})), name
 
 
 def test_redis_has_aof_persistence_and_a_password():

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import botocore.session
 import pytest
 import yaml
 from pydantic import BaseModel
@@ -25,7 +28,7 @@ from tests.helpers.deploy import (
     COMPOSE_VARIANTS,
     DEPLOY,
     IMAGE,
-    OVERLAYS,
+    K8S_VARIANTS,
     REPO,
     SERVICES,
     compose_files,
@@ -89,10 +92,23 @@ class Container:
     ports: set[int]  # where the deployment expects the service to listen
     health: list[tuple[int, str]]  # (port, path) of every probe or health check
     mounts: set[str] = field(default_factory=set)
+    # Secret files as the container sees them (path inside -> the file a test can read), for the
+    # variables that name one (AWS_SHARED_CREDENTIALS_FILE).
+    files: dict[str, Path] = field(default_factory=dict)
 
     @property
     def service(self) -> str:
         return self.argv[0]
+
+
+@dataclass
+class Store:
+    """The s3 transport's SeaweedFS (compose.s3.yaml, components/weights-s3), as deployed."""
+
+    host: str  # the name the other containers reach it at
+    port: int  # the port that name answers on
+    args: list[str]  # `weed` arguments
+    identities: str  # the -s3.config file: its keys and what each may do
 
 
 @dataclass
@@ -102,6 +118,12 @@ class Deployment:
     redis_host: str
     redis_password: str
     service_ports: dict[str, int]  # service name -> port its Service / compose service name answers on
+    store: Store | None = None
+
+
+def weed_flags(args: list[str]) -> dict[str, str]:
+    """`weed mini`'s -name=value arguments."""
+    return dict(a[1:].split("=", 1) for a in args if a.startswith("-") and "=" in a)
 
 
 def _k8s_env(container: dict, secrets: dict, config_maps: dict, pod_name: str) -> dict[str, str]:
@@ -159,6 +181,8 @@ def k8s_deployment(resources: list[dict], overlay: str) -> Deployment:
         for container in spec["containers"]:
             if not container["image"].split(":")[0] == IMAGE:
                 continue
+            if "prft-entrypoint" not in container.get("command", ["prft-entrypoint"]):
+                continue  # another program the image carries (the s3 store's weed), not a service
             where = f"k8s/{overlay} {workload['kind']}/{workload['metadata']['name']}"
             # `args` only: `command` would replace the image's entrypoint (tini, secrets, prefix-rft).
             assert "command" not in container, f"{where}: set args, not command"
@@ -182,15 +206,33 @@ def k8s_deployment(resources: list[dict], overlay: str) -> Deployment:
     redis_container = redis["spec"]["template"]["spec"]["containers"][0]
     redis_env = _k8s_env(redis_container, secrets, config_maps, "redis-0")
     service_ports = {s["metadata"]["name"]: s["spec"]["ports"][0]["port"] for s in find(resources, "Service")}
-    return Deployment(f"k8s-{overlay}", containers, "redis", redis_env["REDIS_PASSWORD"], service_ports)
+    return Deployment(
+        f"k8s-{overlay}", containers, "redis", redis_env["REDIS_PASSWORD"], service_ports,
+        _k8s_store(resources, secrets, service_ports),
+    )
+
+
+def _k8s_store(resources: list[dict], secrets: dict, service_ports: dict[str, int]) -> Store | None:
+    found = [r for r in resources if r["kind"] == "StatefulSet" and r["metadata"]["name"] == "seaweedfs"]
+    if not found:
+        return None
+    spec = found[0]["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    config = weed_flags(container["args"])["s3.config"]
+    mount = next(m for m in container["volumeMounts"] if config.startswith(m["mountPath"].rstrip("/") + "/"))
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])["secret"]
+    path = config[len(mount["mountPath"].rstrip("/")) + 1 :]
+    key = next((i["key"] for i in volume.get("items", []) if i["path"] == path), path)
+    return Store("seaweedfs", service_ports["seaweedfs"], container["args"], secrets[volume["secretName"]][key])
 
 
 def compose_deployment(model: dict, directory: Path, variant: str) -> Deployment:
     secret_files = {name: directory / s["file"] for name, s in model["secrets"].items()}
     containers = {}
+    service_ports: dict[str, int] = {}
     for name, service in model["services"].items():
-        if not service.get("image", "").startswith(IMAGE):
-            continue
+        if not service.get("image", "").startswith(IMAGE) or "entrypoint" in service:
+            continue  # another image, or another program the image carries (the s3 store's weed)
         where = f"compose/{variant} {name}"
         environment = service.get("environment", {})
         if isinstance(environment, list):
@@ -217,27 +259,39 @@ def compose_deployment(model: dict, directory: Path, variant: str) -> Deployment
             assert config_text is not None, f"{where}: --config {argv[argv.index('--config') + 1]} is not mounted"
         test = service["healthcheck"]["test"]
         url = urlsplit(next(word for word in test if word.startswith("http")))
-        ports = {int(str(p).rsplit(":", 1)[-1].split("/")[0]) for p in service.get("ports", [])}
+        published = {int(str(p).rsplit(":", 1)[-1].split("/")[0]) for p in service.get("ports", [])}
+        # `expose`: ports the other containers use that are not published on the host (the swarm's).
+        exposed = {int(p) for p in service.get("expose", [])}
+        files = {f"/run/secrets/{secret}": secret_files[secret] for secret in service.get("secrets", [])}
         containers[argv[0]] = Container(
-            where, argv, env, config_text, ports or {url.port}, [(url.port, url.path)], mounts
+            where, argv, env, config_text, (published or {url.port}) | exposed, [(url.port, url.path)], mounts, files
         )
+        # Compose services answer on their container port under their service name.
+        service_ports[argv[0]] = next(iter(published or {url.port}))
     acl = secret_files[model["services"]["redis"]["secrets"][0]].read_text()
     password = re.search(r"user default on >(\S+)", acl).group(1)
-    # Compose services answer on their container port under their service name.
-    service_ports = {name: next(iter(c.ports)) for name, c in containers.items()}
-    return Deployment(f"compose-{variant}", containers, "redis", password, service_ports)
+    store = None
+    if "seaweedfs" in model["services"]:
+        service = model["services"]["seaweedfs"]
+        secret = weed_flags(service["command"])["s3.config"].removeprefix("/run/secrets/")
+        assert secret in service["secrets"], f"compose/{variant} seaweedfs: -s3.config names secret {secret!r}"
+        (port,) = service["expose"]
+        store = Store("seaweedfs", int(port), service["command"], secret_files[secret].read_text())
+    return Deployment(f"compose-{variant}", containers, "redis", password, service_ports, store)
 
 
 @functools.cache
 def deployments() -> dict[str, Deployment]:
     """Every deployment variant, each service as its container gets it."""
-    found = {f"k8s-{o}": k8s_deployment(k8s_manifests()[o], o) for o in OVERLAYS}
+    found = {f"k8s-{v}": k8s_deployment(k8s_manifests()[v], v) for v in K8S_VARIANTS}
     directory = deploy_checkout() / "deploy" / "compose"
     found.update({f"compose-{v}": compose_deployment(compose_files()[v], directory, v) for v in COMPOSE_VARIANTS})
     return found
 
 
-DEPLOYMENTS = [f"k8s-{o}" for o in OVERLAYS] + [f"compose-{v}" for v in COMPOSE_VARIANTS]
+DEPLOYMENTS = [f"k8s-{v}" for v in K8S_VARIANTS] + [f"compose-{v}" for v in COMPOSE_VARIANTS]
+S3_DEPLOYMENTS = [d for d in DEPLOYMENTS if d.endswith("-s3")]
+SWARM_DEPLOYMENTS = [d for d in DEPLOYMENTS if d.endswith("-swarm")]
 
 
 def cases() -> list:
@@ -374,6 +428,98 @@ def test_rollout_and_learner_load_the_same_model(deployment, tmp_path, monkeypat
     rollout = load_as_container(plan.containers["rollout"], tmp_path, monkeypatch)
     learner = load_as_container(plan.containers["learner"], tmp_path, monkeypatch)
     assert str(getattr(rollout, "model", None)) == str(learner.model)
+
+
+# ---- the weight transports ------------------------------------------------------------------------
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS)
+def test_a_swarm_node_would_give_its_peers_a_reachable_address(deployment, tmp_path, monkeypatch):
+    # Whatever transport the deployment picks, a job file that names swarm gets nodes other
+    # containers can dial: never the loopback address a node falls back on without a public URL.
+    plan = deployments()[deployment]
+    learner = load_as_container(plan.containers["learner"], tmp_path, monkeypatch)
+    rollout = load_as_container(plan.containers["rollout"], tmp_path, monkeypatch)
+    for where, swarm, settings in (
+        (plan.containers["learner"].where, learner.weights.swarm, learner),
+        (plan.containers["rollout"].where, rollout.swarm, rollout),
+    ):
+        host = swarm.advertised_host(settings.public_base_url())
+        assert host not in LOOPBACK, f"{where}: a swarm node would advertise {host}, which no peer reaches"
+
+
+@pytest.mark.parametrize("deployment", SWARM_DEPLOYMENTS)
+def test_swarm_nodes_listen_on_a_declared_port_and_advertise_their_own_address(deployment, tmp_path, monkeypatch):
+    plan = deployments()[deployment]
+    learner = load_as_container(plan.containers["learner"], tmp_path, monkeypatch)
+    rollout = load_as_container(plan.containers["rollout"], tmp_path, monkeypatch)
+    assert learner.weights.transport == "swarm", f"{plan.containers['learner'].where}: not on the swarm"
+    on_k8s = deployment.startswith("k8s-")
+    # In Kubernetes each pod's IP; in compose the name each container answers to on the network:
+    # the learner's service name (one container), a worker's host name (one per replica).
+    for container, settings, swarm, address in (
+        (plan.containers["learner"], learner, learner.weights.swarm, POD_IP if on_k8s else "learner"),
+        (plan.containers["rollout"], rollout, rollout.swarm, POD_IP if on_k8s else HOSTNAME),
+    ):
+        # Fixed and declared, so that a NetworkPolicy or a firewall can let it through (0 would be
+        # a free port picked at start, which nothing could declare).
+        assert swarm.port > 0 and swarm.port != settings.port, f"{container.where}: swarm port {swarm.port}"
+        assert swarm.port in container.ports, (
+            f"{container.where}: the swarm listens on {swarm.port}, the container declares {container.ports}"
+        )
+        assert swarm.advertised_host(settings.public_base_url()) == address, container.where
+
+
+def aws_view(container: Container, tmp_path: Path, monkeypatch) -> tuple[str | None, str | None, tuple | None]:
+    """What the container's S3 client finds: the endpoint and region by the transport's own rule, and
+    the keys by botocore's credential chain (variables, then an AWS credentials file), with nothing
+    of this machine's own AWS set-up."""
+    from shared.weights.transports.s3 import endpoint_from_env, region_from_env
+
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    for name, value in container.env.items():
+        if name.startswith("AWS_"):
+            monkeypatch.setenv(name, str(container.files.get(value, value)))
+    credentials = botocore.session.Session().get_credentials()
+    keys = None if credentials is None else (credentials.access_key, credentials.secret_key)
+    return endpoint_from_env(), region_from_env(), keys
+
+
+@pytest.mark.parametrize("deployment", S3_DEPLOYMENTS)
+def test_s3_learner_and_workers_reach_the_store_with_their_own_keys(deployment, tmp_path, monkeypatch):
+    plan = deployments()[deployment]
+    store = plan.store
+    assert store is not None, f"{deployment}: no SeaweedFS store"
+    flags = weed_flags(store.args)
+    # The S3 gateway listens on -s3.port, 8333 unless given (weed's default).
+    assert store.port == int(flags.get("s3.port", 8333)), f"{deployment}: the store answers on {store.port}"
+    learner = load_as_container(plan.containers["learner"], tmp_path, monkeypatch)
+    assert learner.weights.transport == "s3" and learner.weights.s3.bucket == flags["bucket"], (
+        f"{deployment}: the learner uploads to {learner.weights.s3.bucket}, the store makes {flags['bucket']}"
+    )
+    # The workers read the store's address from the variables only: the learner must use the same.
+    assert learner.weights.s3.endpoint_url is None
+    identities = {
+        credential["accessKey"]: (credential["secretKey"], set(identity["actions"]))
+        for identity in json.loads(store.identities)["identities"]
+        for credential in identity["credentials"]
+    }
+    # The learner uploads, lists and deletes versions; a worker only reads.
+    for service, rights in (("learner", {"Read", "Write", "List"}), ("rollout", {"Read"})):
+        container = plan.containers[service]
+        endpoint, region, keys = aws_view(container, tmp_path, monkeypatch)
+        assert endpoint and url_target(endpoint) == (store.host, store.port), f"{container.where}: endpoint {endpoint}"
+        assert region, f"{container.where}: no AWS_REGION"
+        assert keys is not None, f"{container.where}: no S3 credentials"
+        assert keys[0] in identities, f"{container.where}: key {keys[0]} is not one the store knows"
+        assert identities[keys[0]] == (keys[1], rights), f"{container.where}: wrong secret or rights"
 
 
 # ---- the job files ---------------------------------------------------------------------------------
