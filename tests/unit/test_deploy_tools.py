@@ -4,6 +4,8 @@ checkout and its secrets), tested here so a deployment check never passes becaus
 
 from __future__ import annotations
 
+import configparser
+import json
 import re
 
 import pytest
@@ -82,12 +84,51 @@ def test_make_secrets_agree_between_compose_and_kubernetes():
     assert acl[1] == "user healthcheck on nopass -@all +ping"
 
 
+def test_make_secrets_gives_the_s3_store_and_its_clients_the_same_keys():
+    compose = deploy_checkout() / "deploy" / "compose" / "secrets"
+    component = deploy_checkout() / "deploy" / "k8s" / "components" / "weights-s3"
+    identities = json.loads(compose.joinpath("s3_identities.json").read_text())
+    assert json.loads(component.joinpath("s3-identities.json").read_text()) == identities
+    store = {i["name"]: (i["credentials"][0]["accessKey"], i["credentials"][0]["secretKey"])
+             for i in identities["identities"]}
+    k8s = dict(line.split("=", 1) for line in component.joinpath("s3.env").read_text().splitlines())
+    for who, file in (("learner", "s3_learner_credentials"), ("worker", "s3_worker_credentials")):
+        credentials = configparser.ConfigParser()
+        credentials.read_string(compose.joinpath(file).read_text())
+        keys = (credentials["default"]["aws_access_key_id"], credentials["default"]["aws_secret_access_key"])
+        assert keys == store[who] == (k8s[f"{who}-access-key"], k8s[f"{who}-secret-key"]), who
+        assert re.fullmatch(r"[0-9a-f]{20}", keys[0]) and re.fullmatch(r"[0-9a-f]{40}", keys[1]), who
+    assert store["learner"] != store["worker"]
+
+
+def test_make_secrets_adds_the_s3_keys_beside_secrets_made_before(tmp_path):
+    # A checkout whose secrets predate the s3 store: running the script again adds the store's keys
+    # and keeps the token and the Redis password the running services use.
+    root = prepared_checkout(tmp_path)
+    compose = root / "deploy" / "compose" / "secrets"
+    component = root / "deploy" / "k8s" / "components" / "weights-s3"
+    s3_files = [compose / "s3_identities.json", compose / "s3_learner_credentials",
+                compose / "s3_worker_credentials", component / "s3.env", component / "s3-identities.json"]
+    for path in s3_files:
+        path.unlink()
+    kept = [compose / "prft_token", compose / "redis_url", root / "deploy" / "k8s" / "base" / "secret.env"]
+    before = [path.read_text() for path in kept]
+    assert run(["sh", str(root / "deploy" / "make-secrets.sh")]).returncode == 0
+    assert all(path.is_file() for path in s3_files)
+    assert [path.read_text() for path in kept] == before
+
+
 def test_generated_secrets_are_never_committed():
     paths = [
         "deploy/compose/secrets/prft_token",
         "deploy/compose/secrets/redis_url",
         "deploy/compose/secrets/redis_users.acl",
         "deploy/k8s/base/secret.env",
+        "deploy/compose/secrets/s3_identities.json",
+        "deploy/compose/secrets/s3_learner_credentials",
+        "deploy/compose/secrets/s3_worker_credentials",
+        "deploy/k8s/components/weights-s3/s3.env",
+        "deploy/k8s/components/weights-s3/s3-identities.json",
     ]
     result = run(["git", "check-ignore", "--no-index", *paths], cwd=REPO)
     assert sorted(result.stdout.split()) == sorted(paths)
