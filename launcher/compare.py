@@ -339,6 +339,10 @@ def plot_comparison(comparison: Comparison, path: Path) -> None:
     splits = sorted(comparison.base) or ["id"]
     fig, axes = plt.subplots(1, len(splits) + 1, figsize=(6 * (len(splits) + 1), 4.5))
     steps = comparison.options.steps
+    # One colour per variant in every panel: the reward panel has no line for SFT, which would shift
+    # the default colour cycle there.
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colour = {name: palette[i % len(palette)] for i, name in enumerate(comparison.runs)}
     for ax, split in zip(axes, splits):
         for name, by_seed in comparison.runs.items():
             curve: dict[int, list[float]] = {0: [comparison.base.get(split, 0.0)]}
@@ -351,25 +355,36 @@ def plot_comparison(comparison: Comparison, path: Path) -> None:
                         curve.setdefault(every * round(point.step / every), []).append(point.greedy_accuracy)
                 curve.setdefault(steps, []).append(report.evaluation_after[split].greedy_accuracy)
             xs = sorted(curve)
-            ax.plot(xs, [statistics.fmean(curve[x]) for x in xs], marker="o", label=VARIANTS[name].label)
+            ax.plot(xs, [statistics.fmean(curve[x]) for x in xs], marker="o", color=colour[name],
+                    label=VARIANTS[name].label)
         ax.set(title=f"greedy accuracy, {split} split (mean over seeds)", xlabel="step", ylabel="accuracy")
         ax.legend(fontsize=7)
     ax = axes[-1]
-    for name, by_seed in comparison.runs.items():
-        per_step: dict[int, list[float]] = {}
-        for report in by_seed.values():
-            for m in metrics_file(Path(report.run_dir) / "learner").read():
-                if m.reward_on_policy is not None:
-                    per_step.setdefault(m.step, []).append(m.reward_on_policy)
-        if per_step:
-            xs = sorted(per_step)
-            ax.plot(xs, [statistics.fmean(per_step[x]) for x in xs], label=VARIANTS[name].label)
+    for name, (xs, ys) in reward_curves(comparison).items():
+        ax.plot(xs, ys, color=colour[name], label=VARIANTS[name].label)
     ax.set(title="on-policy training reward (mean over seeds)", xlabel="step", ylabel="reward")
     ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def reward_curves(comparison: Comparison) -> dict[str, tuple[list[int], list[float]]]:
+    """Each variant's on-policy training reward per step, the mean over its seeds (none for SFT)."""
+    curves = {}
+    for name, by_seed in comparison.runs.items():
+        per_step: dict[int, list[float]] = {}
+        for seed in by_seed:
+            # Where this comparison keeps the run, not the report's run_dir: a comparison's folder may
+            # have moved since (to another machine, or results/), and reused runs move with it.
+            for m in metrics_file(comparison.options.out / name / f"seed-{seed}" / "learner").read():
+                if m.reward_on_policy is not None:
+                    per_step.setdefault(m.step, []).append(m.reward_on_policy)
+        if per_step:
+            xs = sorted(per_step)
+            curves[name] = (xs, [statistics.fmean(per_step[x]) for x in xs])
+    return curves
 
 
 def _verdicts(comparison: Comparison, split: str) -> list[str]:

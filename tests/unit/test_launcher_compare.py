@@ -16,6 +16,7 @@ from launcher.compare import (
     _summarise,
     demo_fraction_verdict,
     demonstration_style,
+    reward_curves,
     split_names,
     validate_variants,
     write_results,
@@ -27,7 +28,9 @@ from launcher.run import build_job_config
 from services.learner.algorithm import AlgorithmName
 from shared.api.rollout import SamplingParams
 from shared.modeling import weights_digest
+from shared.records import metrics_file
 from shared.settings import SettingsError, parse_sets
+from tests.helpers.records import step_record
 
 
 def report(tmp_path: Path, algorithm: str, seed: int, id_acc: float, ood_acc: float) -> RunReport:
@@ -327,3 +330,24 @@ def test_the_weights_digest_follows_the_weights_bytes_not_the_folder(tmp_path):
     one = weights_digest(_fake_model_folder(tmp_path / "one", b"\x00\x01" * 1000))
     assert weights_digest(_fake_model_folder(tmp_path / "copy", b"\x00\x01" * 1000)) == one
     assert weights_digest(_fake_model_folder(tmp_path / "rounded", b"\x00\x01" * 999 + b"\x00\x02")) != one
+
+
+def test_reward_curves_are_read_where_the_comparison_keeps_its_runs_now(tmp_path):
+    # The reports name the folder the runs were made in; the comparison's folder has moved since.
+    options = CompareOptions(variants=["rft", "sft"], seeds=[0, 1], steps=2, out=tmp_path / "moved")
+    runs = {name: {s: report(tmp_path / "gone", name, s, 0.5, 0.1) for s in (0, 1)} for name in ("rft", "sft")}
+    for seed, rewards in ((0, [0.2, 0.4]), (1, [0.4, 0.6])):
+        learner = options.out / "rft" / f"seed-{seed}" / "learner"
+        learner.mkdir(parents=True)
+        for step, reward in enumerate(rewards, start=1):
+            metrics_file(learner).append(step_record(step, reward_on_policy=reward))
+    for seed in (0, 1):  # SFT has no rollouts
+        learner = options.out / "sft" / f"seed-{seed}" / "learner"
+        learner.mkdir(parents=True)
+        metrics_file(learner).append(step_record(1, sft=True))
+    comparison = Comparison(options=options, base={"id": 0.4}, base_avg_at_k={}, summaries=[], runs=runs,
+                            wall_time_s=1.0, machine="m")
+    curves = reward_curves(comparison)
+    assert list(curves) == ["rft"]
+    xs, ys = curves["rft"]
+    assert xs == [1, 2] and ys == pytest.approx([0.3, 0.5])
