@@ -37,7 +37,10 @@ def test_tensorboard_gets_every_step_record_the_job_config_and_completions(guide
     accuracy = read.tensorboard_scalars(evaluation, f"eval/{SPLIT}/greedy_accuracy")
     assert accuracy[0] == pytest.approx(report.accuracy_before[SPLIT])
     assert accuracy[3] == pytest.approx(report.accuracy_after[SPLIT])
-    assert 2 in accuracy  # the evaluation during training
+    # The evaluations during training, as the report has them. How many there are depends on the
+    # machine: one is skipped when the learner's last step comes before the launcher sees step 2.
+    during = {p.step: p.greedy_accuracy for p in report.accuracy_curve if p.split == SPLIT}
+    assert {step: value for step, value in accuracy.items() if step not in (0, 3)} == pytest.approx(during)
 
 
 def test_mlflow_file_store_gets_the_same_run(guide_run):
