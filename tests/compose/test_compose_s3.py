@@ -12,16 +12,14 @@ from __future__ import annotations
 import time
 from urllib.parse import urlsplit
 
-import httpx
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from shared.bus import Keys
 from shared.bus.codec import decode_value
 from shared.messages import WeightsRecord
 from shared.weights.transports.s3 import parse_uri
-from tests.helpers.compose_stack import Stack, worker_version
+from tests.helpers.compose_stack import Stack, counter_total, worker_version
 from tests.helpers.deploy import prepared_checkout
 
 pytestmark = [pytest.mark.compose, pytest.mark.timeout(1800)]
@@ -80,11 +78,7 @@ def store_probe(stack: Stack, service: str, action: str, bucket: str, prefix: st
 
 def weight_fetches(url: str) -> float:
     """Weight versions this worker fetched through a transport (its Prometheus counter)."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    return sum(
-        s.value for family in text_string_to_metric_families(text) if family.name == "rollout_weight_fetches"
-        for s in family.samples if s.name == "rollout_weight_fetches_total"
-    )
+    return counter_total(url, "rollout_weight_fetches")
 
 
 def test_the_s3_stack_comes_up_healthy_with_its_store(stack):

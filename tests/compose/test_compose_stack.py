@@ -15,7 +15,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers.compose_stack import Stack, worker_version
+from tests.helpers.compose_stack import Stack, counter_total, worker_version
 from tests.helpers.deploy import prepared_checkout
 
 # A cold build (no image, no layer cache) takes far longer than the suite's 600 s per test; this
@@ -69,11 +69,7 @@ def test_the_default_job_trains_through_the_containers(stack):
 
 def reward_items(url: str) -> float:
     """Items this reward service has scored since it started (its Prometheus counter)."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    return sum(
-        s.value for family in text_string_to_metric_families(text) if family.name == "reward_items"
-        for s in family.samples if s.name == "reward_items_total"
-    )
+    return counter_total(url, "reward_items")
 
 
 def test_training_goes_on_across_a_reward_restart(stack):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 IMAGE = os.environ.get("IMAGE", "prefix-rft:cpu")
 # The stand-ins deploy/docker/build-images.sh builds for the Docker Hub images.
@@ -110,3 +111,12 @@ class Stack:
 
 def worker_version(url: str) -> int:
     return httpx.get(f"{url}/v1/weights", timeout=10).json()["version"]
+
+
+def counter_total(url: str, name: str) -> float:
+    """A service's Prometheus counter ``name`` (without ``_total``), summed over its labels."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return sum(
+        s.value for family in text_string_to_metric_families(text) if family.name == name
+        for s in family.samples if s.name == f"{name}_total"
+    )
