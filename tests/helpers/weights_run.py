@@ -51,7 +51,9 @@ class Watcher(threading.Thread):
 
     def run(self) -> None:
         with httpx.Client(timeout=60) as client:
-            while not self.stopping.wait(0.2):
+            # Every version is served for at least one task's generation, reward and training step
+            # (the job runs at max_staleness 0): polling at a fraction of that sees each one.
+            while not self.stopping.wait(0.05):
                 for url in list(self.deployment.rollout_urls):
                     try:
                         self.observe(client, url)
@@ -118,6 +120,9 @@ def train_job(
         "keep_weights": 1000,  # every version's folder stays, for the comparison at the end
         "checkpoint_every": steps,
         "weights": weights,
+        # Synchronous: a task issued after version N is generated on N (a worker loads it first), so
+        # every version is served until a group made on it is trained, and the watcher can see each one.
+        "max_staleness": 0,
     }
     job = deployment_job(secrets.token_urlsafe(24), namespace, model, run_dir, steps, learner=publishing)
     config.write_text(yaml.safe_dump(job))
