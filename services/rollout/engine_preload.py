@@ -14,7 +14,7 @@ import gc
 import importlib
 import signal
 
-from services.rollout import engine_child
+from services.rollout import engine_child, unused_packages
 
 MODULES = (
     "torch",
@@ -35,6 +35,7 @@ engine_child.die_with_parent()
 # shuts the engine down in order: the forkserver dying of it would kill the engine core under it.
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
 gc.disable()
+unused_packages.hide_inherited()
 for name in MODULES:
     try:
         importlib.import_module(name)

@@ -42,8 +42,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         public_url=args.public_url, worker_id=args.worker_id, reward_url=args.reward_url,
         worker_enabled=args.worker, log_level=args.log_level,
     )
-    from services.rollout import engine_child
+    from services.rollout import engine_child, unused_packages
 
+    unused_packages.hide(settings.hide_packages)  # before anything imports transformers, forkserver included
     engine_child.start_forkserver()  # imports the engine core's modules while this process imports its own
     model_folder_or_exit(parser, settings.model, "rollout.model")
     from services.rollout.main import serve

@@ -40,6 +40,10 @@ class RolloutSettings(ServiceSettings):
     gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)
     enable_prefix_caching: bool = True  # the N samples of a group share the prompt
     seed: int = 0
+    # Top-level packages this process and its engine core must not import: transformers imports these
+    # whenever they are installed, and a rollout process uses neither (services/rollout/unused_packages.py).
+    # Empty: hide none (a vLLM plugin of yours that needs one of them).
+    hide_packages: list[str] = Field(default_factory=lambda: ["sklearn", "scipy"])
     # Anything else AsyncEngineArgs takes (e.g. tensor_parallel_size on a multi-GPU node).
     engine_args: dict[str, Any] = Field(default_factory=dict)
 

@@ -14,6 +14,7 @@ import sys
 import time
 
 import httpx
+import psutil
 import pytest
 
 from launcher.processes import free_port, start_process, wait_http_ready
@@ -87,6 +88,11 @@ def test_requests_before_the_tokenizer_is_loaded_get_503_ready_means_they_work_a
         registry = WorkerRegistry(redis_client, Keys(namespace))
         wait_for(lambda: registry.get("w") is not None, 60, "the worker to register", (process,))
         engine = started_processes(process)
+        # Neither it nor its engine core imported scikit-learn or SciPy, which transformers imports
+        # wherever they are installed (lm-eval brings both here): seconds of every start otherwise.
+        for started in [psutil.Process(process.popen.pid), *engine]:
+            loaded = sorted({m.path for m in started.memory_maps() if "/scipy" in m.path or "/sklearn" in m.path})
+            assert not loaded, f"{started.name()} ({started.pid}) loaded {loaded[:3]}"
         signalled = time.monotonic()
         process.popen.send_signal(signal.SIGTERM)
         assert process.popen.wait(60) == 0, process.log_tail()
