@@ -20,6 +20,8 @@ from shared.api.weights import (
     BUCKET_ROUTE,
     DELTA_BUCKET_ROUTE,
     DELTA_MANIFEST_ROUTE,
+    DELTA_SWARM_FILE,
+    DELTA_SWARM_ROUTE,
     MANIFEST_ROUTE,
     SWARM_FILE,
     SWARM_ROUTE,
@@ -95,6 +97,14 @@ def create_app(
         path = store.directory(version) / SWARM_FILE
         if not path.is_file():
             raise HTTPException(404, f"weights version {version} are not in a swarm (kept: {store.versions()})")
+        return Response(path.read_bytes(), media_type="application/json")
+
+    @app.get(DELTA_SWARM_ROUTE, dependencies=[Depends(authorised)])
+    def get_delta_swarm(version: int) -> Response:
+        """The torrent and seed of the version's delta, beside the delta's manifest."""
+        path = store.directory(version) / DELTA_SWARM_FILE
+        if not path.is_file():
+            raise HTTPException(404, f"weights version {version} has no delta in a swarm (kept: {store.versions()})")
         return Response(path.read_bytes(), media_type="application/json")
 
     @app.get(BUCKET_ROUTE, dependencies=[Depends(authorised)])

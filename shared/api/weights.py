@@ -25,6 +25,8 @@ DELTA_MANIFEST_ROUTE = "/v1/weights/{version}/delta/manifest"  # the learner: th
 DELTA_BUCKET_ROUTE = "/v1/weights/{version}/delta/buckets/{index}"  # the learner: one bucket of the delta
 SWARM_ROUTE = "/v1/weights/{version}/swarm"  # the learner: GET a version's swarm offer (the swarm transport)
 SWARM_FILE = "swarm.json"  # the swarm offer, beside a version's manifest in the learner's store
+DELTA_SWARM_ROUTE = "/v1/weights/{version}/delta/swarm"  # the learner: GET the swarm offer of a version's delta
+DELTA_SWARM_FILE = "delta-swarm.json"  # the offer of a version's delta, beside the delta's manifest
 PUSH_ROUTE = "/v1/weights"  # a worker: GET the version it serves, POST a WeightUpdate (bearer token)
 
 
@@ -61,7 +63,8 @@ def _beside_manifest(manifest_ref: str, tail: str) -> str:
 
 
 def swarm_url(manifest_ref: str) -> str:
-    """A version's swarm offer URL from its manifest URL (the learner serves both)."""
+    """A version's swarm offer URL from its manifest URL, or its delta's from the delta's manifest URL
+    (the learner serves both)."""
     return _beside_manifest(manifest_ref, "/swarm")
 
 

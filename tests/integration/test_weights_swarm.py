@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load, save_file
 
 from launcher.processes import free_port
 from services.learner.app import BackgroundServer, StatusSource, create_app
@@ -24,6 +24,7 @@ from shared.messages import WorkerInfo
 from shared.modeling import load_model, load_tokenizer
 from shared.records import metrics_file
 from shared.weights.manifest import write_manifest
+from shared.weights.receiver import Held, receive_version
 from shared.weights.settings import SwarmSettings
 from shared.weights.transport import receive
 from shared.weights.transports.swarm import SwarmNode, SwarmOffer, SwarmOrigin, SwarmTransport
@@ -36,12 +37,20 @@ BUCKET = 64 << 10
 NODE = SwarmSettings(introduce_interval_s=0.2)
 
 
-def write_version(store: WeightStore, version: int, megabytes: float = 1.0) -> bytes:
+def write_version(store: WeightStore, version: int, megabytes: float = 1.0, moved_from: bytes | None = None) -> bytes:
+    """A version's file and manifest: random, or ``moved_from`` (an earlier version's file) with 2% of
+    its values moved, as a training step moves them."""
     directory = store.directory(version)
     directory.mkdir(parents=True)
     generator = torch.Generator().manual_seed(version)
-    rows = int(megabytes * (1 << 20)) // (4 * 256)
-    save_file({"w": torch.randn(rows, 256, generator=generator)}, directory / WEIGHTS_FILE)
+    if moved_from is None:
+        rows = int(megabytes * (1 << 20)) // (4 * 256)
+        weights = torch.randn(rows, 256, generator=generator)
+    else:
+        weights = load(moved_from)["w"]
+        moved = torch.rand(weights.shape, generator=generator) < 0.02
+        weights[moved] += 0.01
+    save_file({"w": weights}, directory / WEIGHTS_FILE)
     write_manifest(directory / WEIGHTS_FILE, version, BUCKET)
     return (directory / WEIGHTS_FILE).read_bytes()
 
@@ -100,6 +109,40 @@ def test_receivers_get_verified_versions_and_keep_only_the_newest(tmp_path, lear
     finally:
         a.close()
         b.close()
+
+
+def test_a_worker_holding_the_base_takes_the_delta_and_a_joiner_the_whole_version(tmp_path, learner):
+    store, origin = learner
+    first = write_version(store, 1)
+    origin.publish(1, store.directory(1))
+    second = write_version(store, 2, moved_from=first)
+    delta_manifest = store.write_delta(2)  # as the learner's release does
+    ref = origin.publish(2, store.directory(2))
+    assert ref.delta is not None and ref.delta.base_version == 1
+    assert delta_manifest.total_bytes < len(second) / 4  # 2% of the values moved
+
+    async def receive_v2(swarm: SwarmNode, held: Held | None):
+        async with SwarmTransport(swarm, TOKEN, timeout_s=60) as transport:
+            return await receive_version(transport, ref.manifest, ref.delta, held, concurrency=8)
+
+    holder, joiner = node(tmp_path, "holder"), node(tmp_path, "joiner")
+    try:
+        by_delta = asyncio.run(receive_v2(holder, Held(1, first)))
+        assert (by_delta.path, bytes(by_delta.blob)) == ("delta", second)
+        assert by_delta.fetched_bytes == delta_manifest.total_bytes
+        # It joined the delta's swarm only, and went on seeding it.
+        assert holder.handle(2, delta=True).status().is_seeding and holder.handle(2) is None
+        assert holder.versions() == [2]
+
+        whole = asyncio.run(receive_v2(joiner, None))
+        assert (whole.path, bytes(whole.blob)) == ("full", second)
+        assert joiner.handle(2).status().is_seeding and joiner.handle(2, delta=True) is None
+
+        origin.retire(2)  # both of the version's torrents leave the origin's session
+        assert origin.node.versions() == [1] and origin.node.handle(2, delta=True) is None
+    finally:
+        holder.close()
+        joiner.close()
 
 
 def test_a_joiner_takes_pieces_from_a_worker_introduced_through_the_registry(

@@ -1,7 +1,9 @@
 """``swarm``: a BitTorrent swarm through libtorrent (the ``swarm`` extra). The origin (the learner)
-seeds each version's safetensors file; each worker joins the version's torrent, fetches pieces from
-the origin and from every other worker, and seeds what it holds as long as it lives, so the origin
-serves about one copy whatever the fleet size and a joiner needs nothing special.
+seeds each version's safetensors file, and its delta from the version before where it has one (a
+torrent of its own); each worker joins the torrent it takes (the delta when it serves the delta's
+base, else the whole version: ``shared.weights.receiver``), fetches pieces from the origin and from
+every other worker, and seeds what it holds as long as it lives, so the origin serves about one copy
+whatever the fleet size and a joiner needs nothing special.
 
 A piece is a manifest bucket (same size and boundaries), so a receiver checks the manifest's SHA-256
 of every bucket (``receive``) on top of libtorrent's own piece hashes. No public tracker, DHT, local
@@ -13,7 +15,8 @@ Every transfer is authenticated: the torrents are SSL torrents whose root is the
 (swarm_ca.py, derived from the job's token), nodes listen only on TLS and present a certificate that
 CA signed, so a node without the token gets no byte; the manifest and the torrent come from the
 learner's API behind the token. The ref is the version's manifest URL on the learner (as for
-``http``); the torrent and the origin's address are beside it (``shared.api.weights.swarm_url``).
+``http``), or its delta's manifest URL; the torrent and the origin's address are beside it
+(``shared.api.weights.swarm_url``).
 
 Storage: a worker writes a version's pieces under ``storage_dir`` (/dev/shm by default: memory, the
 model's size per version held, twice that while the next one arrives) and deletes a version's files
@@ -39,8 +42,18 @@ import httpx
 import libtorrent as lt
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.api.weights import SWARM_FILE, WEIGHTS_FILE, manifest_url, swarm_url, weights_url
-from shared.weights.manifest import MANIFEST_FILE, Manifest
+from shared.api.weights import (
+    DELTA_FILE,
+    DELTA_SWARM_FILE,
+    SWARM_FILE,
+    WEIGHTS_FILE,
+    DeltaRef,
+    delta_manifest_url,
+    manifest_url,
+    swarm_url,
+    weights_url,
+)
+from shared.weights.manifest import DELTA_MANIFEST_FILE, MANIFEST_FILE, Manifest
 from shared.weights.settings import SwarmSettings
 from shared.weights.transport import VersionRef, WeightOrigin, WeightTransport
 from shared.weights.transports.http import HttpTransport
@@ -57,11 +70,20 @@ class SwarmOffer(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     version: int = Field(ge=0)
+    delta: bool = False  # the torrent is of the version's delta (DELTA_FILE), not of its safetensors file
     torrent: str  # the bencoded SSL torrent, base64
     seeds: list[str]  # "host:port" of the nodes that hold the whole version (the origin)
 
     def torrent_bytes(self) -> bytes:
         return base64.b64decode(self.torrent)
+
+    @property
+    def key(self) -> Key:
+        return self.version, self.delta
+
+
+# A torrent a node takes part in: a version's file (False) or its delta (True).
+Key = tuple[int, bool]
 
 
 @dataclass(frozen=True)
@@ -180,7 +202,7 @@ class SwarmNode:
         self.address = f"{advertise_host}:{port}"
         self.peers = peers
         self._storage: Path | None = None
-        self._joined: dict[int, _Joined] = {}
+        self._joined: dict[Key, _Joined] = {}
         self._reads: dict[tuple[str, int], concurrent.futures.Future[bytes]] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
@@ -194,25 +216,26 @@ class SwarmNode:
 
     # ---------------------------------------------------------------- versions
 
-    def seed(self, version: int, torrent: bytes, directory: Path) -> lt.torrent_handle:
-        """Seed ``version``, whose complete file is in ``directory`` (the learner's store)."""
+    def seed(self, version: int, torrent: bytes, directory: Path, delta: bool = False) -> lt.torrent_handle:
+        """Seed ``version`` (its delta with ``delta``), whose complete file is in ``directory`` (the
+        learner's store)."""
         handle = join(self.session, torrent, directory, seed=True, certificate=self.certificate)
         with self._lock:
-            self._joined[version] = _Joined(handle, directory, owned=False)
+            self._joined[version, delta] = _Joined(handle, directory, owned=False)
         return handle
 
     def take(self, offer: SwarmOffer) -> lt.torrent_handle:
-        """Join the offer's version (once) and meet its seeds; pieces arrive in the background."""
+        """Join the offer's torrent (once) and meet its seeds; pieces arrive in the background."""
         with self._lock:
-            joined = self._joined.get(offer.version)
+            joined = self._joined.get(offer.key)
             if joined is None:
                 if self._storage is None:
                     size = lt.torrent_info(lt.bdecode(offer.torrent_bytes())).total_size()
                     self._storage = self._make_storage(size)
-                directory = self._storage / f"v{offer.version}"
+                directory = self._storage / (f"v{offer.version}-delta" if offer.delta else f"v{offer.version}")
                 directory.mkdir(parents=True, exist_ok=True)
                 handle = join(self.session, offer.torrent_bytes(), directory, certificate=self.certificate)
-                joined = self._joined[offer.version] = _Joined(handle, directory, owned=True)
+                joined = self._joined[offer.key] = _Joined(handle, directory, owned=True)
             addresses = [a for a in offer.seeds if a not in joined.met]
             joined.met.update(addresses)
         for address in addresses:
@@ -229,29 +252,29 @@ class SwarmNode:
         return Path(tempfile.mkdtemp(prefix="prft-swarm-", dir=root))
 
     def drop(self, version: int) -> None:
-        """Stop taking part in ``version``'s swarm; a worker's copy of its file is deleted."""
+        """Stop taking part in ``version``'s swarms (its file's and its delta's); a worker's copies are
+        deleted."""
         with self._lock:
-            joined = self._joined.pop(version, None)
-        if joined is None:
-            return
-        self.session.remove_torrent(joined.handle)
-        if joined.owned:
-            shutil.rmtree(joined.directory, ignore_errors=True)
+            dropped = [self._joined.pop(key) for key in [(version, False), (version, True)] if key in self._joined]
+        for joined in dropped:
+            self.session.remove_torrent(joined.handle)
+            if joined.owned:
+                shutil.rmtree(joined.directory, ignore_errors=True)
 
     def hold(self, version: int) -> None:
-        """``version`` is complete here: stop seeding (and delete) the older ones."""
+        """``version`` is complete here (whole or by its delta): stop seeding (and delete) the older ones."""
         with self._lock:
-            older = [v for v in self._joined if v < version and self._joined[v].owned]
+            older = {v for (v, _), joined in self._joined.items() if v < version and joined.owned}
         for old in older:
             self.drop(old)
 
     def versions(self) -> list[int]:
         with self._lock:
-            return sorted(self._joined)
+            return sorted({version for version, _ in self._joined})
 
-    def handle(self, version: int) -> lt.torrent_handle | None:
+    def handle(self, version: int, delta: bool = False) -> lt.torrent_handle | None:
         with self._lock:
-            joined = self._joined.get(version)
+            joined = self._joined.get((version, delta))
         return joined.handle if joined is not None else None
 
     def read(self, handle: lt.torrent_handle, piece: int) -> concurrent.futures.Future[bytes]:
@@ -339,15 +362,29 @@ class SwarmOrigin(WeightOrigin):
         self._root = self.node.authority.root_certificate()
 
     def publish(self, version: int, directory: Path) -> VersionRef:
-        manifest = Manifest.model_validate_json((directory / MANIFEST_FILE).read_text())
-        torrent = make_torrent(directory / WEIGHTS_FILE, manifest, self._root)
-        offer = SwarmOffer(version=version, torrent=base64.b64encode(torrent).decode(), seeds=[self.node.address])
-        tmp = directory / (SWARM_FILE + ".tmp")
-        tmp.write_text(offer.model_dump_json())
-        tmp.replace(directory / SWARM_FILE)
-        self.node.seed(version, torrent, directory)
+        self._offer(version, directory, delta=False)
+        delta = None
+        if (directory / DELTA_MANIFEST_FILE).is_file():
+            base = self._offer(version, directory, delta=True).delta.base_version
+            delta = DeltaRef(base_version=base, manifest=delta_manifest_url(self.public_base_url, version))
         return VersionRef(uri=weights_url(self.public_base_url, version),
-                          manifest=manifest_url(self.public_base_url, version))
+                          manifest=manifest_url(self.public_base_url, version), delta=delta)
+
+    def _offer(self, version: int, directory: Path, delta: bool) -> Manifest:
+        """Seed the version's file (or its delta) and write its offer where the learner's API serves it;
+        the file's manifest."""
+        manifest_file, data_file, offer_file = (
+            (DELTA_MANIFEST_FILE, DELTA_FILE, DELTA_SWARM_FILE) if delta else (MANIFEST_FILE, WEIGHTS_FILE, SWARM_FILE)
+        )
+        manifest = Manifest.model_validate_json((directory / manifest_file).read_text())
+        torrent = make_torrent(directory / data_file, manifest, self._root)
+        offer = SwarmOffer(version=version, delta=delta, torrent=base64.b64encode(torrent).decode(),
+                           seeds=[self.node.address])
+        tmp = directory / (offer_file + ".tmp")
+        tmp.write_text(offer.model_dump_json())
+        tmp.replace(directory / offer_file)
+        self.node.seed(version, torrent, directory, delta=delta)
+        return manifest
 
     def retire(self, version: int) -> None:
         self.node.drop(version)
@@ -377,10 +414,9 @@ class SwarmTransport(WeightTransport):
 
     async def _take(self, ref: str, manifest: Manifest) -> lt.torrent_handle:
         offer = SwarmOffer.model_validate_json(await self._http.content(swarm_url(ref)))
-        if offer.version != manifest.version:
-            raise ValueError(
-                f"the swarm offer at {swarm_url(ref)} is v{offer.version}, the manifest v{manifest.version}"
-            )
+        if offer.key != (manifest.version, manifest.delta is not None):
+            what = f"v{manifest.version}" + ("'s delta" if manifest.delta is not None else "")
+            raise ValueError(f"the swarm offer at {swarm_url(ref)} is not of {what} (version, delta: {offer.key})")
         info = lt.torrent_info(lt.bdecode(offer.torrent_bytes()))
         if (info.piece_length(), info.num_pieces(), info.total_size()) != (
             manifest.bucket_bytes, len(manifest.buckets), manifest.total_bytes
