@@ -40,6 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import libtorrent as lt
 import torch
 from safetensors.torch import save_file
 
@@ -50,9 +51,9 @@ from shared.weights.manifest import Manifest, build_manifest, load_state_dict  #
 from shared.weights.transports.swarm import SwarmLimits, join, make_torrent, open_session  # noqa: E402
 from shared.weights.transports.swarm_ca import JobAuthority  # noqa: E402
 
-BUCKET = 256 << 10  # 32 buckets to the 8 MB model: enough pieces for the swarm to pipeline
 HOST = "127.0.0.1"
 PEERS_PER_ROUND = 6  # new peers a worker is introduced to per look at the registry
+INTRODUCE_EVERY_S = 0.5  # how often a worker looks at the registry (the backend: introduce_interval_s)
 TOKEN = "fleet-bench-token"  # --tls: the job's token, whence its CA
 
 
@@ -85,6 +86,7 @@ def run_workers(args: argparse.Namespace) -> None:
     for index in range(args.first, args.first + args.count):
         port = args.port + index
         session = open_session(HOST, port, limits, ssl=args.tls)
+        session.apply_settings({"alert_mask": lt.alert.category_t.status_notification})  # torrent_finished
         save = run / "w" / str(index)
         save.mkdir(parents=True, exist_ok=True)
         handle = join(session, torrent, save, exchange_peers=args.design == "swarm", certificate=certificate)
@@ -95,18 +97,14 @@ def run_workers(args: argparse.Namespace) -> None:
                         "state": None})
     print(json.dumps({"ready": args.first}), flush=True)
     pending = list(workers)
+    introduced = 0.0
     while pending:
-        time.sleep(0.2)
-        peers = [int(p.name) for p in (run / "peers").iterdir()] if args.design == "swarm" else []
-        for worker in list(pending):
-            handle = worker["handle"]
-            if peers:
-                fresh = [p for p in peers if p != worker["port"] and p not in worker["known"]]
-                for port in random.sample(fresh, min(PEERS_PER_ROUND, len(fresh))):
-                    handle.connect_peer((HOST, port))
-                    worker["known"].add(port)
-            if not handle.status().is_seeding:
-                continue
+        time.sleep(0.05)
+        # Completion from each session's alerts, not by asking every handle its status: a status call
+        # waits for the session's network thread, and tens of them a round made this loop the bottleneck.
+        finished = [w for w in pending
+                    if any(isinstance(a, lt.torrent_finished_alert) for a in w["session"].pop_alerts())]
+        for worker in finished:
             # Every bucket verified against the manifest before anything is applied.
             data = (run / "w" / str(worker["index"]) / "model.safetensors").read_bytes()
             for i in range(len(manifest.buckets)):
@@ -117,6 +115,16 @@ def run_workers(args: argparse.Namespace) -> None:
                                       "buckets": len(manifest.buckets)}) + "\n")
             results.flush()
             pending.remove(worker)
+        if args.design != "swarm" or time.monotonic() - introduced < INTRODUCE_EVERY_S:
+            continue
+        introduced = time.monotonic()
+        peers = [int(p.name) for p in (run / "peers").iterdir()]
+        for worker in pending:
+            room = args.peers - len(worker["known"]) if args.peers else PEERS_PER_ROUND
+            fresh = [p for p in peers if p != worker["port"] and p not in worker["known"]]
+            for port in random.sample(fresh, max(0, min(PEERS_PER_ROUND, room, len(fresh)))):
+                worker["handle"].connect_peer((HOST, port))
+                worker["known"].add(port)
     while True:  # keep seeding until the coordinator ends the run
         time.sleep(1)
 
@@ -126,7 +134,8 @@ def run_workers(args: argparse.Namespace) -> None:
 
 def spawn(args, run: Path, design: str, first: int, count: int) -> subprocess.Popen:
     argv = [sys.executable, __file__, "--worker", "--run", str(run), "--design", design, "--first", str(first),
-            "--count", str(count), "--port", str(args.run_port), "--rate", str(int(args.rate_mb * (1 << 20)))]
+            "--count", str(count), "--port", str(args.run_port), "--rate", str(int(args.rate_mb * (1 << 20))),
+            "--peers", str(args.peers)]
     if args.tls:
         argv.append("--tls")
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
@@ -153,7 +162,7 @@ def one_run(args, design: str, n: int, faults: bool) -> dict:
     for sub in ("results", "peers", "w", "origin"):
         (run / sub).mkdir()
     shutil.copy(args.model, run / "origin" / "model.safetensors")
-    manifest = build_manifest(run / "origin" / "model.safetensors", 1, BUCKET)
+    manifest = build_manifest(run / "origin" / "model.safetensors", 1, args.bucket_kb << 10)
     (run / "manifest.json").write_text(manifest.model_dump_json())
     authority = JobAuthority(TOKEN) if args.tls else None
     root = authority.root_certificate() if authority else None
@@ -237,10 +246,14 @@ def main() -> None:
     parser.add_argument("--designs", default="swarm,origin")
     parser.add_argument("--model-mb", type=float, default=8.0)
     parser.add_argument("--rate-mb", type=float, default=4.0, help="MB/s up and down, per node")
+    parser.add_argument("--bucket-kb", type=int, default=256,
+                        help="bucket (piece) size, a power of two from 16: about 32 pieces pipeline well")
     parser.add_argument("--processes", type=int, default=8, help="worker processes per run (joiners aside)")
     parser.add_argument("--faults", action="store_true", help="also run each size with kills and joiners")
     parser.add_argument("--tls", action="store_true", help="authenticated peers, as the swarm backend runs them")
     parser.add_argument("--joiners", type=int, default=50)
+    parser.add_argument("--peers", type=int, default=16,
+                        help="peers a worker is introduced to in all (0: every one; the swarm backend's max_peers)")
     parser.add_argument("--origin-max-n", type=int, default=64,
                         help="largest N for the origin design (its time grows as N: larger ones are computed)")
     parser.add_argument("--timeout", type=float, default=600.0)
@@ -255,7 +268,7 @@ def main() -> None:
     args.model = Path(tempfile.mkdtemp(prefix="fleet-model-", dir=args.scratch)) / "model.safetensors"
     write_model(args.model, args.model_mb)
     model_bytes = args.model.stat().st_size
-    print(f"model {model_bytes / (1 << 20):.1f} MiB in {math.ceil(model_bytes / BUCKET)} buckets, "
+    print(f"model {model_bytes / (1 << 20):.1f} MiB in {math.ceil(model_bytes / (args.bucket_kb << 10))} buckets, "
           f"{args.rate_mb} MB/s per node: one transfer ~{args.model_mb / args.rate_mb:.1f} s", flush=True)
     single = one_run(args, "swarm", 1, False)
     print(f"single transfer (N=1): {fmt(single['t100'])} s", flush=True)

@@ -14,7 +14,7 @@ Calibration: the bench (benchmarks/weights_fleet_bench.py) gives the ratio of a 
 to one transfer's at N = 8, 64, 256; --calibrate prints the simulation's ratio at the bench's settings
 to compare, and --efficiency scales a node's nominal rate to what a transfer achieves.
 
-    .venv/bin/python benchmarks/weights_fleet_sim.py [--calibrate]
+    .venv/bin/python benchmarks/weights_fleet_sim.py [--calibrate] [--sizes 1000,10000]
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def table(args) -> None:
             rate = gbit * 1e9 / 8 * args.efficiency
             piece_bytes = size / args.pieces
             round_s = piece_bytes / rate
-            for n in (1000, 10000):
+            for n in args.sizes:
                 for version in ("full", "delta"):
                     delta = None if version == "full" else max(1, round(args.delta * args.pieces))
                     for churn in (False, True):
@@ -143,6 +143,8 @@ def main() -> None:
     parser.add_argument("--delta", type=float, default=0.06, help="a delta's size as a share of the full version")
     parser.add_argument("--efficiency", type=float, default=0.9, help="achieved / nominal link rate")
     parser.add_argument("--origin-slots", type=int, default=1, help="origin rate as a multiple of a worker's")
+    parser.add_argument("--sizes", type=lambda text: [int(n) for n in text.split(",")], default=[1000, 10000],
+                        help="fleet sizes, comma-separated")
     parser.add_argument("--calibrate", action="store_true")
     args = parser.parse_args()
     if args.calibrate:
