@@ -47,6 +47,9 @@ class SwarmSettings(BaseModel):
     storage_dir: str | None = None
     # How often a node looks at the registry for peers it has not met.
     introduce_interval_s: float = Field(1.0, gt=0)
+    # Live peers a node is introduced to per version, chosen at random among the registry's (peer
+    # exchange finds more): a tracker's 50, so a fleet of thousands is not a full mesh of TLS handshakes.
+    max_peers: int = Field(50, ge=1)
     # A registry entry whose heartbeat is older than this is not introduced (a worker gone).
     peer_ttl_s: float = Field(10.0, gt=0)
 

@@ -175,6 +175,41 @@ def test_a_joiner_takes_pieces_from_a_worker_introduced_through_the_registry(
         joiner.close()
 
 
+def test_a_node_meets_at_most_max_peers_live_peers_and_replaces_those_that_leave(tmp_path, learner):
+    store, origin = learner
+    write_version(store, 1)
+    ref = origin.publish(1, store.directory(1))
+    registry = [f"127.0.0.1:{port}" for port in range(40001, 40011)]  # ten live entries (nobody listens)
+    live = list(registry)
+    (tmp_path / "n").mkdir()
+    settings = NODE.model_copy(update={"storage_dir": str(tmp_path / "n"), "max_peers": 3})
+    swarm = SwarmNode(settings, TOKEN, "127.0.0.1", "127.0.0.1", lambda: list(live))
+
+    def workers_met() -> set[str]:
+        return swarm.introduced(1) - {origin.node.address}
+
+    def settle(condition) -> None:
+        deadline = time.monotonic() + 10
+        while not condition():
+            assert time.monotonic() < deadline, workers_met()
+            time.sleep(0.05)
+
+    try:
+        take(swarm, ref.manifest)
+        settle(lambda: len(workers_met()) == 3)
+        first = workers_met()
+        assert first <= set(registry)
+        time.sleep(3 * NODE.introduce_interval_s)
+        assert workers_met() == first  # no more while the three are live
+        # Two leave the registry: two others take their place, and no more.
+        live[:] = [address for address in registry if address not in sorted(first)[:2]]
+        settle(lambda: len(workers_met() & set(live)) == 3)
+        time.sleep(3 * NODE.introduce_interval_s)
+        assert len(workers_met()) == 5
+    finally:
+        swarm.close()
+
+
 def test_a_node_without_the_jobs_token_gets_nothing(tmp_path, learner):
     store, origin = learner
     write_version(store, 1)

@@ -29,6 +29,7 @@ import asyncio
 import base64
 import concurrent.futures
 import logging
+import random
 import shutil
 import socket
 import tempfile
@@ -272,6 +273,12 @@ class SwarmNode:
         with self._lock:
             return sorted({version for version, _ in self._joined})
 
+    def introduced(self, version: int, delta: bool = False) -> set[str]:
+        """The addresses introduced to a torrent this node takes part in (its seeds included)."""
+        with self._lock:
+            joined = self._joined.get((version, delta))
+            return set(joined.met) if joined is not None else set()
+
     def handle(self, version: int, delta: bool = False) -> lt.torrent_handle | None:
         with self._lock:
             joined = self._joined.get((version, delta))
@@ -314,7 +321,10 @@ class SwarmNode:
         with self._lock:
             joined = list(self._joined.values())
         for entry in joined:
-            for address in addresses - entry.met:
+            # Up to max_peers live ones; a peer met that has left the registry makes room for another.
+            room = self.settings.max_peers - len(entry.met & addresses)
+            unmet = sorted(addresses - entry.met)
+            for address in random.sample(unmet, max(0, min(room, len(unmet)))):
                 try:
                     entry.handle.connect_peer(parse_address(address))
                 except (ValueError, RuntimeError, OSError) as exc:
