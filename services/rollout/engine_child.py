@@ -118,6 +118,11 @@ def install() -> None:
 def run_engine_core(*args, **kwargs):
     """The EngineCore process's target: bind the child's life to its parent's, then run vLLM's."""
     die_with_parent()
+    # A group of its own: a SIGTERM to the rollout's process group (a launcher stopping it, Ctrl-C in a
+    # terminal) is for the rollout process, which drains its tasks and then stops the engine. Caught by
+    # the engine core too, it killed the engine under a swap in progress and the worker never exited.
+    # (It still dies with its parent: die_with_parent.)
+    os.setpgid(0, 0)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the forkserver ignores it (engine_preload); vLLM sets its own
     # A forked child inherits the rollout process's start-up state, collector off (entry.main); the
     # engine core runs for the life of the worker and must collect.

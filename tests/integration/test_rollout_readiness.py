@@ -9,6 +9,7 @@ until the test lets it go: the vLLM engine is up, the tokenizer is not.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -88,6 +89,10 @@ def test_requests_before_the_tokenizer_is_loaded_get_503_ready_means_they_work_a
         registry = WorkerRegistry(redis_client, Keys(namespace))
         wait_for(lambda: registry.get("w") is not None, 60, "the worker to register", (process,))
         engine = started_processes(process)
+        # The engine core is in a process group of its own: a SIGTERM to the worker's group (a launcher,
+        # Ctrl-C) reaches the worker, which stops the engine in its own time (after a swap under way).
+        engine_core = next(p for p in engine if "EngineCor" in p.name())
+        assert os.getpgid(engine_core.pid) != os.getpgid(process.popen.pid)
         # Neither it nor its engine core imported scikit-learn or SciPy, which transformers imports
         # wherever they are installed (lm-eval brings both here): seconds of every start otherwise.
         for started in [psutil.Process(process.popen.pid), *engine]:
