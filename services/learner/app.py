@@ -86,26 +86,18 @@ def create_app(
 
     @app.get(MANIFEST_ROUTE, dependencies=[Depends(authorised)])
     def get_manifest(version: int) -> Response:
-        path = store.manifest_file(version)
-        if not path.is_file():
-            raise HTTPException(404, f"no manifest for weights version {version} (kept: {store.versions()})")
-        return Response(path.read_bytes(), media_type="application/json")
+        return json_file(store.manifest_file(version), f"no manifest for weights version {version}")
 
     @app.get(SWARM_ROUTE, dependencies=[Depends(authorised)])
     def get_swarm(version: int) -> Response:
         """The version's torrent and seed (the swarm transport), beside its manifest."""
-        path = store.directory(version) / SWARM_FILE
-        if not path.is_file():
-            raise HTTPException(404, f"weights version {version} are not in a swarm (kept: {store.versions()})")
-        return Response(path.read_bytes(), media_type="application/json")
+        return json_file(store.directory(version) / SWARM_FILE, f"weights version {version} are not in a swarm")
 
     @app.get(DELTA_SWARM_ROUTE, dependencies=[Depends(authorised)])
     def get_delta_swarm(version: int) -> Response:
         """The torrent and seed of the version's delta, beside the delta's manifest."""
-        path = store.directory(version) / DELTA_SWARM_FILE
-        if not path.is_file():
-            raise HTTPException(404, f"weights version {version} has no delta in a swarm (kept: {store.versions()})")
-        return Response(path.read_bytes(), media_type="application/json")
+        return json_file(store.directory(version) / DELTA_SWARM_FILE,
+                         f"weights version {version} has no delta in a swarm")
 
     @app.get(BUCKET_ROUTE, dependencies=[Depends(authorised)])
     def get_bucket(version: int, index: int) -> Response:
@@ -113,9 +105,12 @@ def create_app(
 
     @app.get(DELTA_MANIFEST_ROUTE, dependencies=[Depends(authorised)])
     def get_delta_manifest(version: int) -> Response:
-        path = store.delta_manifest_file(version)
+        return json_file(store.delta_manifest_file(version), f"weights version {version} has no delta")
+
+    def json_file(path, missing: str) -> Response:
+        """A JSON file of the store (a manifest, a swarm offer); 404 saying ``missing`` and what is kept."""
         if not path.is_file():
-            raise HTTPException(404, f"weights version {version} has no delta (kept: {store.versions()})")
+            raise HTTPException(404, f"{missing} (kept: {store.versions()})")
         return Response(path.read_bytes(), media_type="application/json")
 
     @app.get(DELTA_BUCKET_ROUTE, dependencies=[Depends(authorised)])
