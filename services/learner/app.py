@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException
@@ -107,7 +108,7 @@ def create_app(
     def get_delta_manifest(version: int) -> Response:
         return json_file(store.delta_manifest_file(version), f"weights version {version} has no delta")
 
-    def json_file(path, missing: str) -> Response:
+    def json_file(path: Path, missing: str) -> Response:
         """A JSON file of the store (a manifest, a swarm offer); 404 saying ``missing`` and what is kept."""
         if not path.is_file():
             raise HTTPException(404, f"{missing} (kept: {store.versions()})")
